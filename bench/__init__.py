@@ -1,0 +1,1 @@
+"""Benchmark harness, task metrics, reports and comparisons."""

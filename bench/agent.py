@@ -1,0 +1,324 @@
+"""Self-contained benchmark agent: load one model, time it, print one JSON line.
+
+This file imports nothing from edgepack, only numpy and whichever runtime is present
+(onnxruntime, ai-edge-litert, or tflite_runtime as a last resort), so it can be copied to
+a board over SSH or run under qemu-user as it is. The local target runs it in a fresh
+process per artifact, so one model's allocator state never leaks into the next.
+
+Usage: ``python agent.py SPEC.json`` where SPEC has ``model``, ``threads``, ``warmup``,
+``max_warmup``, ``runs``, ``batch``, optional ``inputs`` (.npz with x0, x1, ...),
+optional ``outputs`` (.npz to write the model's outputs on those inputs) and optional
+``cpus`` (CPU affinity).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+
+def _dtype_name(t: Any) -> str:
+    s = str(t)
+    for name in ("float32", "float16", "int64", "int32", "int8", "uint8", "bool"):
+        if name in s:
+            return name
+    if s == "tensor(float)":
+        return "float32"
+    return s
+
+
+def run_in_fixed_batches(run_one: Any, xs: list[np.ndarray], batch: int | None) -> list[np.ndarray]:
+    """Run a model whose batch size is fixed on inputs of any batch size.
+
+    Inputs are fed in slices of the fixed size; the last slice is padded by repeating
+    its last row and the padding is dropped from the outputs.
+    """
+    n = int(xs[0].shape[0])
+    if batch is None or batch <= 0 or n == batch:
+        return run_one(xs)
+    parts = []
+    for i in range(0, n, batch):
+        chunk = [x[i : i + batch] for x in xs]
+        m = int(chunk[0].shape[0])
+        if m < batch:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], batch - m, axis=0)]) for c in chunk]
+        parts.append([o[:m] for o in run_one(chunk)])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+class OrtSession:
+    """onnxruntime session behind the common interface."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.version = ort.__version__
+        self.inputs = [
+            {"name": i.name, "shape": [d if isinstance(d, int) else -1 for d in i.shape], "dtype": _dtype_name(i.type)}
+            for i in self._sess.get_inputs()
+        ]
+        self.outputs = [
+            {"name": o.name, "shape": [d if isinstance(d, int) else -1 for d in o.shape], "dtype": _dtype_name(o.type)}
+            for o in self._sess.get_outputs()
+        ]
+        self._names = [i["name"] for i in self.inputs]
+        first = self.inputs[0]["shape"] if self.inputs else []
+        self._batch = first[0] if first and first[0] > 0 else None
+
+    def _run_one(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        return self._sess.run(None, dict(zip(self._names, xs)))
+
+    def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        return run_in_fixed_batches(self._run_one, xs, self._batch)
+
+
+def _tflite_interpreter_class() -> tuple[Any, str, str]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # the maintained runtime
+
+        import ai_edge_litert
+
+        return Interpreter, "ai-edge-litert", getattr(ai_edge_litert, "__version__", "?")
+    except ImportError:
+        pass
+    from tflite_runtime.interpreter import Interpreter  # old boards only; guarded by parity checks
+
+    import tflite_runtime
+
+    return Interpreter, "tflite_runtime", getattr(tflite_runtime, "__version__", "?")
+
+
+class TfliteSession:
+    """LiteRT (or tflite_runtime) interpreter behind the common interface.
+
+    XNNPACK is on (the interpreter's default delegate); ``threads`` is honoured.
+    """
+
+    def __init__(self, path: str, threads: int) -> None:
+        cls, self.runtime, self.version = _tflite_interpreter_class()
+        self._it = cls(model_path=path, num_threads=threads)
+        self._it.allocate_tensors()
+        self._in = self._it.get_input_details()
+        self._out = self._it.get_output_details()
+        self.inputs = [self._spec(d) for d in self._in]
+        self.outputs = [self._spec(d) for d in self._out]
+        self._batch = int(self._in[0]["shape"][0]) if len(self._in[0]["shape"]) else 1
+
+    @staticmethod
+    def _spec(d: dict[str, Any]) -> dict[str, Any]:
+        scale, zero = d.get("quantization", (0.0, 0))
+        return {
+            "name": d["name"],
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "quantization": {"scale": float(scale), "zero_point": int(zero)} if scale else None,
+        }
+
+    def _quantize(self, x: np.ndarray, d: dict[str, Any]) -> np.ndarray:
+        dtype = np.dtype(d["dtype"])
+        if dtype.kind in "iu" and x.dtype.kind == "f":
+            scale, zero = d["quantization"]
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+        return x.astype(dtype, copy=False)
+
+    def _dequantize(self, y: np.ndarray, d: dict[str, Any]) -> np.ndarray:
+        if y.dtype.kind in "iu" and d["quantization"][0]:
+            scale, zero = d["quantization"]
+            return (y.astype(np.float32) - zero) * scale
+        return y
+
+    def _run_one(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        for x, d in zip(xs, self._in):
+            self._it.set_tensor(d["index"], self._quantize(x, d))
+        self._it.invoke()
+        return [self._dequantize(self._it.get_tensor(d["index"]), d) for d in self._out]
+
+    def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run any batch size: the model's fixed batch is fed slice by slice.
+
+        Integer-quantized inputs are quantized and outputs dequantized with the model's
+        own parameters, so callers always see float values.
+        """
+        return run_in_fixed_batches(self._run_one, xs, self._batch)
+
+
+def open_session(path: str, threads: int = 1) -> Any:
+    """Open a model file with the runtime its extension calls for."""
+    if path.endswith(".tflite"):
+        return TfliteSession(path, threads)
+    return OrtSession(path, threads)
+
+
+def _inputs_for(session: Any, batch: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xs = []
+    for spec in session.inputs:
+        shape = [batch if (i == 0 and (s == -1 or s != batch)) else (s if s > 0 else 1) for i, s in enumerate(spec["shape"])]
+        if getattr(session, "_batch", None):
+            shape[0] = session._batch
+        if spec["dtype"].startswith("int") or spec["dtype"].startswith("uint"):
+            if spec.get("quantization"):
+                xs.append(rng.standard_normal(shape).astype(np.float32))
+            else:
+                xs.append(rng.integers(0, 100, size=shape).astype(spec["dtype"]))
+        else:
+            xs.append(rng.standard_normal(shape).astype(np.float32))
+    return xs
+
+
+def device_facts() -> dict[str, Any]:
+    """What the machine is: uname, CPU model and flags that matter, cores, load."""
+    facts: dict[str, Any] = {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "release": platform.release(),
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+    }
+    try:
+        facts["affinity"] = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    try:
+        facts["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        model = ""
+        flags: set[str] = set()
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "cpu model", "hardware") and not model:
+                model = value.strip()
+            elif key in ("flags", "features"):
+                flags.update(value.split())
+        facts["cpu"] = model or platform.processor()
+        wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+        facts["cpu_flags"] = [f for f in wanted if f in flags]
+    except OSError:
+        facts["cpu"] = platform.processor()
+    return facts
+
+
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS now, VmHWM the peak since exec)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _peak_rss_kb() -> int:
+    # VmHWM is per address space and starts afresh at exec; ru_maxrss would carry the
+    # parent's peak across fork+exec.
+    return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _import_runtime(path: str) -> None:
+    """Import the runtime before the memory baseline, so the figure is the model's."""
+    try:
+        if path.endswith(".tflite"):
+            _tflite_interpreter_class()
+        else:
+            import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+
+
+def benchmark(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the benchmark a spec describes; return the result mapping."""
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, set(spec["cpus"]))
+    threads = int(spec.get("threads", 1))
+    _import_runtime(spec["model"])
+    rss0 = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    session = open_session(spec["model"], threads)
+    batch = int(spec.get("batch", 1))
+    xs = _inputs_for(session, batch)
+    if spec.get("inputs"):
+        with np.load(spec["inputs"]) as z:
+            keys = sorted((k for k in z.files if k.startswith("x")), key=lambda k: int(k[1:] or 0))
+            data = [z[k] for k in keys]
+        xs = [d[: xs[0].shape[0]] if d.shape[0] >= xs[0].shape[0] else d for d in data]
+    session.run(xs)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    result: dict[str, Any] = {"ok": True, "runtime": session.runtime, "runtime_version": session.version,
+                              "inputs": session.inputs, "outputs": session.outputs, "load_ms": load_ms,
+                              "threads": threads, "batch": int(xs[0].shape[0])}
+    if spec.get("inputs") and spec.get("outputs"):
+        with np.load(spec["inputs"]) as z:
+            keys = sorted((k for k in z.files if k.startswith("x")), key=lambda k: int(k[1:] or 0))
+            full = [z[k] for k in keys]
+        outs = session.run(full)
+        np.savez(spec["outputs"], **{f"y{i}": o for i, o in enumerate(outs)})
+    # Warm up until the median of a window of runs stops moving (within 5%), at least
+    # `warmup` runs and at most `max_warmup`.
+    min_warm, max_warm = int(spec.get("warmup", 20)), int(spec.get("max_warmup", 500))
+    window, prev, done = 10, None, 0
+    while done < max_warm:
+        ts = []
+        for _ in range(window):
+            a = time.perf_counter_ns()
+            session.run(xs)
+            ts.append(time.perf_counter_ns() - a)
+        done += window
+        med = float(np.median(ts))
+        if done >= min_warm and prev is not None and abs(med - prev) <= 0.05 * prev:
+            break
+        prev = med
+    result["warmup_runs"] = done
+    runs = int(spec.get("runs", 100))
+    times = np.empty(runs, dtype=np.int64)
+    run = session.run
+    for i in range(runs):
+        a = time.perf_counter_ns()
+        run(xs)
+        times[i] = time.perf_counter_ns() - a
+    result["times_ms"] = (times / 1e6).tolist()
+    peak_kb = _peak_rss_kb()
+    result["rss_before_kb"] = rss0
+    result["peak_rss_kb"] = int(peak_kb)
+    result["memory_increase_kb"] = max(0, int(peak_kb) - rss0)
+    result["device"] = device_facts()
+    return result
+
+
+def main(argv: list[str]) -> int:
+    try:
+        with open(argv[1], encoding="utf-8") as f:
+            spec = json.load(f)
+        out = benchmark(spec)
+    except Exception as e:  # reported as JSON: the caller trusts the JSON, not the exit code
+        out = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=5)}
+    sys.stdout.write("\nEDGEPACK-RESULT " + json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0 if out.get("ok") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,220 @@
+"""The run report: a versioned JSON schema, and its Markdown rendering.
+
+``report.json`` is the contract other tools (``compress compare``, the bundle, CI gates)
+read; it is validated by these models on write and on read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench.latency import LatencyStats
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Parity(_Model):
+    """How closely an artifact reproduces its reference model on eval inputs."""
+
+    reference: str = Field(description="artifact the outputs are compared with")
+    max_abs_diff: float
+    mean_abs_diff: float
+    agreement: float | None = Field(None, description="share of inputs with the same predicted class")
+    cosine: float | None = None
+    tolerance: float | None = None
+    passed: bool | None = None
+    samples: int
+
+
+class TargetResult(_Model):
+    """One artifact on one target, at one thread count and batch size."""
+
+    target: str
+    how: Literal["measured", "estimated", "emulated"]
+    device: str = Field(description="what it ran on, in words")
+    threads: int
+    batch: int = 1
+    latency_ms: LatencyStats | None = None
+    times_ms: list[float] | None = Field(None, description="every timed run, in order")
+    throughput_items_s: float | None = None
+    load_ms: float | None = None
+    memory_increase_mb: float | None = None
+    peak_rss_mb: float | None = None
+    runtime: str | None = None
+    parity: Parity | None = None
+    estimate_band_ms: tuple[float, float] | None = None
+    error: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArtifactReport(_Model):
+    name: str
+    format: str
+    path: str | None
+    size_bytes: int | None
+    zipped_bytes: int | None = None
+    sha256: str | None = None
+    precision: str = "fp32"
+    parent: str | None = None
+    step: str | None = None
+    config_hash: str | None = None
+    accuracy: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    parity: Parity | None = None
+    params: int | None = None
+    macs: int | None = None
+    targets: list[TargetResult] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelFacts(_Model):
+    params: int | None = None
+    macs: int | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+
+
+class StepReport(_Model):
+    index: int
+    kind: str
+    name: str
+    config: dict[str, Any]
+    status: Literal["ok", "failed", "interrupted"] = "ok"
+    duration_s: float | None = None
+    before: ModelFacts | None = None
+    after: ModelFacts | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class AdvisoryReport(_Model):
+    code: str
+    message: str
+    severity: str = "warning"
+    artifact: str | None = None
+    step: str | None = None
+
+
+class Report(_Model):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    tool: dict[str, str] = Field(default_factory=dict)
+    recipe: dict[str, Any]
+    created: str
+    status: Literal["ok", "failed", "interrupted"] = "ok"
+    error: str | None = None
+    env: dict[str, Any] = Field(default_factory=dict)
+    task: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    baseline: ModelFacts | None = None
+    steps: list[StepReport] = Field(default_factory=list)
+    artifacts: list[ArtifactReport] = Field(default_factory=list)
+    advisories: list[AdvisoryReport] = Field(default_factory=list)
+    tradeoff: dict[str, Any] | None = None
+    bundle: dict[str, Any] | None = None
+
+    def artifact(self, name: str) -> ArtifactReport | None:
+        return next((a for a in self.artifacts if a.name == name), None)
+
+
+def load_report(path: Path) -> Report:
+    """Read a ``report.json`` (or a run folder holding one)."""
+    from compress.errors import InputFileError
+
+    p = path / "report.json" if path.is_dir() else path
+    if not p.is_file():
+        raise InputFileError(f"{path}: no report.json there")
+    try:
+        return Report.model_validate_json(p.read_text(encoding="utf-8"))
+    except Exception as e:
+        raise InputFileError(f"{p}: not an edgepack report ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def latency_cell(t: TargetResult) -> str:
+    if t.error:
+        return f"error: {t.error}"
+    if t.latency_ms is None:
+        if t.parity is not None:
+            return f"parity {'ok' if t.parity.passed else 'FAILED'} (max diff {t.parity.max_abs_diff:.1e}; {t.how}, no latency)"
+        return t.how
+    s = t.latency_ms
+    if t.how == "estimated" and t.estimate_band_ms:
+        return f"~{s.p50:.2f} ms ({t.estimate_band_ms[0]:.2f}-{t.estimate_band_ms[1]:.2f}) estimated"
+    noisy = " noisy" if s.noisy else ""
+    return f"{s.p50:.3f} ms [{s.ci95[0]:.3f}, {s.ci95[1]:.3f}] p90 {s.p90:.3f} p99 {s.p99:.3f} ({s.how}, {s.runs} runs{noisy})"
+
+
+def render_markdown(report: Report) -> str:
+    """A Markdown summary fit for a pull-request comment."""
+    r = report
+    lines = [f"# edgepack report: {r.recipe.get('name')}", ""]
+    lines.append(f"Status: **{r.status}**" + (f" — {r.error}" if r.error else "") + f" · created {r.created}")
+    env = r.env
+    if env:
+        lines.append(
+            f"Host: {env.get('cpu', '?')} · {env.get('cores', '?')} cores · "
+            f"flags {', '.join(env.get('cpu_flags', [])) or '-'} · load {env.get('loadavg', ['?'])[0]}"
+        )
+    lines.append("")
+    if r.baseline:
+        b = r.baseline
+        lines.append(
+            f"Baseline: accuracy {_fmt(b.accuracy)}, {b.params or '-'} params, "
+            f"{b.macs or '-'} MACs, {_fmt_bytes(b.size_bytes)}"
+        )
+        lines.append("")
+    if r.steps:
+        lines += ["## Steps", "", "| # | step | params | MACs | size | accuracy | time |", "|---|---|---|---|---|---|---|"]
+        for s in r.steps:
+            b, a = s.before or ModelFacts(), s.after or ModelFacts()
+            lines.append(
+                f"| {s.index} | {s.kind} ({s.status}) | {b.params or '-'} → {a.params or '-'} | {b.macs or '-'} → {a.macs or '-'} "
+                f"| {_fmt_bytes(b.size_bytes)} → {_fmt_bytes(a.size_bytes)} | {_fmt(b.accuracy)} → {_fmt(a.accuracy)} "
+                f"| {_fmt(s.duration_s, '.1f')} s |"
+            )
+        lines.append("")
+    lines += ["## Artifacts", "", "| artifact | format | precision | size | zipped | accuracy | parity (max abs diff / agreement) |",
+              "|---|---|---|---|---|---|---|"]
+    for a in r.artifacts:
+        par = "-" if a.parity is None else (
+            f"{a.parity.max_abs_diff:.2e} / {_fmt(a.parity.agreement, '.3f')}"
+            + ("" if a.parity.passed is None else (" ✓" if a.parity.passed else " ✗"))
+        )
+        lines.append(
+            f"| {a.name} | {a.format} | {a.precision} | {_fmt_bytes(a.size_bytes)} | {_fmt_bytes(a.zipped_bytes)} "
+            f"| {_fmt(a.accuracy)} | {par} |"
+        )
+    lines += ["", "## Latency", "", "| artifact | target | threads | batch | p50 [95% CI] and tail | memory | load |",
+              "|---|---|---|---|---|---|---|"]
+    for a in r.artifacts:
+        for t in a.targets:
+            mem = "-" if t.memory_increase_mb is None else f"+{t.memory_increase_mb:.1f} MB"
+            load = "-" if t.load_ms is None else f"{t.load_ms:.0f} ms"
+            lines.append(f"| {a.name} | {t.target} ({t.device}) | {t.threads} | {t.batch} | {latency_cell(t)} | {mem} | {load} |")
+    if r.advisories:
+        lines += ["", "## Advisories", ""]
+        for adv in r.advisories:
+            where = f" ({adv.artifact or adv.step})" if (adv.artifact or adv.step) else ""
+            lines.append(f"- **{adv.severity}** `{adv.code}`{where}: {adv.message}")
+    if r.tradeoff and r.tradeoff.get("markdown"):
+        lines += ["", r.tradeoff["markdown"]]
+    lines.append("")
+    lines.append("Latency is `measured` on the named device unless marked `estimated` (from a device profile) or "
+                 "`emulated` (correctness only, never a latency).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,32 @@
+"""The Runtime abstraction: one interface over onnxruntime and LiteRT.
+
+The implementation lives in :mod:`bench.agent` so that the very same code runs in-process
+here, in a fresh benchmark process, and on a remote board.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.agent import OrtSession, TfliteSession, open_session  # noqa: F401  (re-exported)
+
+
+def open_model(path: Path, threads: int = 1) -> Any:
+    """Open an ONNX or TFLite file; raises a clear error when the runtime is missing."""
+    from compress.errors import MissingDependencyError
+
+    try:
+        return open_session(str(path), threads)
+    except ImportError as e:
+        pkg = "ai-edge-litert" if str(path).endswith(".tflite") else "onnxruntime"
+        raise MissingDependencyError(pkg, f"running {Path(path).name}") from e
+
+
+def predict(session: Any, x: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """All outputs of a session over the inputs, batched."""
+    n = int(x[0].shape[0])
+    outs = [session.run([a[i : i + batch_size] for a in x]) for i in range(0, n, batch_size)]
+    return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]

@@ -1,0 +1,114 @@
+"""Artifacts: the models a run produces, with their lineage.
+
+Inside one torch stage a live ``nn.Module`` may pass from step to step (``module``);
+at every format boundary the artifact is a file on disk (``path``), because remote
+targets, the cache and the bundle need files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ArtifactFormat = Literal["torch", "pt2", "onnx", "tflite"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_hash(config: Any) -> str:
+    """Stable short hash of a config (pydantic model, dict or scalar)."""
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
+
+    An interrupted write never leaves a half-written file under the final name.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(dest: Path, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_with(dest: Path, writer: Callable[[Path], None]) -> None:
+    """Call ``writer(tmp_path)`` and move the result onto ``dest`` atomically."""
+    with atomic_path(dest) as tmp:
+        writer(tmp)
+
+
+@dataclass
+class Artifact:
+    """A model produced by a run.
+
+    Args:
+        name: Unique name within the run, e.g. ``onnx-fp32``, ``tflite-int8``.
+        format: torch (live module), pt2, onnx or tflite.
+        path: The file on disk; None only for a live torch module not yet saved.
+        module: The live ``nn.Module`` inside a torch stage.
+        parent: Name of the artifact this one was made from.
+        step: The step or export that made it, e.g. ``02-prune`` or ``export:onnx``.
+        config_hash: Hash of the config of that step.
+        precision: fp32, fp16, int8 or mixed.
+        metadata: Layout, quantization parameters and other facts the bundle needs.
+    """
+
+    name: str
+    format: ArtifactFormat
+    path: Path | None = None
+    module: Any = None
+    parent: str | None = None
+    step: str | None = None
+    config_hash: str | None = None
+    precision: str = "fp32"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int | None:
+        return self.path.stat().st_size if self.path is not None and self.path.exists() else None
+
+    @property
+    def sha256(self) -> str | None:
+        return sha256_file(self.path) if self.path is not None and self.path.is_file() else None
+
+    def derive(self, **changes: Any) -> Artifact:
+        """A child artifact: same metadata, this one as parent."""
+        base = {
+            "name": self.name,
+            "format": self.format,
+            "path": None,
+            "module": None,
+            "parent": self.name,
+            "precision": self.precision,
+            "metadata": dict(self.metadata),
+        }
+        base.update(changes)
+        return Artifact(**base)

@@ -1,0 +1,135 @@
+"""The ``compress`` command.
+
+``compress RECIPE`` runs a recipe; the subcommands validate, describe and compare.
+Errors the user can fix are printed as one readable message with a non-zero exit code,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from compress.errors import EdgepackError
+
+
+class _DefaultRun(TyperGroup):
+    """``compress recipe.yaml`` means ``compress run recipe.yaml``."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DefaultRun,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress a trained PyTorch model, export it to ONNX and TFLite, and measure it on devices.\n\n"
+    "Run a recipe with: compress RECIPE.yaml",
+)
+devices_app = typer.Typer(help="Benchmark targets: list, check, set up, calibrate.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def fail(err: EdgepackError) -> None:
+    """Print a user error and exit with its code."""
+    _console(stderr=True).print(f"[red]error:[/red] {err.user_message()}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(err.exit_code)
+
+
+@app.command("run")
+def run_cmd(
+    recipe: Annotated[Path, typer.Argument(help="recipe.yaml")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default runs/NAME/TIME-ID)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a value: path.to.key=value")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run a recipe end to end and write the report."""
+    from compress.recipe_io import parse_recipe
+
+    try:
+        source = parse_recipe(recipe, set_ or [])
+    except EdgepackError as e:
+        fail(e)
+    from compress.runner import Runner
+
+    console = None if quiet else _console()
+    runner = Runner(source, out, console)
+    try:
+        report = runner.run()
+    except KeyboardInterrupt:
+        _console(stderr=True).print(f"interrupted; what finished is in {runner.run_dir}")
+        raise typer.Exit(130)
+    except EdgepackError as e:
+        _console(stderr=True).print(f"run folder (with what finished): {runner.run_dir}")
+        fail(e)
+    except Exception as e:  # a bug of ours: say so plainly, keep the traceback in the log
+        log = runner.run_dir / "log.txt"
+        try:
+            import traceback
+
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(traceback.format_exc())
+        except OSError:
+            pass
+        _console(stderr=True).print(f"internal error: {type(e).__name__}: {e}\nthe traceback is in {log}; please report it")
+        raise typer.Exit(1)
+    c = _console()
+    c.print(f"report: {runner.run_dir / 'report.md'}")
+    failed_goal = any(s.details.get("goal_met") is False and s.details.get("require_goal") for s in report.steps)
+    if failed_goal:
+        raise typer.Exit(1)
+
+
+@app.command("validate")
+def validate_cmd(recipe: Annotated[Path, typer.Argument(help="recipe.yaml")]) -> None:
+    """Check a recipe; print every problem with file:line and dotted path."""
+    from compress.recipe_io import parse_recipe
+
+    try:
+        parse_recipe(recipe)
+    except EdgepackError as e:
+        fail(e)
+    _console().print(f"{recipe}: ok")
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of the recipe format (for editors)."""
+    import json
+
+    from compress.recipe import Recipe
+
+    sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except EdgepackError as e:  # errors raised outside a command's own handling
+        _console(stderr=True).print(f"error: {e.user_message()}")
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Errors the toolkit raises on purpose.
+
+Every error here carries a message written for the user: what went wrong, where, and
+what to do. The CLI prints the message (no traceback) and exits with the error's
+``exit_code``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EdgepackError(Exception):
+    """Base class of every error the CLI reports without a traceback."""
+
+    exit_code: int = 1
+
+    def user_message(self) -> str:
+        """Return the text the CLI prints."""
+        return str(self)
+
+
+@dataclass(frozen=True)
+class RecipeProblem:
+    """One problem found in a recipe.
+
+    Args:
+        path: Dotted path of the offending value, e.g. ``steps[1].prune.ratio``.
+        message: What is wrong with it.
+        line: 1-based line in the YAML file, when known.
+    """
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def render(self, file: str | None) -> str:
+        where = f"{file}:{self.line}" if file and self.line else (file or "recipe")
+        loc = f" {self.path}:" if self.path else ""
+        return f"{where}{loc} {self.message}"
+
+
+class RecipeError(EdgepackError):
+    """The recipe is invalid. Carries every problem found, not only the first."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[RecipeProblem], file: str | None = None) -> None:
+        self.problems = problems
+        self.file = file
+        super().__init__(self.user_message())
+
+    def user_message(self) -> str:
+        n = len(self.problems)
+        head = f"{self.file or 'recipe'}: {n} problem{'s' if n != 1 else ''}"
+        return "\n".join([head] + ["  " + p.render(self.file) for p in self.problems])
+
+
+class StepError(EdgepackError):
+    """A pipeline step failed while running."""
+
+    def __init__(self, step: str, message: str) -> None:
+        self.step = step
+        self.message = message
+        super().__init__(f"step {step} failed: {message}")
+
+
+class TargetError(EdgepackError):
+    """A benchmark target is unreachable or cannot run an artifact."""
+
+    def __init__(self, target: str, message: str) -> None:
+        self.target = target
+        super().__init__(f"target {target}: {message}")
+
+
+class MissingDependencyError(EdgepackError):
+    """An optional package needed for a feature is not installed."""
+
+    def __init__(self, package: str, feature: str, hint: str | None = None) -> None:
+        self.package = package
+        hint = hint or f'pip install "{package}"'
+        super().__init__(f"{feature} needs the package {package!r}, which is not installed: {hint}")
+
+
+class InputFileError(EdgepackError):
+    """A file given by the user is missing, unreadable or corrupt."""
+
+    exit_code = 2

@@ -1,0 +1,195 @@
+"""Model intake: a factory plus weights, a torch.export program, an ONNX file, or a pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact
+from compress.data import import_ref
+from compress.errors import InputFileError
+from compress.recipe import InputSpec, ModelSpec
+
+
+def _load_state_dict(path: Path) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputFileError(
+            f"{path}: not a plain state_dict (weights_only=True refused it: {str(e).splitlines()[0]}). "
+            "Save the weights with torch.save(model.state_dict(), path)."
+        ) from e
+    except Exception as e:
+        raise InputFileError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise InputFileError(f"{path}: expected a state_dict (a mapping of tensors), got {type(obj).__name__}")
+    return obj
+
+
+def _from_factory(spec: ModelSpec) -> Any:
+    import torch
+
+    fn = import_ref(spec.factory or "")
+    try:
+        module = fn(**spec.kwargs)
+    except Exception as e:
+        raise InputFileError(f"model factory {spec.factory} raised {type(e).__name__}: {e}") from e
+    if not isinstance(module, torch.nn.Module):
+        raise InputFileError(f"model factory {spec.factory} returned {type(module).__name__}, not a torch.nn.Module")
+    if spec.weights is not None:
+        state = _load_state_dict(spec.weights)
+        result = module.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            parts = []
+            if result.missing_keys:
+                parts.append(f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[0]})")
+            if result.unexpected_keys:
+                parts.append(f"unexpected {len(result.unexpected_keys)} keys (e.g. {result.unexpected_keys[0]})")
+            raise InputFileError(
+                f"{spec.weights} does not match the model from {spec.factory}: " + "; ".join(parts)
+            )
+    return module
+
+
+def load_model(spec: ModelSpec) -> Artifact:
+    """Load the recipe's model as the run's first artifact (``baseline``).
+
+    Raises:
+        InputFileError: when the file is missing, corrupt or of the wrong kind.
+    """
+    kind = spec.source_kind
+    if kind == "onnx":
+        import onnx
+
+        path = Path(spec.onnx or "")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+            onnx.checker.check_model(model)
+        except Exception as e:
+            raise InputFileError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        return Artifact(name="baseline", format="onnx", path=path, step="input")
+
+    import torch
+
+    if kind == "factory":
+        module = _from_factory(spec)
+    elif kind == "exported":
+        path = Path(spec.exported or "")
+        try:
+            program = torch.export.load(str(path))
+            module = program.module()
+        except Exception as e:
+            raise InputFileError(f"{path}: not a torch.export program ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        batch = _static_batch(program)
+        if batch is not None:
+            module._edgepack_static_batch = batch
+    else:
+        path = Path(spec.pickle or "")
+        try:
+            module = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise InputFileError(f"{path}: cannot unpickle the model ({type(e).__name__}: {e})") from e
+        if not isinstance(module, torch.nn.Module):
+            raise InputFileError(f"{path}: the pickle holds a {type(module).__name__}, not a torch.nn.Module")
+    set_mode(module, training=False)
+    return Artifact(name="baseline", format="torch", module=module, step="input",
+                    metadata={"source": kind})
+
+
+def _static_batch(program: Any) -> int | None:
+    """The fixed batch size of an exported program's first input, or None if dynamic."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            val = node.meta.get("val")
+            if val is not None and val.dim() > 0 and isinstance(val.shape[0], int):
+                return int(val.shape[0])
+            return None
+    return None
+
+
+def set_mode(module: Any, training: bool) -> None:
+    """``module.train(training)``, also for exported programs' modules (whose train() raises)."""
+    try:
+        module.train(training)
+    except NotImplementedError:
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+        (move_exported_model_to_train if training else move_exported_model_to_eval)(module)
+        module.training = training
+
+
+def example_inputs(specs: list[InputSpec], batch: int = 2, seed: int = 0) -> list[Any]:
+    """Random example tensors for export and tracing (batch 2 exports most reliably)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in specs:
+        shape = [batch] + list(s.shape[1:])
+        if s.dtype == "float32":
+            out.append(torch.randn(*shape, generator=g))
+        else:
+            out.append(torch.randint(0, 100, shape, generator=g, dtype=getattr(torch, s.dtype)))
+    return out
+
+
+def inputs_from_split(x: list[np.ndarray], n: int) -> list[Any]:
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(a[:n])) for a in x]
+
+
+def torch_predict(module: Any, x: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """Run a torch module over inputs in batches; return every output as numpy."""
+    import torch
+
+    from bench.agent import run_in_fixed_batches
+
+    def run_one(xs: list[np.ndarray]) -> list[np.ndarray]:
+        y = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in xs])
+        ys = list(y.values()) if isinstance(y, dict) else list(y) if isinstance(y, (tuple, list)) else [y]
+        return [t.detach().float().numpy() if t.dtype.is_floating_point else t.numpy() for t in ys]
+
+    static = getattr(module, "_edgepack_static_batch", None)
+    outs: list[list[np.ndarray]] = []
+    n = int(x[0].shape[0])
+    step = static or batch_size
+    with torch.inference_mode():
+        for i in range(0, n, step):
+            outs.append(run_in_fixed_batches(run_one, [a[i : i + step] for a in x], static))
+    return [np.concatenate([b[k] for b in outs]) for k in range(len(outs[0]))]
+
+
+def count_params(module: Any) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def count_macs(module: Any, specs: list[InputSpec]) -> int | None:
+    """Multiply-accumulates of one batch-1 inference, counted by torch-pruning's op counter."""
+    try:
+        import torch_pruning as tp
+
+        example = example_inputs(specs, batch=1)
+        macs, _ = tp.utils.count_ops_and_params(module, example[0] if len(example) == 1 else tuple(example))
+        return int(macs)
+    except Exception:
+        return None
+
+
+def torch_size_bytes(module: Any) -> int:
+    """Bytes of the state_dict as torch.save writes it."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getbuffer().nbytes

@@ -1,0 +1,528 @@
+"""The typed recipe: what a user writes in ``recipe.yaml``.
+
+Every mapping forbids unknown keys, so a typo is an error, never a silent default.
+Step kinds are written as single-key mappings (``- prune: {ratio: 0.5}``); each kind has
+its own config class below and an entry in :mod:`compress.registry`.
+Paths are resolved relative to the recipe file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+RECIPE_VERSION = 1
+
+
+class StrictModel(BaseModel):
+    """Base of every recipe mapping: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("base_dir", "."))
+
+
+def _check_files(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get("check_files", True))
+
+
+def resolve_file(value: str | Path, info: ValidationInfo, what: str) -> Path:
+    """Resolve a path against the recipe folder and check that the file exists."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (_base_dir(info) / path).resolve()
+    if _check_files(info) and not path.is_file():
+        raise ValueError(f"{what} not found: {value} (looked at {path})")
+    return path
+
+
+_REF_RE = re.compile(r"^(?P<mod>[^:]+):(?P<fn>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def resolve_ref(value: str, info: ValidationInfo, what: str) -> str:
+    """Check a ``file.py:function`` or ``package.module:function`` reference.
+
+    A file reference is returned with its file made absolute.
+    """
+    m = _REF_RE.match(value)
+    if not m:
+        raise ValueError(
+            f"{what} must look like 'file.py:function' or 'package.module:function' (got {value!r})"
+        )
+    mod = m.group("mod")
+    if mod.endswith(".py"):
+        path = resolve_file(mod, info, f"{what} file")
+        return f"{path}:{m.group('fn')}"
+    if not re.match(r"^[A-Za-z_][\w.]*$", mod):
+        raise ValueError(f"{what}: {mod!r} is neither a .py file nor a module name")
+    return value
+
+
+# --------------------------------------------------------------------------- model
+
+
+class InputSpec(StrictModel):
+    """One model input."""
+
+    name: str = "input"
+    shape: list[Annotated[int, Field(ge=1)]]
+    dtype: Literal["float32", "int64", "int32"] = "float32"
+
+
+class ModelSpec(StrictModel):
+    """Where the model comes from. Exactly one of factory, exported, onnx, pickle."""
+
+    factory: str | None = Field(None, description="file.py:function or package.module:function returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+    weights: Path | None = Field(None, description="state_dict loaded with weights_only=True")
+    exported: Path | None = Field(None, description="a torch.export .pt2 file")
+    onnx: Path | None = Field(None, description="an ONNX file (torch steps are then unavailable)")
+    pickle: Path | None = Field(None, description="a full-model pickle; needs trust_pickle: true")
+    trust_pickle: bool = False
+    input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="shape of the single float input, batch first"
+    )
+    inputs: list[InputSpec] | None = Field(None, description="several or non-float inputs")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else resolve_ref(v, info, "model factory")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_file(v, info, "weights file")
+
+    @field_validator("exported")
+    @classmethod
+    def _exported(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_file(v, info, "exported program")
+
+    @field_validator("onnx")
+    @classmethod
+    def _onnx(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_file(v, info, "ONNX model")
+
+    @field_validator("pickle")
+    @classmethod
+    def _pickle(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_file(v, info, "pickled model")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        sources = [k for k in ("factory", "exported", "onnx", "pickle") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of factory, exported, onnx, pickle"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        if self.weights is not None and self.factory is None:
+            raise ValueError("weights can only be used with factory")
+        if self.pickle is not None and not self.trust_pickle:
+            raise ValueError(
+                "loading a full-model pickle runs arbitrary code; save a state_dict and use "
+                "factory + weights, or set trust_pickle: true if you trust the file"
+            )
+        if self.input_shape is not None and self.inputs is not None:
+            raise ValueError("give input_shape or inputs, not both")
+        if self.input_shape is None and self.inputs is None and self.onnx is None:
+            raise ValueError("input_shape (or inputs) is required")
+        return self
+
+    @property
+    def source_kind(self) -> Literal["factory", "exported", "onnx", "pickle"]:
+        for k in ("factory", "exported", "onnx", "pickle"):
+            if getattr(self, k) is not None:
+                return k  # type: ignore[return-value]
+        raise AssertionError("validated model spec has a source")
+
+    def input_specs(self) -> list[InputSpec] | None:
+        if self.inputs is not None:
+            return self.inputs
+        if self.input_shape is not None:
+            return [InputSpec(name="input", shape=self.input_shape)]
+        return None
+
+
+# --------------------------------------------------------------------------- task and data
+
+
+class TaskSpec(StrictModel):
+    """What the model does; decides the metrics."""
+
+    kind: Literal["classification", "regression", "embedding"]
+    labels: list[str] | None = None
+    top_k: int = Field(5, ge=1)
+
+
+class NormalizeSpec(StrictModel):
+    """Per-channel normalisation the app must apply before inference (for the bundle)."""
+
+    mean: list[float]
+    std: list[float]
+    scale: float = Field(1.0, description="multiply raw pixels by this first, e.g. 1/255")
+
+
+class DataSpec(StrictModel):
+    """The data: built-in, a .npz with x/y arrays, or a Python function."""
+
+    source: str = Field(..., description="builtin:digits | path/to/data.npz | file.py:function")
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    calibration_samples: int = Field(128, ge=1)
+    seed: int = 0
+    image_size: int | None = Field(None, ge=2, description="resize square images to this side")
+    normalize: NormalizeSpec | None = None
+    max_eval: int | None = Field(None, ge=1, description="evaluate on at most this many samples")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str, info: ValidationInfo) -> str:
+        if v.startswith("builtin:"):
+            name = v.split(":", 1)[1]
+            if name not in BUILTIN_DATASETS:
+                raise ValueError(f"unknown built-in data set {name!r}; known: {', '.join(BUILTIN_DATASETS)}")
+            return v
+        if v.endswith(".npz"):
+            return str(resolve_file(v, info, "data file"))
+        if ":" in v:
+            return resolve_ref(v, info, "data function")
+        raise ValueError("data.source must be builtin:NAME, a .npz file, or file.py:function")
+
+
+BUILTIN_DATASETS = ("digits",)
+
+
+# --------------------------------------------------------------------------- steps
+
+Ratio = Annotated[float, Field(ge=0, lt=1, description="fraction in [0, 1)")]
+
+
+class FeaturePair(StrictModel):
+    """Match an intermediate student layer to a teacher layer during distillation."""
+
+    student: str
+    teacher: str
+    weight: float = Field(1.0, ge=0)
+
+
+class TrainConfig(StrictModel):
+    """Shared optimisation settings."""
+
+    epochs: int = Field(5, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class DistillConfig(TrainConfig):
+    """Knowledge distillation into a smaller student."""
+
+    student: str | None = Field(None, description="file.py:function returning the student")
+    width: float | None = Field(None, gt=0, lt=1, description="derive the student by structured pruning to this width")
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
+    features: list[FeaturePair] = Field(default_factory=list)
+    embedding_loss: Literal["cosine", "mse"] = "cosine"
+    epochs: int = Field(10, ge=0)
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else resolve_ref(v, info, "student")
+
+    @model_validator(mode="after")
+    def _one_student(self) -> DistillConfig:
+        if (self.student is None) == (self.width is None):
+            raise ValueError("give exactly one of student (file.py:function) or width (0-1)")
+        return self
+
+
+class PruneConfig(TrainConfig):
+    """Structured (channels removed) or unstructured (weights zeroed) pruning."""
+
+    method: Literal["structured", "unstructured"] = "structured"
+    ratio: Ratio = 0.5
+    scope: Literal["uniform", "global"] = "uniform"
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    round_to: int | None = Field(None, ge=1)
+    ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
+    iterative_steps: int = Field(1, ge=1)
+    epochs: int = Field(0, ge=0, description="fine-tuning epochs after each pruning step")
+    distill_from_unpruned: bool = False
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)
+
+
+class QatConfig(TrainConfig):
+    """Quantization-aware training with torchao pt2e."""
+
+    target: Literal["auto", "x86", "arm"] = "auto"
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    per_channel: bool = True
+    freeze_bn_epoch: int | None = Field(None, ge=0)
+
+
+class QuantizeConfig(StrictModel):
+    """Post-training quantization of the ONNX model (or the torch model with engine: inc)."""
+
+    method: Literal["static", "dynamic", "fp16", "weight_only"] = "static"
+    engine: Literal["ort", "inc"] = "ort"
+    target: Literal["auto", "x86", "arm"] = "auto"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int | None = Field(None, ge=1)
+    activation_type: Literal["uint8", "int8"] | None = None
+    weight_type: Literal["int8", "uint8"] | None = None
+    per_channel: bool = True
+    exclude: list[str] = Field(default_factory=list, description="node names kept in float")
+    tolerable_loss: float | None = Field(None, ge=0)
+    loss_kind: Literal["absolute", "relative"] = "absolute"
+    require_goal: bool = False
+    max_trials: int = Field(12, ge=1)
+    name: str | None = Field(None, description="artifact name (default onnx-<method>)")
+
+
+class DistillStep(StrictModel):
+    distill: DistillConfig
+
+
+class PruneStep(StrictModel):
+    prune: PruneConfig
+
+
+class QatStep(StrictModel):
+    qat: QatConfig
+
+
+class QuantizeStep(StrictModel):
+    quantize: QuantizeConfig
+
+
+def _step_tag(value: Any) -> str | None:
+    if isinstance(value, dict) and len(value) == 1:
+        return str(next(iter(value)))
+    if isinstance(value, BaseModel):
+        return next(iter(type(value).model_fields))
+    return None
+
+
+Step = Annotated[
+    Union[
+        Annotated[DistillStep, Tag("distill")],
+        Annotated[PruneStep, Tag("prune")],
+        Annotated[QatStep, Tag("qat")],
+        Annotated[QuantizeStep, Tag("quantize")],
+    ],
+    Discriminator(
+        _step_tag,
+        custom_error_type="step_kind",
+        custom_error_message="a step is a single-key mapping: distill, prune, qat or quantize",
+    ),
+]
+
+STEP_KINDS = ("distill", "prune", "qat", "quantize")
+
+
+def step_kind(step: BaseModel) -> str:
+    """The kind of a validated step wrapper (``prune`` for ``PruneStep``)."""
+    return next(iter(type(step).model_fields))
+
+
+def step_config(step: BaseModel) -> StrictModel:
+    return getattr(step, step_kind(step))
+
+
+# --------------------------------------------------------------------------- export
+
+
+class OnnxExportConfig(StrictModel):
+    opset: int | None = Field(None, ge=13)
+    dynamic_batch: bool = True
+
+
+TflitePrecision = Literal["fp32", "fp16", "dynamic_int8", "int8"]
+
+
+class TfliteExportConfig(StrictModel):
+    precisions: list[TflitePrecision] = Field(default_factory=lambda: ["fp32", "int8"])
+    channels_last_io: bool = Field(False, description="NHWC inputs/outputs instead of NCHW")
+    calibration_samples: int | None = Field(None, ge=1)
+
+
+class OnnxExport(StrictModel):
+    onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
+
+
+class TfliteExport(StrictModel):
+    tflite: TfliteExportConfig = Field(default_factory=TfliteExportConfig)
+
+
+def _export_item(value: Any) -> Any:
+    if isinstance(value, str):
+        return {value: {}}
+    if isinstance(value, dict) and len(value) == 1:
+        key, cfg = next(iter(value.items()))
+        return {key: {} if cfg is None else cfg}
+    return value
+
+
+ExportItem = Annotated[
+    Union[Annotated[OnnxExport, Tag("onnx")], Annotated[TfliteExport, Tag("tflite")]],
+    Discriminator(
+        lambda v: _step_tag(_export_item(v)),
+        custom_error_type="export_kind",
+        custom_error_message="an export is 'onnx', 'tflite', or a single-key mapping of one with options",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- bench, parity
+
+
+class SshDeviceSpec(StrictModel):
+    """A Linux board reached over SSH (``bench.targets: [ssh:NAME]``)."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str
+    key: Path | None = None
+    known_hosts: Path | None = None
+    host_key: str | None = Field(None, description="pin the host key: 'ssh-ed25519 AAAA...' or SHA256:... fingerprint")
+    python: str = "python3"
+    remote_command: str | None = Field(None, description="command that runs the agent (default: python)")
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class AdbDeviceSpec(StrictModel):
+    """An Android phone over adb (``bench.targets: [adb:NAME]``)."""
+
+    serial: str | None = None
+    adb_host: str = "127.0.0.1"
+    adb_port: int = 5037
+    tflite_benchmark: Path | None = Field(None, description="benchmark_model binary for the phone")
+    onnx_benchmark: Path | None = Field(None, description="onnxruntime_perf_test binary for the phone")
+    workdir: str = "/data/local/tmp/edgepack"
+
+
+_TARGET_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.-]+)?|emulated:aarch64|estimate:[\w.-]+)$")
+
+
+class BenchConfig(StrictModel):
+    targets: list[str] = Field(default_factory=lambda: ["local"])
+    threads: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1])
+    warmup: int = Field(20, ge=0, description="minimum warmup runs; warmup goes on until stable")
+    runs: int = Field(200, ge=1)
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1])
+    fresh_process: bool = True
+    ssh: dict[str, SshDeviceSpec] = Field(default_factory=dict)
+    adb: dict[str, AdbDeviceSpec] = Field(default_factory=dict)
+    emulated_cpus: list[str] = Field(default_factory=lambda: ["cortex-a72"])
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if not _TARGET_RE.match(t)]
+        if bad:
+            raise ValueError(
+                f"unknown target {bad[0]!r}: use local, ssh:NAME, adb[:NAME], emulated:aarch64 or estimate:PROFILE"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _named_devices(self) -> BenchConfig:
+        for t in self.targets:
+            if t.startswith("ssh:") and t[4:] not in self.ssh:
+                raise ValueError(f"target {t!r} needs bench.ssh.{t[4:]} with host and user")
+        return self
+
+
+class ParityConfig(StrictModel):
+    """Tolerances of the float export parity check (torch vs ONNX / TFLite)."""
+
+    atol: float = Field(1e-4, gt=0)
+    min_agreement: float = Field(0.99, ge=0, le=1, description="share of eval inputs with the same prediction")
+    fail: bool = Field(True, description="a failed float parity check stops the run")
+
+
+# --------------------------------------------------------------------------- tradeoff, package
+
+
+class CloudConfig(StrictModel):
+    price_per_hour: float = Field(0.10, ge=0, description="USD per hour of one server")
+    cores: int = Field(2, ge=1)
+    profile: str | None = Field(None, description="a device profile of the server; default: measured here")
+    batch: int = Field(8, ge=1)
+
+
+class BudgetConfig(StrictModel):
+    latency_ms: float | None = Field(None, gt=0)
+    size_mb: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0)
+
+
+class TradeoffConfig(StrictModel):
+    network: list[str] = Field(default_factory=lambda: ["wifi", "4g"])
+    device: str | None = Field(None, description="target used for the on-device side (default: first non-local)")
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    raw_input_bytes: int | None = Field(None, ge=1, description="size of what the app uploads, e.g. a JPEG")
+    requests_per_day: int | None = Field(None, ge=1)
+
+
+class PackageConfig(StrictModel):
+    artifact: str
+    platform: Literal["android", "ios", "generic"] = "generic"
+    output: Path | None = None
+    golden_vectors: int = Field(4, ge=1)
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+class Recipe(StrictModel):
+    """A whole recipe file."""
+
+    version: Literal[1] = Field(..., description="recipe format version")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    model: ModelSpec
+    task: TaskSpec
+    data: DataSpec | None = None
+    steps: list[Step] = Field(default_factory=list)
+    export: list[ExportItem] = Field(default_factory=lambda: [OnnxExport()])
+    parity: ParityConfig = Field(default_factory=ParityConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    tradeoff: TradeoffConfig | None = None
+    package: PackageConfig | None = None
+
+    @field_validator("export", mode="before")
+    @classmethod
+    def _exports(cls, v: Any) -> Any:
+        return [_export_item(x) for x in v] if isinstance(v, list) else v
+
+    def export_kinds(self) -> list[str]:
+        return [step_kind(e) for e in self.export]
+
+    def export_config(self, kind: str) -> StrictModel | None:
+        for e in self.export:
+            if step_kind(e) == kind:
+                return getattr(e, kind)
+        return None

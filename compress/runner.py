@@ -1,0 +1,507 @@
+"""Run a recipe: intake, steps, exports, evaluation, benchmarks, report.
+
+The runner owns the run folder. Every step gets ``steps/NN-kind/``, every export
+``exports/NAME/``; files are written atomically, and a failed or interrupted run still
+writes its report with what finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from compress.artifact import Artifact, atomic_write_text, config_hash
+from compress.context import Advisory, StepContext
+from compress.data import Dataset, Split, load_dataset, synthetic_inputs
+from compress.errors import EdgepackError, RecipeProblem, StepError, TargetError
+from compress.recipe import Recipe, step_config, step_kind
+from compress.recipe_io import RecipeSource
+from compress.registry import EXPORTS, STEPS, load
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the toolkit and its backends, without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("edgepack", "torch", "onnx", "onnxruntime", "onnxscript", "torchao", "torch-pruning",
+                "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def environment() -> dict[str, Any]:
+    from bench.agent import device_facts
+
+    env = device_facts()
+    env["versions"] = tool_versions()
+    return env
+
+
+@dataclass
+class RunState:
+    artifacts: list[Artifact] = field(default_factory=list)
+    advisories: list[Advisory] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    reference_outputs: np.ndarray | None = None
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baseline: dict[str, Any] | None = None
+
+
+class Runner:
+    """Runs one recipe into one run folder."""
+
+    def __init__(self, source: RecipeSource, out: Path | None = None, console: Any = None) -> None:
+        self.source = source
+        self.recipe: Recipe = source.recipe
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.run_dir = out or Path("runs") / self.recipe.name / f"{stamp}-{secrets.token_hex(3)}"
+        self.console = console
+        self.state = RunState()
+        self.data: Dataset | None = None
+        self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self._log_file: Any = None
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg, highlight=False)
+        if self._log_file is not None:
+            self._log_file.write(f"{dt.datetime.now().strftime('%H:%M:%S')} {msg}\n")
+            self._log_file.flush()
+
+    # ------------------------------------------------------------------ evaluation
+
+    @property
+    def eval_split(self) -> Split:
+        if self.data is not None:
+            return self.data.eval
+        specs = self.recipe.model.input_specs() or []
+        return synthetic_inputs([(s.shape, s.dtype) for s in specs], 64, self.recipe.seed)
+
+    def outputs_of(self, thing: Any) -> list[np.ndarray]:
+        """Outputs on the eval split of a torch module or a file artifact."""
+        if isinstance(thing, Artifact):
+            if thing.format == "torch":
+                thing = thing.module
+            else:
+                from bench.runtime import open_model, predict
+
+                return predict(open_model(thing.path), self.eval_split.x)
+        from compress.models import set_mode, torch_predict
+
+        was_training = getattr(thing, "training", False)
+        if was_training:
+            set_mode(thing, False)
+        try:
+            return torch_predict(thing, self.eval_split.x)
+        finally:
+            if was_training:
+                set_mode(thing, True)
+
+    def evaluate(self, thing: Any) -> dict[str, Any]:
+        """Task metrics of a module or artifact on the eval split."""
+        from bench.accuracy import task_metrics
+
+        out = self.outputs_of(thing)[0]
+        y = self.eval_split.y
+        ncls = len(self.recipe.task.labels) if self.recipe.task.labels else None
+        return task_metrics(self.recipe.task.kind, out, y, self.state.reference_outputs, ncls)
+
+    def torch_facts(self, module: Any) -> dict[str, Any]:
+        from compress.models import count_macs, count_params, torch_size_bytes
+
+        specs = self.recipe.model.input_specs() or []
+        facts: dict[str, Any] = {"params": count_params(module), "macs": count_macs(module, specs)}
+        try:
+            facts["size_bytes"] = torch_size_bytes(module)
+        except Exception:
+            facts["size_bytes"] = None
+        facts["accuracy"] = self.evaluate(module).get("accuracy")
+        return facts
+
+    # ------------------------------------------------------------------ stages
+
+    def _context(self, step_dir: Path, step_name: str, reference: Any) -> StepContext:
+        step_dir.mkdir(parents=True, exist_ok=True)
+        ctx = StepContext(
+            recipe=self.recipe, run_dir=self.run_dir, step_dir=step_dir, step_name=step_name, data=self.data,
+            reference=reference, log=self.log, evaluate=self.evaluate, target_arch=self.target_arch(),
+        )
+        return ctx
+
+    def target_arch(self) -> str:
+        """x86 unless every benchmark target is ARM (then int8 defaults follow ARM kernels)."""
+        targets = self.recipe.bench.targets
+        arm = [t for t in targets if t.startswith(("emulated:", "adb", "estimate:rpi", "estimate:pixel", "estimate:jetson"))]
+        return "arm" if arm and len(arm) == len([t for t in targets if t != "local"]) and "local" not in targets else "x86"
+
+    def _unique_name(self, name: str) -> str:
+        names = {a.name for a in self.state.artifacts}
+        if name not in names:
+            return name
+        i = 2
+        while f"{name}-{i}" in names:
+            i += 1
+        return f"{name}-{i}"
+
+    def add_artifact(self, art: Artifact) -> Artifact:
+        art.name = self._unique_name(art.name)
+        self.state.artifacts.append(art)
+        return art
+
+    def preflight(self, baseline: Artifact) -> None:
+        """Step checks against the loaded model, before any work starts."""
+        problems: list[RecipeProblem] = []
+        for i, step in enumerate(self.recipe.steps):
+            kind = step_kind(step)
+            entry = STEPS[kind]
+            if entry.check is None:
+                continue
+            try:
+                check = load(entry.check)
+            except (ImportError, AttributeError):
+                continue
+            for sub, msg in check(step_config(step), baseline, self.recipe, self.data) or []:
+                loc = ("steps", i, kind) + tuple(sub)
+                problems.append(self.source.problem(loc, msg))
+        if problems:
+            raise self.source.error(problems)
+
+    def run_step(self, index: int, step: Any, current: Artifact, reference: Any) -> Artifact:
+        kind = step_kind(step)
+        cfg = step_config(step)
+        entry = STEPS[kind]
+        name = f"{index + 1:02d}-{kind}"
+        record: dict[str, Any] = {"index": index + 1, "kind": kind, "name": name,
+                                  "config": cfg.model_dump(mode="json"), "status": "ok"}
+        self.state.steps.append(record)
+        if current.format not in entry.accepts:
+            if "onnx" in entry.accepts and current.format == "torch":
+                current = self.ensure_onnx(current)
+            else:
+                raise StepError(name, f"{kind} accepts {', '.join(entry.accepts)} models, got {current.format}")
+        self.log(f"[bold]step {name}[/bold]")
+        if current.format == "torch":
+            record["before"] = self.torch_facts(current.module)
+        else:
+            record["before"] = self.file_facts(current)
+        ctx = self._context(self.run_dir / "steps" / name, name, reference)
+        t0 = time.perf_counter()
+        try:
+            fn = load(entry.run)
+            result = fn(current, cfg, ctx)
+        except KeyboardInterrupt:
+            record["status"] = "interrupted"
+            raise
+        except EdgepackError as e:
+            record["status"] = "failed"
+            record["error"] = str(e)
+            self.state.advisories.extend(ctx.advisories)
+            raise
+        except Exception as e:
+            record["status"] = "failed"
+            record["error"] = f"{type(e).__name__}: {e}"
+            self.state.advisories.extend(ctx.advisories)
+            self._log_traceback()
+            raise StepError(name, f"{type(e).__name__}: {e}") from e
+        finally:
+            record["duration_s"] = round(time.perf_counter() - t0, 3)
+        result.step = result.step or name
+        result.config_hash = result.config_hash or config_hash(cfg)
+        self.state.advisories.extend(ctx.advisories)
+        record["details"] = ctx.details
+        for extra in ctx.extra_artifacts:
+            self.add_artifact(extra)
+        if result.format == "torch":
+            record["after"] = self.torch_facts(result.module)
+        else:
+            self.add_artifact(result)
+            record["after"] = self.file_facts(result)
+        return result
+
+    def file_facts(self, art: Artifact) -> dict[str, Any]:
+        facts: dict[str, Any] = {"size_bytes": art.size_bytes}
+        try:
+            facts["accuracy"] = self.evaluate(art).get("accuracy")
+        except Exception as e:
+            self.log(f"cannot evaluate {art.name}: {e}")
+        return facts
+
+    def ensure_onnx(self, torch_art: Artifact) -> Artifact:
+        """The ONNX export of a torch artifact, made once, parity-checked, registered."""
+        cached = torch_art.metadata.get("_onnx_export")
+        if cached is not None:
+            return cached
+        from compress.recipe import OnnxExportConfig
+
+        cfg = self.recipe.export_config("onnx") or OnnxExportConfig()
+        art = self.run_export("onnx", cfg, torch_art)[0]
+        torch_art.metadata["_onnx_export"] = art
+        return art
+
+    def run_export(self, kind: str, cfg: Any, source: Artifact) -> list[Artifact]:
+        """Run one export; check each result's parity against the torch model."""
+        step_name = f"export:{kind}"
+        ctx = self._context(self.run_dir / "exports" / f"{kind}-{source.precision}", step_name, source.module)
+        self.log(f"[bold]export {kind}[/bold] ({source.precision})")
+        t0 = time.perf_counter()
+        try:
+            result = load(EXPORTS[kind])(source, cfg, ctx)
+        except EdgepackError:
+            self.state.advisories.extend(ctx.advisories)
+            raise
+        except Exception as e:
+            self.state.advisories.extend(ctx.advisories)
+            self._log_traceback()
+            raise StepError(step_name, f"{type(e).__name__}: {e}") from e
+        self.state.advisories.extend(ctx.advisories)
+        results = result if isinstance(result, list) else [result]
+        for art in results:
+            art.metadata.setdefault("export_seconds", round(time.perf_counter() - t0, 3))
+            self.add_artifact(art)
+            self.check_parity(art, source)
+        for extra in ctx.extra_artifacts:
+            self.add_artifact(extra)
+        return results
+
+    def check_parity(self, art: Artifact, source: Artifact) -> None:
+        """Compare an exported artifact with the model it came from, on eval inputs."""
+        from export.parity import compare_outputs
+
+        ref = self.outputs_of(source)[0]
+        out = self.outputs_of(art)[0]
+        self.state.outputs[art.name] = [out]
+        p = self.recipe.parity
+        is_float = art.precision in ("fp32",) and source.precision == "fp32"
+        parity = compare_outputs(ref, out, source.name, self.recipe.task.kind,
+                                 tolerance=p.atol if is_float else None, min_agreement=p.min_agreement if is_float else None)
+        art.metadata["_parity"] = parity
+        verdict = "" if parity.passed is None else (" ok" if parity.passed else " FAILED")
+        self.log(f"  parity {art.name} vs {source.name}: max abs diff {parity.max_abs_diff:.2e}"
+                 + (f", agreement {parity.agreement:.4f}" if parity.agreement is not None else "") + verdict)
+        if parity.passed is False:
+            msg = (f"{art.name} differs from {source.name}: max abs diff {parity.max_abs_diff:.3g} > atol {p.atol:g}"
+                   + (f" or agreement {parity.agreement:.4f} < {p.min_agreement}" if parity.agreement is not None else ""))
+            if p.fail:
+                raise StepError(art.step or "export", msg + " (relax parity.atol or set parity.fail: false to accept)")
+            self.state.advisories.append(Advisory("parity_failed", msg, "warning", art.name))
+
+    def benchmark_all(self) -> None:
+        from devices.base import BenchSpec, make_target
+
+        b = self.recipe.bench
+        files = [a for a in self.state.artifacts if a.format in ("onnx", "tflite") and a.path is not None]
+        errors = []
+        for tname in b.targets:
+            try:
+                target = make_target(tname, b)
+            except EdgepackError as e:
+                errors.append(str(e))
+                continue
+            for art in files:
+                if art.format not in target.formats:
+                    continue
+                for threads in b.threads:
+                    for batch in b.batch_sizes:
+                        spec = BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch)
+                        self.log(f"bench {art.name} on {tname} ({threads} thread{'s' if threads > 1 else ''}, batch {batch})")
+                        try:
+                            res = target.benchmark(art.path, spec, self.eval_split.x)
+                        except EdgepackError as e:
+                            errors.append(str(e))
+                            from bench.report import TargetResult
+
+                            res = TargetResult(target=tname, how=target.how, device="-", threads=threads, batch=batch,
+                                               error=str(e))
+                        art.metadata.setdefault("_targets", []).append(res)
+                        if res.latency_ms is not None:
+                            s = res.latency_ms
+                            self.log(f"  p50 {s.p50:.3f} ms [{s.ci95[0]:.3f}, {s.ci95[1]:.3f}] ({res.how}, {s.runs} runs)")
+        if errors:
+            raise TargetError(", ".join(b.targets), "; ".join(errors))
+
+    # ------------------------------------------------------------------ report
+
+    def build_report(self, status: str, error: str | None) -> Any:
+        from bench.report import (
+            AdvisoryReport,
+            ArtifactReport,
+            ModelFacts,
+            Report,
+            StepReport,
+        )
+
+        arts = []
+        for a in self.state.artifacts:
+            if a.format == "torch":
+                continue
+            metrics = self.state.metrics.get(a.name, {})
+            arts.append(ArtifactReport(
+                name=a.name, format=a.format, path=str(a.path.relative_to(self.run_dir)) if a.path and a.path.is_relative_to(self.run_dir) else (str(a.path) if a.path else None),
+                size_bytes=a.size_bytes, zipped_bytes=a.metadata.get("zipped_bytes"), sha256=a.sha256,
+                precision=a.precision, parent=a.parent, step=a.step, config_hash=a.config_hash,
+                accuracy=metrics.get("accuracy"), metrics=metrics, parity=a.metadata.get("_parity"),
+                params=a.metadata.get("params"), macs=a.metadata.get("macs"),
+                targets=a.metadata.get("_targets", []),
+                metadata={k: v for k, v in a.metadata.items() if not k.startswith("_")},
+            ))
+        r = self.recipe
+        return Report(
+            tool={"name": "edgepack", **{k: v for k, v in tool_versions().items()}},
+            recipe={"name": r.name, "path": str(self.source.path) if self.source.path else None,
+                    "hash": config_hash(r.model_dump(mode="json"))},
+            created=self.created, status=status, error=error, env=self.env,
+            task=r.task.model_dump(mode="json"),
+            data={"source": self.data.source, "train": len(self.data.train), "calibration": len(self.data.calib),
+                  "eval": len(self.data.eval)} if self.data else {"source": None, "eval": len(self.eval_split)},
+            baseline=ModelFacts(**self.state.baseline) if self.state.baseline else None,
+            steps=[StepReport(**s) for s in self.state.steps],
+            artifacts=arts,
+            advisories=[AdvisoryReport(**a.as_dict()) for a in self.state.advisories],
+        )
+
+    def write_report(self, status: str, error: str | None) -> Any:
+        from bench.report import render_markdown
+
+        report = self.build_report(status, error)
+        extras = self.report_extras(report)
+        for key, value in extras.items():
+            setattr(report, key, value)
+        atomic_write_text(self.run_dir / "report.json", report.model_dump_json(indent=2))
+        atomic_write_text(self.run_dir / "report.md", render_markdown(report))
+        try:
+            from bench.html import render_html
+        except ImportError:
+            render_html = None
+        if render_html is not None:
+            try:
+                atomic_write_text(self.run_dir / "report.html", render_html(report, self.run_dir))
+            except Exception as e:  # a plot must never lose the JSON report
+                self.log(f"report.html not written: {type(e).__name__}: {e}")
+        return report
+
+    def report_extras(self, report: Any) -> dict[str, Any]:
+        """Sections later modules add (cloud-vs-device trade-off)."""
+        extras: dict[str, Any] = {}
+        if report.status == "ok" and self.recipe.tradeoff is not None:
+            try:
+                from bench.tradeoff import tradeoff_section
+            except ImportError:
+                return extras
+            extras["tradeoff"] = tradeoff_section(report, self.recipe)
+        return extras
+
+    # ------------------------------------------------------------------ main
+
+    def run(self) -> Any:
+        """Run the recipe; return the report. Raises after writing the report on failure."""
+        from compress.models import load_model
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.run_dir / "log.txt", "a", encoding="utf-8")
+        self.env = environment()
+        try:
+            atomic_write_text(self.run_dir / "recipe.resolved.yaml",
+                              yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+            atomic_write_text(self.run_dir / "env.json", json.dumps(self.env, indent=2))
+            self.log(f"run folder: {self.run_dir}")
+            if self.recipe.data is not None:
+                self.data = load_dataset(self.recipe.data)
+                self.log(f"data {self.data.source}: {len(self.data.train)} train, {len(self.data.calib)} calibration, "
+                         f"{len(self.data.eval)} eval")
+            baseline = load_model(self.recipe.model)
+            self.preflight(baseline)
+            self._seed()
+            status, error = "ok", None
+            try:
+                self._pipeline(baseline)
+            except KeyboardInterrupt:
+                status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+                self.write_report(status, error)
+                raise
+            except EdgepackError as e:
+                status, error = "failed", str(e)
+                self.write_report(status, error)
+                raise
+            report = self.write_report(status, error)
+            self.package_if_asked(report)
+            return report
+        finally:
+            self._log_file.close()
+            self._log_file = None
+
+    def _seed(self) -> None:
+        import random
+
+        random.seed(self.recipe.seed)
+        np.random.seed(self.recipe.seed)
+        if self.recipe.model.source_kind != "onnx":
+            import torch
+
+            torch.manual_seed(self.recipe.seed)
+
+    def _pipeline(self, baseline: Artifact) -> None:
+        # Baseline: the reference outputs every later artifact is compared with.
+        self.state.reference_outputs = self.outputs_of(baseline)[0]
+        if baseline.format == "torch":
+            facts = self.torch_facts(baseline.module)
+        else:
+            self.add_artifact(baseline)
+            facts = {"size_bytes": baseline.size_bytes, "accuracy": self.evaluate(baseline).get("accuracy")}
+        self.state.baseline = facts
+        self.log(f"baseline accuracy {facts.get('accuracy')}")
+        current = baseline
+        reference = baseline.module
+        for i, step in enumerate(self.recipe.steps):
+            current = self.run_step(i, step, current, reference)
+        last_torch = current
+        if current.format != "torch":
+            last_torch = next((a for a in reversed(self.state.artifacts) if a.format == "torch"), baseline)
+        for exp in self.recipe.export:
+            kind = step_kind(exp)
+            cfg = getattr(exp, kind)
+            if kind == "onnx":
+                if last_torch.format == "torch":
+                    self.ensure_onnx(last_torch)
+                continue
+            self.run_export(kind, cfg, last_torch)
+        for art in self.state.artifacts:
+            if art.format in ("onnx", "tflite") and art.name not in self.state.metrics:
+                self.state.metrics[art.name] = self.evaluate(art)
+                if art.metadata.get("_parity") is None and art is not baseline:
+                    self.check_parity(art, last_torch if last_torch.format == "torch" else baseline)
+        self.log_artifacts()
+        self.benchmark_all()
+
+    def log_artifacts(self) -> None:
+        for art in self.state.artifacts:
+            if art.format == "torch":
+                continue
+            acc = self.state.metrics.get(art.name, {}).get("accuracy")
+            self.log(f"artifact {art.name}: {art.format} {art.precision}, {art.size_bytes} bytes, accuracy {acc}")
+
+    def package_if_asked(self, report: Any) -> None:
+        if self.recipe.package is None:
+            return
+        from export.bundle import package_run
+
+        pkg = self.recipe.package
+        out = pkg.output or (self.run_dir / f"{self.recipe.name}-{pkg.platform}.zip")
+        package_run(self.run_dir, pkg.artifact, pkg.platform, out, golden=pkg.golden_vectors)
+        self.log(f"bundle written: {out}")

@@ -1,0 +1,1 @@
+"""Benchmark targets: this machine, SSH boards, Android, emulated aarch64, estimates."""

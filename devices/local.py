@@ -1,0 +1,112 @@
+"""This machine: each artifact timed by the agent in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.latency import summarize
+from bench.report import TargetResult
+from compress.errors import TargetError
+from devices.base import BenchSpec
+
+AGENT = Path(__file__).resolve().parent.parent / "bench" / "agent.py"
+
+
+def parse_agent_output(stdout: str, target: str) -> dict[str, Any]:
+    """The JSON the agent printed (trusted over the exit code)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("EDGEPACK-RESULT "):
+            result = json.loads(line[len("EDGEPACK-RESULT "):])
+            if not result.get("ok"):
+                raise TargetError(target, f"benchmark agent failed: {result.get('error')}")
+            return result
+    tail = stdout.strip().splitlines()[-3:]
+    raise TargetError(target, "benchmark agent printed no result" + (f" (last output: {' | '.join(tail)})" if tail else ""))
+
+
+def result_from_agent(out: dict[str, Any], target: str, how: str, spec: BenchSpec) -> TargetResult:
+    """Turn the agent's JSON into a TargetResult with statistics."""
+    dev = out.get("device", {})
+    load = dev.get("loadavg", [None])[0]
+    stats = summarize(out["times_ms"], threads=spec.threads, batch=out.get("batch", spec.batch), how=how,
+                      loadavg=load, cores=dev.get("cores"))
+    return TargetResult(
+        target=target,
+        how=how,
+        device=f"{dev.get('cpu') or dev.get('machine')} ({dev.get('machine')}, {dev.get('cores')} cores)",
+        threads=spec.threads,
+        batch=stats.batch,
+        latency_ms=stats,
+        times_ms=[round(t, 5) for t in out["times_ms"]],
+        throughput_items_s=1e3 * stats.batch / stats.p50 if stats.p50 > 0 else None,
+        load_ms=out.get("load_ms"),
+        memory_increase_mb=out.get("memory_increase_kb", 0) / 1024,
+        peak_rss_mb=out.get("peak_rss_kb", 0) / 1024,
+        runtime=f"{out.get('runtime')} {out.get('runtime_version')}",
+        details={"warmup_runs": out.get("warmup_runs"), "cpu_flags": dev.get("cpu_flags"),
+                 "affinity": dev.get("affinity"), "loadavg": dev.get("loadavg")},
+    )
+
+
+def write_inputs(path: Path, inputs: list[np.ndarray]) -> None:
+    np.savez(path, **{f"x{i}": a for i, a in enumerate(inputs)})
+
+
+def read_outputs(path: Path) -> list[np.ndarray]:
+    with np.load(path) as z:
+        keys = sorted(z.files, key=lambda k: int(k[1:]))
+        return [z[k] for k in keys]
+
+
+class LocalTarget:
+    """The machine edgepack runs on; latencies are measured."""
+
+    name = "local"
+    how = "measured"
+    formats = ("onnx", "tflite")
+
+    def __init__(self, timeout_s: float = 600.0) -> None:
+        self.timeout_s = timeout_s
+
+    def describe(self) -> dict[str, Any]:
+        from bench.agent import device_facts
+
+        return device_facts()
+
+    def _agent(self, spec_dict: dict[str, Any]) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
+            spec_path = Path(tmp) / "spec.json"
+            spec_path.write_text(json.dumps(spec_dict))
+            env = dict(os.environ, OMP_NUM_THREADS=str(spec_dict.get("threads", 1)))
+            try:
+                proc = subprocess.run([sys.executable, str(AGENT), str(spec_path)], capture_output=True, text=True,
+                                      timeout=self.timeout_s, env=env)
+            except subprocess.TimeoutExpired as e:
+                raise TargetError(self.name, f"benchmark did not finish within {self.timeout_s:.0f} s") from e
+            return parse_agent_output(proc.stdout + "\n" + proc.stderr[-2000:], self.name)
+
+    def run(self, model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        from bench.runtime import open_model, predict
+
+        return predict(open_model(model), inputs)
+
+    def benchmark(self, model: Path, spec: BenchSpec, inputs: list[np.ndarray] | None = None) -> TargetResult:
+        with tempfile.TemporaryDirectory(prefix="edgepack-in-") as tmp:
+            d: dict[str, Any] = {"model": str(model), "threads": spec.threads, "warmup": spec.warmup,
+                                 "max_warmup": spec.max_warmup, "runs": spec.runs, "batch": spec.batch}
+            if spec.cpus:
+                d["cpus"] = list(spec.cpus)
+            if inputs is not None:
+                p = Path(tmp) / "inputs.npz"
+                write_inputs(p, [a[: spec.batch] for a in inputs])
+                d["inputs"] = str(p)
+            out = self._agent(d)
+        return result_from_agent(out, self.name, self.how, spec)

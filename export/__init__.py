@@ -1,0 +1,1 @@
+"""Exporters (ONNX, TFLite), ONNX quantization, parity checks and bundles."""

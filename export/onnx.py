@@ -1,0 +1,69 @@
+"""Export a torch module to ONNX with the dynamo exporter (weights inline)."""
+
+from __future__ import annotations
+
+import shutil
+
+from compress.artifact import Artifact, atomic_write_with, config_hash
+from compress.context import StepContext
+from compress.errors import StepError
+from compress.models import example_inputs
+from compress.recipe import OnnxExportConfig
+
+
+def quiet_exporter_logs() -> None:
+    """The exporter logs a warning per missing torchvision op; they are noise here."""
+    import logging
+    import warnings
+
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def export_module_to_onnx(module, specs, dest, opset: int | None = None, dynamic_batch: bool = True) -> None:
+    """Write ``module`` to ``dest`` as a single ONNX file (no external data).
+
+    A module with a fixed batch size (from a static ``torch.export`` program) is exported
+    at that size.
+    """
+    import torch
+
+    static = getattr(module, "_edgepack_static_batch", None)
+    if static is not None:
+        dynamic_batch = False
+    example = tuple(example_inputs(specs, batch=static or 2))
+    dynamic = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic = tuple({0: batch} for _ in specs)
+    kwargs = {"opset_version": opset} if opset else {}
+
+    def write(tmp):
+        quiet_exporter_logs()
+        program = torch.onnx.export(
+            module, example, dynamo=True, external_data=False, dynamic_shapes=dynamic,
+            input_names=[s.name for s in specs], verbose=False, **kwargs,
+        )
+        program.save(str(tmp), external_data=False)
+
+    atomic_write_with(dest, write)
+
+
+def export_onnx(artifact: Artifact, config: OnnxExportConfig, ctx: StepContext) -> Artifact:
+    """The ``onnx`` export: torch module -> ``model.onnx`` in the export folder."""
+    dest = ctx.step_dir / "model.onnx"
+    if artifact.format == "onnx":
+        shutil.copyfile(artifact.path, dest)
+    else:
+        specs = ctx.recipe.model.input_specs()
+        try:
+            export_module_to_onnx(artifact.module, specs, dest, config.opset, config.dynamic_batch)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StepError("export:onnx", f"torch.onnx.export failed: {type(e).__name__}: {first}") from e
+    return artifact.derive(
+        name=f"onnx-{artifact.precision}",
+        format="onnx", path=dest, step="export:onnx", config_hash=config_hash(config),
+    )

@@ -1,0 +1,48 @@
+"""Numeric parity of an exported model against the model it came from."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.report import Parity
+
+
+def compare_outputs(
+    reference: np.ndarray,
+    outputs: np.ndarray,
+    reference_name: str,
+    task: str,
+    tolerance: float | None = None,
+    min_agreement: float | None = None,
+) -> Parity:
+    """Compare the primary outputs of two models on the same inputs.
+
+    Passes when the max abs diff is within ``tolerance`` (if given) and the share of equal
+    predictions is at least ``min_agreement`` (classification, if given).
+    """
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    out = outputs.reshape(len(outputs), -1).astype(np.float64)
+    if ref.shape != out.shape:
+        raise ValueError(f"output shapes differ: reference {reference.shape}, artifact {outputs.shape}")
+    diff = np.abs(ref - out)
+    agree = float((ref.argmax(1) == out.argmax(1)).mean()) if task == "classification" else None
+    num = (ref * out).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cos = float(np.mean(np.divide(num, den, out=np.ones_like(num), where=den > 0)))
+    passed = None
+    if tolerance is not None or min_agreement is not None:
+        passed = True
+        if tolerance is not None and diff.max() > tolerance:
+            passed = False
+        if min_agreement is not None and agree is not None and agree < min_agreement:
+            passed = False
+    return Parity(
+        reference=reference_name,
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        agreement=agree,
+        cosine=cos,
+        tolerance=tolerance,
+        passed=passed,
+        samples=int(len(ref)),
+    )
