@@ -122,6 +122,25 @@ def schema_cmd() -> None:
     sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
 
 
+# Commands of later modules register themselves on ``app`` / ``devices_app`` when imported.
+# Each module imports its heavy dependencies inside its commands, never at import time.
+PLUGIN_MODULES = ("compress.cli_bench", "compress.cli_devices", "compress.cli_package")
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+
+
+_load_plugins()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
