@@ -478,8 +478,17 @@ class BudgetConfig(StrictModel):
     memory_mb: float | None = Field(None, gt=0)
 
 
+class NetworkProfile(StrictModel):
+    """A network between the app and the cloud."""
+
+    rtt_ms: float = Field(..., gt=0)
+    up_mbps: float = Field(..., gt=0)
+    down_mbps: float = Field(..., gt=0)
+
+
 class TradeoffConfig(StrictModel):
-    network: list[str] = Field(default_factory=lambda: ["wifi", "4g"])
+    network: list[str] = Field(default_factory=lambda: ["wifi", "4g"], description="wifi, 5g, 4g, 3g_poor or a name under networks")
+    networks: dict[str, NetworkProfile] = Field(default_factory=dict, description="extra or overriding network profiles")
     device: str | None = Field(None, description="target used for the on-device side (default: first non-local)")
     cloud: CloudConfig = Field(default_factory=CloudConfig)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -510,7 +519,7 @@ class Recipe(StrictModel):
     export: list[ExportItem] = Field(default_factory=lambda: [OnnxExport()])
     parity: ParityConfig = Field(default_factory=ParityConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
-    tradeoff: TradeoffConfig | None = None
+    tradeoff: TradeoffConfig | None = Field(default_factory=TradeoffConfig, description="cloud-vs-device section; null to skip")
     package: PackageConfig | None = None
 
     @field_validator("export", mode="before")

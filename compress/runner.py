@@ -317,8 +317,11 @@ class Runner:
             for art in files:
                 if art.format not in target.formats:
                     continue
+                batches = list(b.batch_sizes)
+                if tname == "local" and self.recipe.tradeoff is not None and self.recipe.tradeoff.cloud.batch not in batches:
+                    batches.append(self.recipe.tradeoff.cloud.batch)  # the cloud side's server time
                 for threads in b.threads:
-                    for batch in b.batch_sizes:
+                    for batch in batches:
                         spec = BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch)
                         self.log(f"bench {art.name} on {tname} ({threads} thread{'s' if threads > 1 else ''}, batch {batch})")
                         try:
@@ -439,6 +442,10 @@ class Runner:
                 status, error = "failed", str(e)
                 self.write_report(status, error)
                 raise
+            except Exception as e:  # a bug: still keep the report of what finished
+                self._log_traceback()
+                self.write_report("failed", f"internal error: {type(e).__name__}: {e}")
+                raise
             report = self.write_report(status, error)
             self.package_if_asked(report)
             return report
@@ -503,5 +510,10 @@ class Runner:
 
         pkg = self.recipe.package
         out = pkg.output or (self.run_dir / f"{self.recipe.name}-{pkg.platform}.zip")
-        package_run(self.run_dir, pkg.artifact, pkg.platform, out, golden=pkg.golden_vectors)
+        try:
+            info = package_run(self.run_dir, pkg.artifact, pkg.platform, out, golden=pkg.golden_vectors)
+        except EdgepackError as e:
+            raise StepError("package", str(e)) from e
+        report.bundle = info
+        atomic_write_text(self.run_dir / "report.json", report.model_dump_json(indent=2))
         self.log(f"bundle written: {out}")

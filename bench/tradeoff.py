@@ -1,0 +1,211 @@
+"""Cloud vs device: where should the model run, with the numbers that decide it.
+
+For each artifact, the on-device side is its latency on a device target (measured on a
+board, or estimated from a device profile, or this host when there is nothing else),
+its size against the app budget, and its energy when the profile gives a power figure.
+The cloud side is the server's time per item (measured here on batched inputs, a stand-in
+for one server core), plus the network: the real input and output tensor bytes (or the
+raw upload size the recipe gives), the round-trip time and the bandwidth of a network
+profile, and the cost per million inferences from an instance price and the measured
+throughput. Every figure says where it came from; the assumptions are listed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Typical figures, deliberately round; a recipe can override any of them under
+# tradeoff.networks. Medians of the kind reported by public mobile network surveys
+# (e.g. Opensignal / Ookla reports): a user's own numbers are better.
+NETWORKS: dict[str, dict[str, float]] = {
+    "wifi": {"rtt_ms": 20.0, "up_mbps": 20.0, "down_mbps": 50.0},
+    "5g": {"rtt_ms": 30.0, "up_mbps": 15.0, "down_mbps": 100.0},
+    "4g": {"rtt_ms": 60.0, "up_mbps": 5.0, "down_mbps": 20.0},
+    "3g_poor": {"rtt_ms": 300.0, "up_mbps": 0.3, "down_mbps": 1.0},
+}
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "devices" / "profiles"
+
+
+@dataclass
+class Side:
+    """One side of a scenario: latency per inference and where the figure came from."""
+
+    latency_ms: float
+    how: str
+    source: str
+
+
+def _bytes_of(specs: list[dict[str, Any]], batch: int = 1) -> int:
+    total = 0
+    sizes = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+    for s in specs or []:
+        n = 1
+        for i, d in enumerate(s.get("shape", [])):
+            n *= batch if i == 0 else max(int(d), 1)
+        total += n * sizes.get(str(s.get("dtype", "float32")), 4)
+    return total
+
+
+def _profile_power(target: str) -> float | None:
+    if not target.startswith("estimate:"):
+        return None
+    path = PROFILES_DIR / f"{target.split(':', 1)[1]}.yaml"
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text()) or {}
+    power = data.get("power_w") or data.get("power_watts")
+    return float(power) if power else None
+
+
+def _device_side(art: Any, wanted: str | None) -> tuple[Side | None, str | None]:
+    """The on-device latency: the wanted target, else the first non-local one with a latency, else local."""
+    results = [t for t in art.targets if t.latency_ms is not None and t.batch == 1 and t.threads == min(
+        (x.threads for x in art.targets if x.latency_ms is not None), default=1)]
+    order = [t for t in results if wanted and t.target == wanted]
+    order += [t for t in results if t.target != "local" and t.how in ("measured", "estimated")]
+    order += [t for t in results if t.target == "local"]
+    if not order:
+        return None, None
+    t = order[0]
+    src = f"{t.how} on {t.target} ({t.device}), {t.latency_ms.runs} runs, {t.threads} thread(s)"
+    if t.target == "local":
+        src += "; no device target measured or estimated it, so this host stands in for the device"
+    return Side(t.latency_ms.p50, t.how, src), t.target
+
+
+def _server_side(art: Any, batch: int) -> tuple[float, float, str] | None:
+    """(ms per item, items per second per core, source) from local batched runs."""
+    local = [t for t in art.targets if t.target == "local" and t.latency_ms is not None and t.threads == 1]
+    if not local:
+        return None
+    best = next((t for t in local if t.batch == batch), None) or max(local, key=lambda t: t.batch)
+    per_item = best.latency_ms.p50 / best.batch
+    return per_item, 1e3 / per_item, (f"measured on this host, batch {best.batch}, 1 thread "
+                                      f"({best.latency_ms.runs} runs), standing in for one server core")
+
+
+def _io_specs(art: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    for t in art.targets:
+        if t.details.get("inputs"):
+            return t.details["inputs"], t.details.get("outputs", [])
+    return art.metadata.get("inputs", []), art.metadata.get("outputs", [])
+
+
+def tradeoff_section(report: Any, recipe: Any) -> dict[str, Any]:
+    """Scenarios per artifact and network, verdicts, break-even points, assumptions."""
+    cfg = recipe.tradeoff
+    networks = dict(NETWORKS)
+    networks.update({k: v.model_dump() for k, v in getattr(cfg, "networks", {}).items()})
+    budgets = cfg.budgets
+    in_specs_default = [s.model_dump() for s in (recipe.model.input_specs() or [])]
+    scenarios: list[dict[str, Any]] = []
+    for art in report.artifacts:
+        device, device_target = _device_side(art, cfg.device)
+        server = _server_side(art, cfg.cloud.batch)
+        if device is None or server is None:
+            continue
+        server_ms, per_core_items_s, server_src = server
+        in_specs, out_specs = _io_specs(art)
+        up_bytes = cfg.raw_input_bytes or _bytes_of(in_specs or in_specs_default)
+        down_bytes = _bytes_of(out_specs) or 4 * max(len(recipe.task.labels or []), 1)
+        throughput = per_core_items_s * cfg.cloud.cores
+        cost_per_m = cfg.cloud.price_per_hour / (throughput * 3600) * 1e6
+        size_mb = (art.size_bytes or 0) / 1e6
+        power = _profile_power(device_target or "")
+        energy_mj = power * device.latency_ms if power else None
+        for net_name in cfg.network:
+            net = networks.get(net_name)
+            if net is None:
+                continue
+            transfer_ms = up_bytes * 8 / (net["up_mbps"] * 1e3) + down_bytes * 8 / (net["down_mbps"] * 1e3)
+            cloud_ms = net["rtt_ms"] + transfer_ms + server_ms
+            break_even_rtt = device.latency_ms - server_ms - transfer_ms
+            wins = {
+                "latency": "device" if device.latency_ms <= cloud_ms else "cloud",
+                "cost": "device",  # the user's own hardware: no marginal cost per inference
+                "privacy_offline": "device",
+            }
+            notes = []
+            if budgets.size_mb is not None and size_mb > budgets.size_mb:
+                wins["size"] = "cloud"
+                notes.append(f"cloud wins on model size: {size_mb:.1f} MB is above the {budgets.size_mb:g} MB budget")
+            elif budgets.size_mb is not None:
+                wins["size"] = "device"
+            meets = {}
+            if budgets.latency_ms is not None:
+                meets = {"device": device.latency_ms <= budgets.latency_ms, "cloud": cloud_ms <= budgets.latency_ms}
+            verdict = (
+                f"on device: {device.latency_ms:.2f} ms p50 ({device.how}), {size_mb:.2f} MB; "
+                f"cloud over {net_name}: {cloud_ms:.1f} ms p50, ${cost_per_m:.3g} per 1M; "
+                f"{wins['latency']} wins on latency, device wins on cost"
+                + ("".join(f"; {n}" for n in notes))
+            )
+            if budgets.latency_ms is not None:
+                ok = [k for k, v in meets.items() if v]
+                verdict += f"; within the {budgets.latency_ms:g} ms budget: {', '.join(ok) or 'neither'}"
+            scenarios.append({
+                "artifact": art.name, "network": net_name, "device_target": device_target,
+                "device": {"latency_ms": device.latency_ms, "how": device.how, "source": device.source,
+                           "size_mb": size_mb, "energy_mj": energy_mj},
+                "cloud": {"latency_ms": cloud_ms, "server_ms": server_ms, "transfer_ms": transfer_ms,
+                          "rtt_ms": net["rtt_ms"], "upload_bytes": up_bytes, "download_bytes": down_bytes,
+                          "cost_per_million_usd": cost_per_m, "throughput_items_s": throughput,
+                          "server_source": server_src},
+                "wins": wins, "meets_latency_budget": meets,
+                "break_even_rtt_ms": break_even_rtt,
+                "break_even_note": (
+                    f"the cloud is faster when the round trip is below {break_even_rtt:.1f} ms"
+                    if break_even_rtt > 0 else
+                    "the cloud cannot be faster at any round-trip time: transfer and server time alone exceed the device's latency"
+                ),
+                "instance_capacity_rps": throughput,
+                "verdict": verdict,
+            })
+    assumptions = [
+        f"cloud instance: ${cfg.cloud.price_per_hour:g}/hour, {cfg.cloud.cores} cores each serving as fast as one core of "
+        f"this host at batch {cfg.cloud.batch}, fully utilised (cost per 1M is a lower bound)",
+        "upload: " + (f"{cfg.raw_input_bytes} bytes of raw input as the recipe states" if cfg.raw_input_bytes
+                      else "the model's input tensors as they are (no compression)"),
+        "networks: " + "; ".join(f"{n}: RTT {networks[n]['rtt_ms']:g} ms, up {networks[n]['up_mbps']:g} Mbit/s, "
+                                 f"down {networks[n]['down_mbps']:g} Mbit/s" for n in cfg.network if n in networks),
+        "device cost per inference is taken as zero (the user's hardware); energy only where the profile gives power",
+        "latency figures are medians (p50); queueing, TLS set-up and cold starts on the server are not included",
+    ]
+    unknown = [n for n in cfg.network if n not in networks]
+    if unknown:
+        assumptions.append(f"unknown network profiles ignored: {', '.join(unknown)} (define them under tradeoff.networks)")
+    section = {"scenarios": scenarios, "assumptions": assumptions, "networks": {n: networks[n] for n in cfg.network if n in networks}}
+    section["markdown"] = render_tradeoff_markdown(section)
+    return section
+
+
+def render_tradeoff_markdown(section: dict[str, Any]) -> str:
+    lines = ["## Cloud vs device", ""]
+    if not section["scenarios"]:
+        lines.append("No artifact has both a device latency and a local server measurement: nothing to compare.")
+        return "\n".join(lines)
+    lines += ["| artifact | network | device p50 | cloud p50 (RTT + transfer + server) | $ per 1M | break-even RTT | verdict |",
+              "|---|---|---|---|---|---|---|"]
+    for s in section["scenarios"]:
+        d, c = s["device"], s["cloud"]
+        lines.append(
+            f"| {s['artifact']} | {s['network']} | {d['latency_ms']:.2f} ms ({d['how']}, {s['device_target']}) "
+            f"| {c['latency_ms']:.1f} ms ({c['rtt_ms']:g} + {c['transfer_ms']:.2f} + {c['server_ms']:.3f}) "
+            f"| ${c['cost_per_million_usd']:.3g} | {_rtt(s['break_even_rtt_ms'])} | {s['verdict']} |"
+        )
+    lines += ["", "Assumptions:", ""] + [f"- {a}" for a in section["assumptions"]]
+    return "\n".join(lines)
+
+
+def _rtt(ms: float) -> str:
+    return f"{ms:.1f} ms" if ms > 0 else "none (device always faster)"
+
+
+def energy_note(energy_mj: float | None) -> str:
+    return "-" if energy_mj is None or math.isnan(energy_mj) else f"{energy_mj:.2f} mJ"

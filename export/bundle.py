@@ -1,0 +1,320 @@
+"""Mobile bundles: the chosen model, its manifest, labels, model card and golden vectors.
+
+``package_run`` builds a zip an Android or iOS developer can drop into an app;
+``verify_bundle`` checks one: safe paths, checksums, the model loads, and the golden
+vectors reproduce within tolerance. Inspired by ExecuTorch's bundled programs: the app's
+own test can run the same golden vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+
+from compress.artifact import atomic_path
+from compress.errors import InputFileError
+
+Platform = Literal["android", "ios", "generic"]
+BUNDLE_SCHEMA_VERSION = 1
+
+
+def _prefix(platform: str, name: str) -> str:
+    # Android apps read models from assets/; iOS apps from a resource folder in the app bundle.
+    return {"android": f"assets/{name}/", "ios": f"Resources/{name}/"}.get(platform, f"{name}/")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _array_json(a: np.ndarray) -> dict[str, Any]:
+    return {"shape": list(a.shape), "dtype": str(a.dtype), "data": a.reshape(-1).tolist()}
+
+
+def _array_from_json(d: dict[str, Any]) -> np.ndarray:
+    return np.asarray(d["data"], dtype=d["dtype"]).reshape(d["shape"])
+
+
+def _load_recipe(run_dir: Path) -> Any:
+    import yaml
+
+    from compress.recipe import Recipe
+
+    path = run_dir / "recipe.resolved.yaml"
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return Recipe.model_validate(data, context={"check_files": False})
+
+
+def _golden_inputs(recipe: Any, session: Any, n: int) -> list[np.ndarray]:
+    if recipe is not None and recipe.data is not None:
+        try:
+            from compress.data import load_dataset
+
+            split = load_dataset(recipe.data).eval
+            return [a[:n] for a in split.x]
+        except Exception:  # data gone since the run: fall back to random inputs
+            pass
+    from bench.agent import _inputs_for
+
+    return [np.repeat(x, n, axis=0)[:n] if x.shape[0] == 1 else x[:n] for x in _inputs_for(session, n)]
+
+
+def _lineage(report: Any, name: str) -> list[dict[str, Any]]:
+    chain, seen = [], set()
+    art = report.artifact(name)
+    while art is not None and art.name not in seen:
+        seen.add(art.name)
+        chain.append({"artifact": art.name, "step": art.step, "config_hash": art.config_hash, "sha256": art.sha256})
+        art = report.artifact(art.parent) if art.parent else None
+    steps = [{"step": s.name, "kind": s.kind, "config": s.config} for s in report.steps]
+    return chain + [{"steps": steps}] if steps else chain
+
+
+def _preprocessing(recipe: Any, layout: str) -> dict[str, Any]:
+    pre: dict[str, Any] = {"layout": layout}
+    if recipe is None or recipe.data is None:
+        return pre
+    if recipe.data.image_size:
+        pre["resize"] = [recipe.data.image_size, recipe.data.image_size]
+    if recipe.data.normalize is not None:
+        nm = recipe.data.normalize
+        pre.update({"scale": nm.scale, "mean": nm.mean, "std": nm.std,
+                    "formula": "x = (raw * scale - mean[c]) / std[c]"})
+    elif recipe.data.source == "builtin:digits":
+        pre.update({"scale": 1 / 16, "mean": [0.0], "std": [1.0],
+                    "formula": "x = raw * scale (digits pixels are 0..16)"})
+    return pre
+
+
+def _postprocessing(recipe: Any, has_labels: bool) -> dict[str, Any]:
+    kind = recipe.task.kind if recipe is not None else "classification"
+    if kind == "classification":
+        post: dict[str, Any] = {"type": "softmax_topk", "top_k": recipe.task.top_k if recipe else 5,
+                                "output_is": "logits"}
+        if has_labels:
+            post["labels_file"] = "labels.txt"
+        return post
+    if kind == "embedding":
+        return {"type": "l2_normalize", "output_is": "embedding"}
+    return {"type": "none", "output_is": "regression values"}
+
+
+def _model_card(report: Any, recipe: Any, art: Any, platform: str) -> str:
+    task = recipe.task.kind if recipe is not None else report.task.get("kind", "?")
+    lines = [f"# Model card: {report.recipe.get('name')} / {art.name}", "",
+             "## Intended use", "",
+             f"A {task} model compressed by edgepack for on-device inference ({platform}). "
+             "Use it on inputs prepared as `manifest.json` describes (preprocessing); outside that input "
+             "distribution its accuracy is unknown.", "",
+             "## Model", "",
+             f"- format: {art.format}, precision {art.precision}, {art.size_bytes} bytes",
+             f"- made by: {art.step} from {art.parent}",
+             f"- recipe hash: {report.recipe.get('hash')}", "",
+             "## Accuracy (eval split of the recipe's data)", ""]
+    for k, v in (art.metrics or {}).items():
+        if isinstance(v, (int, float)):
+            lines.append(f"- {k}: {v:.4f}")
+    if report.baseline and report.baseline.accuracy is not None:
+        lines.append(f"- baseline (uncompressed) accuracy: {report.baseline.accuracy:.4f}")
+    if art.parity is not None:
+        lines.append(f"- parity vs {art.parity.reference}: max abs diff {art.parity.max_abs_diff:.3g}"
+                     + (f", agreement {art.parity.agreement:.4f}" if art.parity.agreement is not None else ""))
+    lines += ["", "## Latency per device", "", "| target | device | how | threads | batch | p50 ms | p90 ms | runs |",
+              "|---|---|---|---|---|---|---|---|"]
+    for t in art.targets:
+        if t.latency_ms is None:
+            note = "parity only (emulated)" if t.how == "emulated" else (t.error or "-")
+            lines.append(f"| {t.target} | {t.device} | {t.how} | {t.threads} | {t.batch} | {note} | | |")
+            continue
+        s = t.latency_ms
+        lines.append(f"| {t.target} | {t.device} | {t.how} | {t.threads} | {t.batch} | {s.p50:.3f} | {s.p90:.3f} | {s.runs} |")
+    lines += ["", "## Limitations", "",
+              "- Latencies marked `estimated` come from a device profile, not a measurement.",
+              "- Accuracy was measured on the recipe's eval split only."]
+    return "\n".join(lines) + "\n"
+
+
+def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, golden: int = 4) -> dict[str, Any]:
+    """Write a bundle zip for one artifact of a finished run; return a summary.
+
+    Raises:
+        InputFileError: the run, the artifact or its file is missing.
+    """
+    from bench.report import load_report
+    from bench.runtime import open_model, predict
+
+    report = load_report(run_dir)
+    art = report.artifact(artifact)
+    if art is None:
+        names = ", ".join(a.name for a in report.artifacts) or "none"
+        raise InputFileError(f"{run_dir}: no artifact {artifact!r} in the report (artifacts: {names})")
+    if art.format not in ("onnx", "tflite") or not art.path:
+        raise InputFileError(f"artifact {artifact!r} is {art.format}; only ONNX and TFLite files can be bundled")
+    model_path = Path(art.path) if Path(art.path).is_absolute() else run_dir / art.path
+    if not model_path.is_file():
+        raise InputFileError(f"{model_path}: the artifact's model file is missing")
+    recipe = _load_recipe(run_dir)
+    session = open_model(model_path)
+    xs = _golden_inputs(recipe, session, golden)
+    ys = predict(session, xs)
+    labels = list(recipe.task.labels) if recipe is not None and recipe.task.labels else None
+    layout = art.metadata.get("layout", "NCHW")
+    out_scale = max((o.get("quantization") or {}).get("scale", 0.0) for o in session.outputs)
+    ymax = max(float(np.abs(y).max()) for y in ys)
+    atol = max(1e-3 * (1.0 + ymax), 2.0 * out_scale)
+    model_name = f"model.{art.format}"
+    prefix = _prefix(platform, report.recipe.get("name", "model"))
+    files: dict[str, bytes] = {model_name: model_path.read_bytes()}
+    if labels:
+        files["labels.txt"] = ("\n".join(labels) + "\n").encode()
+    golden_doc = {
+        "tolerance": {"atol": atol, "rtol": 1e-3},
+        "top1_must_match": (recipe.task.kind == "classification") if recipe is not None else False,
+        "vectors": [{"inputs": {s["name"]: _array_json(x[i : i + 1]) for s, x in zip(session.inputs, xs)},
+                     "outputs": {s["name"]: _array_json(y[i : i + 1]) for s, y in zip(session.outputs, ys)}}
+                    for i in range(int(xs[0].shape[0]))],
+    }
+    files["golden.json"] = json.dumps(golden_doc).encode()
+    files["MODEL_CARD.md"] = _model_card(report, recipe, art, platform).encode()
+    manifest = {
+        "schema_version": BUNDLE_SCHEMA_VERSION,
+        "name": report.recipe.get("name"),
+        "artifact": art.name,
+        "platform": platform,
+        "format": art.format,
+        "precision": art.precision,
+        "model_file": model_name,
+        "runtime": "onnxruntime" if art.format == "onnx" else "LiteRT (ai-edge-litert / TensorFlow Lite)",
+        "inputs": [dict(s, layout=layout if len(s["shape"]) == 4 else None) for s in session.inputs],
+        "outputs": session.outputs,
+        "preprocessing": _preprocessing(recipe, layout),
+        "postprocessing": _postprocessing(recipe, labels is not None),
+        "task": report.task,
+        "metrics": {k: v for k, v in (art.metrics or {}).items() if isinstance(v, (int, float))},
+        "golden_vectors": {"file": "golden.json", "count": len(golden_doc["vectors"])},
+        "files": {name: _sha(data) for name, data in files.items()},
+        "provenance": {"recipe_name": report.recipe.get("name"), "recipe_hash": report.recipe.get("hash"),
+                       "run_created": report.created, "lineage": _lineage(report, art.name), "tools": report.tool},
+    }
+    files["manifest.json"] = json.dumps(manifest, indent=2).encode()
+    with atomic_path(out) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                z.writestr(prefix + name, data)
+    return {"path": str(out), "artifact": art.name, "platform": platform, "prefix": prefix,
+            "files": sorted(prefix + n for n in files), "sha256": _sha(out.read_bytes())}
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@dataclass
+class VerifyResult:
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _unsafe(name: str) -> bool:
+    p = PurePosixPath(name.replace("\\", "/"))
+    return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")
+
+
+def verify_bundle(path: Path) -> VerifyResult:
+    """Check a bundle: safe paths, checksums, the model loads, golden vectors reproduce."""
+    res = VerifyResult()
+    if not path.is_file():
+        raise InputFileError(f"{path}: bundle not found")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise InputFileError(f"{path}: not a zip bundle ({e})") from e
+    with zf:
+        names = zf.namelist()
+        bad = [n for n in names if _unsafe(n)]
+        links = [i.filename for i in zf.infolist() if (i.external_attr >> 16) & 0o170000 == 0o120000]
+        for n in bad:
+            res.problems.append(f"entry {n!r} escapes the bundle folder: refusing to extract")
+        for n in links:
+            res.problems.append(f"entry {n!r} is a symbolic link: refusing to extract")
+        if bad or links:
+            return res
+        manifests = [n for n in names if n.endswith("manifest.json")]
+        if len(manifests) != 1:
+            res.problems.append(f"expected one manifest.json, found {len(manifests)}")
+            return res
+        prefix = manifests[0][: -len("manifest.json")]
+        try:
+            manifest = json.loads(zf.read(manifests[0]))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            res.problems.append(f"manifest.json is not valid JSON: {e}")
+            return res
+        listed = manifest.get("files", {})
+        for name, digest in listed.items():
+            full = prefix + name
+            if full not in names:
+                res.problems.append(f"{name}: listed in the manifest but missing from the bundle")
+                continue
+            actual = _sha(zf.read(full))
+            if actual != digest:
+                res.problems.append(f"{name}: sha256 mismatch (manifest {digest[:12]}..., file {actual[:12]}...)")
+            else:
+                res.checked.append(f"{name}: sha256 ok")
+        for n in names:
+            rel = n[len(prefix):] if n.startswith(prefix) else n
+            if rel not in listed and rel != "manifest.json" and not n.endswith("/"):
+                res.problems.append(f"{n}: in the bundle but not in the manifest")
+        if res.problems:
+            return res
+        with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:
+            model = Path(tmp) / manifest["model_file"]
+            model.write_bytes(zf.read(prefix + manifest["model_file"]))
+            golden = json.loads(zf.read(prefix + manifest["golden_vectors"]["file"]))
+            _check_golden(model, golden, res)
+    return res
+
+
+def _check_golden(model: Path, golden: dict[str, Any], res: VerifyResult) -> None:
+    from bench.runtime import open_model
+
+    try:
+        session = open_model(model)
+    except Exception as e:
+        res.problems.append(f"{model.name}: the runtime cannot load the model ({type(e).__name__}: {str(e).splitlines()[0]})")
+        return
+    tol = golden["tolerance"]
+    for i, vec in enumerate(golden["vectors"]):
+        xs = [_array_from_json(vec["inputs"][s["name"]]) for s in session.inputs]
+        ys = session.run(xs)
+        for s, y in zip(session.outputs, ys):
+            want = _array_from_json(vec["outputs"][s["name"]])
+            diff = float(np.abs(y.astype(np.float64) - want).max())
+            if not np.allclose(y, want, atol=tol["atol"], rtol=tol["rtol"]):
+                res.problems.append(f"golden vector {i}, output {s['name']}: max abs diff {diff:.3g} over tolerance "
+                                    f"(atol {tol['atol']:.3g}, rtol {tol['rtol']:g})")
+            elif golden.get("top1_must_match") and y.ndim == 2 and int(y.argmax()) != int(want.argmax()):
+                res.problems.append(f"golden vector {i}: predicted class {int(y.argmax())}, expected {int(want.argmax())}")
+            else:
+                res.checked.append(f"golden vector {i} output {s['name']}: max abs diff {diff:.2e}")
+
+
+def bundle_bytes(files: dict[str, bytes]) -> bytes:
+    """A zip of ``files`` in memory (tests build tampered bundles with it)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, d in files.items():
+            z.writestr(n, d)
+    return buf.getvalue()

@@ -1,0 +1,136 @@
+"""`compress package` then `compress verify`, and every way a bundle can be broken."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from export.bundle import bundle_bytes, verify_bundle
+from tests.conftest import ROOT
+
+
+def compress(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "run"
+    res = compress(str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out), "--set", "bench.runs=20", "-q")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir: Path) -> Path:
+    out = run_dir / "android.zip"
+    res = compress("package", str(run_dir), "--artifact", "onnx-fp32", "--platform", "android", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def _entries(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+def test_bundle_contents(bundle: Path) -> None:
+    files = _entries(bundle)
+    prefix = "assets/digits-quickstart/"
+    assert set(files) == {prefix + n for n in ("model.onnx", "labels.txt", "golden.json", "MODEL_CARD.md", "manifest.json")}
+    m = json.loads(files[prefix + "manifest.json"])
+    assert m["format"] == "onnx" and m["inputs"][0]["shape"][1:] == [1, 8, 8] and m["inputs"][0]["dtype"] == "float32"
+    assert m["postprocessing"]["labels_file"] == "labels.txt" and m["preprocessing"]["layout"] == "NCHW"
+    assert m["provenance"]["recipe_hash"] and m["provenance"]["lineage"][0]["artifact"] == "onnx-fp32"
+    assert set(m["files"]) == {"model.onnx", "labels.txt", "golden.json", "MODEL_CARD.md"}
+    card = files[prefix + "MODEL_CARD.md"].decode()
+    assert "Intended use" in card and "measured" in card and "accuracy" in card
+    golden = json.loads(files[prefix + "golden.json"])
+    assert len(golden["vectors"]) == 4 and golden["tolerance"]["atol"] > 0
+
+
+def test_verify_passes(bundle: Path) -> None:
+    res = compress("verify", str(bundle))
+    assert res.returncode == 0, res.stderr
+    assert "verified" in res.stdout
+
+
+def _tampered(bundle: Path, tmp_path: Path, change) -> Path:
+    files = _entries(bundle)
+    change(files)
+    out = tmp_path / "bad.zip"
+    out.write_bytes(bundle_bytes(files))
+    return out
+
+
+def test_flipped_byte_fails(bundle: Path, tmp_path: Path) -> None:
+    def flip(files: dict[str, bytes]) -> None:
+        name = "assets/digits-quickstart/model.onnx"
+        data = bytearray(files[name])
+        data[len(data) // 2] ^= 0xFF
+        files[name] = bytes(data)
+
+    res = compress("verify", str(_tampered(bundle, tmp_path, flip)))
+    assert res.returncode == 1 and "model.onnx: sha256 mismatch" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_file_fails(bundle: Path, tmp_path: Path) -> None:
+    bad = _tampered(bundle, tmp_path, lambda f: f.pop("assets/digits-quickstart/labels.txt"))
+    res = compress("verify", str(bad))
+    assert res.returncode == 1 and "labels.txt: listed in the manifest but missing" in res.stderr
+
+
+def test_path_escape_fails_without_extracting(bundle: Path, tmp_path: Path) -> None:
+    bad = _tampered(bundle, tmp_path, lambda f: f.update({"../evil.txt": b"x"}))
+    res = verify_bundle(bad)
+    assert not res.ok and "escapes the bundle folder" in res.problems[0]
+    assert not (tmp_path.parent / "evil.txt").exists()
+    cli = compress("verify", str(bad))
+    assert cli.returncode == 1 and "../evil.txt" in cli.stderr
+
+
+def test_golden_mismatch_fails(bundle: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    def skew(files: dict[str, bytes]) -> None:
+        p = "assets/digits-quickstart/"
+        g = json.loads(files[p + "golden.json"])
+        out = g["vectors"][0]["outputs"]
+        key = next(iter(out))
+        out[key]["data"] = [v + 1.0 for v in out[key]["data"]]
+        files[p + "golden.json"] = json.dumps(g).encode()
+        m = json.loads(files[p + "manifest.json"])
+        m["files"]["golden.json"] = hashlib.sha256(files[p + "golden.json"]).hexdigest()
+        files[p + "manifest.json"] = json.dumps(m).encode()
+
+    res = verify_bundle(_tampered(bundle, tmp_path, skew))
+    assert not res.ok and "golden vector 0" in res.problems[0]
+
+
+def test_not_a_zip_and_unknown_artifact(run_dir: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"nope")
+    res = compress("verify", str(junk))
+    assert res.returncode == 2 and "not a zip" in res.stderr
+    res = compress("package", str(run_dir), "--artifact", "nope", "-o", str(tmp_path / "x.zip"))
+    assert res.returncode == 2 and "onnx-fp32" in res.stderr and not (tmp_path / "x.zip").exists()
+
+
+def test_quickstart_tradeoff_section(run_dir: Path) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    t = report["tradeoff"]
+    nets = {s["network"] for s in t["scenarios"]}
+    assert nets == {"wifi", "4g", "3g_poor"}
+    for s in t["scenarios"]:
+        assert s["verdict"].startswith("on device:") and "break_even_rtt_ms" in s
+        assert s["device"]["how"] in ("measured", "estimated")
+        assert s["cloud"]["server_source"].startswith("measured on this host")
+        # the cloud total is the sum of its stated parts: nothing invented
+        c = s["cloud"]
+        assert abs(c["latency_ms"] - (c["rtt_ms"] + c["transfer_ms"] + c["server_ms"])) < 1e-9
+    assert "Cloud vs device" in (run_dir / "report.md").read_text()
