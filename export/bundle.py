@@ -109,6 +109,47 @@ def _postprocessing(recipe: Any, has_labels: bool) -> dict[str, Any]:
     return {"type": "none", "output_is": "regression values"}
 
 
+def _tflite_normalization(pre: dict[str, Any], channels: int) -> tuple[list[float], list[float]] | None:
+    """TFLite metadata's (raw - mean) / std, from our (raw * scale - mean) / std."""
+    if "scale" not in pre:
+        return None
+    scale = pre["scale"]
+    mean = [m / scale for m in pre.get("mean", [0.0])]
+    std = [s / scale for s in pre.get("std", [1.0])]
+    if len(mean) == 1 and channels > 1:
+        mean, std = mean * channels, std * channels
+    return mean, std
+
+
+def _with_tflite_metadata(model: bytes, report: Any, recipe: Any, session: Any, labels: list[str] | None,
+                          layout: str) -> tuple[bytes, dict[str, Any]]:
+    """Embed the metadata Android's tooling reads; say so (or why not) in the manifest."""
+    from export.tflite_metadata import ModelInfo, TensorInfo, add_metadata
+
+    pre = _preprocessing(recipe, layout)
+    inputs = []
+    for s in session.inputs:
+        shape = s["shape"]
+        image = len(shape) == 4
+        channels = (shape[3] if layout == "NHWC" else shape[1]) if image else 0
+        norm = _tflite_normalization(pre, channels) if image else None
+        size = ((shape[1], shape[2]) if layout == "NHWC" else (shape[2], shape[3])) if image else None
+        inputs.append(TensorInfo(s["name"], "image" if image else "features", image=image, channels=channels,
+                                 size=size, mean=norm[0] if norm else None, std=norm[1] if norm else None))
+    outputs = [TensorInfo(s["name"], "logits" if labels else "output", labels_file="labels.txt" if labels else None)
+               for s in session.outputs]
+    kind = recipe.task.kind if recipe is not None else "model"
+    info = ModelInfo(name=str(report.recipe.get("name")), description=f"{kind} model compressed by edgepack",
+                     version=str(report.recipe.get("hash", "1"))[:12], inputs=inputs, outputs=outputs)
+    files = {"labels.txt": ("\n".join(labels) + "\n").encode()} if labels else {}
+    try:
+        out = add_metadata(model, info, files)
+    except ValueError as e:
+        return model, {"written": False, "reason": str(e)}
+    return out, {"written": True, "name": "TFLITE_METADATA", "schema": "tflite-support metadata_schema.fbs (M001)",
+                 "packed_files": sorted(files)}
+
+
 def _model_card(report: Any, recipe: Any, art: Any, platform: str) -> str:
     task = recipe.task.kind if recipe is not None else report.task.get("kind", "?")
     lines = [f"# Model card: {report.recipe.get('name')} / {art.name}", "",
@@ -174,7 +215,11 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
     atol = max(1e-3 * (1.0 + ymax), 2.0 * out_scale)
     model_name = f"model.{art.format}"
     prefix = _prefix(platform, report.recipe.get("name", "model"))
-    files: dict[str, bytes] = {model_name: model_path.read_bytes()}
+    model_bytes = model_path.read_bytes()
+    tflite_metadata = None
+    if art.format == "tflite":
+        model_bytes, tflite_metadata = _with_tflite_metadata(model_bytes, report, recipe, session, labels, layout)
+    files: dict[str, bytes] = {model_name: model_bytes}
     if labels:
         files["labels.txt"] = ("\n".join(labels) + "\n").encode()
     golden_doc = {
@@ -202,6 +247,7 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
         "task": report.task,
         "metrics": {k: v for k, v in (art.metrics or {}).items() if isinstance(v, (int, float))},
         "golden_vectors": {"file": "golden.json", "count": len(golden_doc["vectors"])},
+        "tflite_metadata": tflite_metadata,
         "files": {name: _sha(data) for name, data in files.items()},
         "provenance": {"recipe_name": report.recipe.get("name"), "recipe_hash": report.recipe.get("hash"),
                        "run_created": report.created, "lineage": _lineage(report, art.name), "tools": report.tool},
