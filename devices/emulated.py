@@ -6,9 +6,10 @@ gives a latency (emulated time is hundreds of times native and varies between ru
 ``compress devices setup aarch64`` builds the root once, without running any emulated
 code: ``mmdebstrap --variant=extract`` unpacks Debian's arm64 Python, the host's pip
 installs the aarch64 wheels of numpy, onnxruntime and ai-edge-litert into ``opt/site``,
-and a fake ARM ``/proc/cpuinfo`` goes in (onnxruntime crashes under qemu-user when it
-reads the host's x86 one). The guest then runs as
-``qemu-aarch64-static -L ROOT -cpu CPU ROOT/usr/bin/python3.11 agent.py spec.json``.
+and an ARM ``/proc/cpuinfo`` goes in (onnxruntime crashes under qemu-user when it reads the
+host's x86 one); each emulated CPU model gets a view of the root with its own cpuinfo.
+The guest then runs as
+``qemu-aarch64-static -L VIEW -cpu CPU ROOT/usr/bin/python3.11 agent.py spec.json``.
 """
 
 from __future__ import annotations
@@ -40,13 +41,29 @@ MARKER = "edgepack-root.json"
 WHEELS = ("numpy", "onnxruntime", "ai-edge-litert")
 # Debian bookworm has glibc 2.36; ai-edge-litert 2.x ships manylinux_2_27 aarch64 wheels only.
 GLIBC_MINOR = 36
-# A Cortex-A76-like cpuinfo: onnxruntime's cpuinfo parser needs an ARM one to start.
-ARM_CPUINFO = "".join(
-    f"processor\t: {i}\nBogoMIPS\t: 50.00\n"
-    "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n"
-    "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n"
-    for i in range(4)
-)
+# /proc/cpuinfo as each emulated CPU would show it: onnxruntime crashes under qemu-user
+# when it reads the host's x86 one, and XNNPACK picks kernels from these features and part
+# numbers (a Cortex-A53 root that claims asimddp gets dot-product kernels: SIGILL).
+_BASE_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
+_V82_FEATURES = _BASE_FEATURES + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
+CPU_INFO = {  # -cpu name: (features, variant, part, revision)
+    "cortex-a53": (_BASE_FEATURES, "0x0", "0xd03", 4),
+    "cortex-a57": (_BASE_FEATURES, "0x1", "0xd07", 1),
+    "cortex-a72": (_BASE_FEATURES, "0x0", "0xd08", 3),
+    "cortex-a76": (_V82_FEATURES, "0x4", "0xd0b", 1),
+    "neoverse-n1": (_V82_FEATURES, "0x3", "0xd0c", 1),
+    "max": (_V82_FEATURES, "0x4", "0xd0b", 1),
+}
+
+
+def arm_cpuinfo(cpu: str, cores: int = 4) -> str:
+    """A /proc/cpuinfo for an emulated CPU (an unknown one gets the plain ARMv8.0 features)."""
+    features, variant, part, revision = CPU_INFO.get(cpu, CPU_INFO["cortex-a53"])
+    return "".join(
+        f"processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+        f"CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n"
+        for i in range(cores)
+    )
 
 
 def cache_dir() -> Path:
@@ -78,9 +95,34 @@ def qemu_binary() -> str:
                                  "apt-get install qemu-user-static")
 
 
+def cpu_root(root: Path, cpu: str) -> Path:
+    """A view of the root whose /proc/cpuinfo matches ``cpu``: symlinks to the root's top-level entries.
+
+    qemu-user looks every guest path up under the ``-L`` prefix first, so one small folder
+    per CPU model gives each its own cpuinfo without copying the 260 MB root.
+    """
+    if not cpu.replace("-", "").replace("_", "").isalnum():
+        raise TargetError("emulated:aarch64", f"not a qemu CPU name: {cpu!r}")
+    view = root.parent / f"{root.name}-cpus" / cpu
+    if (view / "proc" / "cpuinfo").is_file():
+        return view
+    view.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{cpu}.", dir=view.parent))
+    for entry in root.iterdir():
+        if entry.name != "proc":
+            (work / entry.name).symlink_to(entry.resolve() if entry.is_symlink() else entry)
+    (work / "proc").mkdir()
+    (work / "proc" / "cpuinfo").write_text(arm_cpuinfo(cpu), encoding="utf-8")
+    try:
+        os.replace(work, view)
+    except OSError:  # another process made it first
+        shutil.rmtree(work, ignore_errors=True)
+    return view
+
+
 def guest_argv(root: Path, cpu: str) -> list[str]:
-    """The command that starts the guest Python (arguments follow)."""
-    return [qemu_binary(), "-L", str(root), "-cpu", cpu, str(root / GUEST_PYTHON)]
+    """The command that starts the guest Python on an emulated ``cpu`` (arguments follow)."""
+    return [qemu_binary(), "-L", str(cpu_root(root, cpu)), "-cpu", cpu, str(root / GUEST_PYTHON)]
 
 
 def guest_env(root: Path, threads: int = 1) -> dict[str, str]:
@@ -154,7 +196,7 @@ def setup_root(arch: str = "aarch64", force: bool = False, log: Callable[[str], 
             shutil.rmtree(site, ignore_errors=True)
             _pip_install(site, list(WHEELS), log)
         (root / "proc").mkdir(exist_ok=True)
-        (root / "proc" / "cpuinfo").write_text(ARM_CPUINFO, encoding="utf-8")
+        (root / "proc" / "cpuinfo").write_text(arm_cpuinfo("cortex-a72"), encoding="utf-8")
         versions = {}
         for d in site.glob("*.dist-info"):
             name, _, version = d.name[: -len(".dist-info")].partition("-")
@@ -166,6 +208,7 @@ def setup_root(arch: str = "aarch64", force: bool = False, log: Callable[[str], 
         (root / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
+        shutil.rmtree(final.parent / f"{final.name}-cpus", ignore_errors=True)
         os.replace(root, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -251,12 +294,12 @@ class EmulatedTarget:
         """Parity of the model on each emulated CPU against the host runtime; no latency."""
         from devices.crosscheck import crosscheck, host_outputs, is_quantized
 
+        self._root()
         model = Path(model)
         st = model.stat()
         key = (str(model.resolve()), st.st_mtime_ns, spec.threads)
         if key in self._done:  # the verdict does not depend on batch or runs
             return self._done[key].model_copy(update={"batch": spec.batch})
-        self._root()
         xs = [a[: self.parity_samples] for a in inputs] if inputs is not None else _sample_inputs(model, 8)
         reference = host_outputs(model, xs)
         quantized = is_quantized(model)

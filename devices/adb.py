@@ -1,0 +1,261 @@
+"""An Android phone over adb: the model and the user's benchmark binary pushed, run, parsed.
+
+edgepack does not ship Android binaries: the recipe points to ``benchmark_model`` (TFLite's
+benchmark tool, from the LiteRT / TensorFlow nightly builds) for ``.tflite`` files and to
+``onnxruntime_perf_test`` (built from onnxruntime for Android) for ``.onnx`` files. Their
+printed output is parsed into the same statistics as every other target:
+``onnxruntime_perf_test`` writes every run's time to a result file, so its figures are full
+statistics; ``benchmark_model`` prints only a summary (count, min, max, avg, std and, in
+newer builds, p5 / median / p95), so its p90 and p99 are upper bounds (the tool's p95 and
+max) and its confidence interval assumes normal run-to-run noise; the result says so.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from bench.latency import LatencyStats, summarize
+from bench.report import TargetResult
+from compress.errors import TargetError
+from compress.recipe import AdbDeviceSpec
+from devices.base import BenchSpec
+
+_COUNT = re.compile(r"count=(?P<count>\d+) first=(?P<first>[\d.]+) curr=(?P<curr>[\d.]+) min=(?P<min>[\d.]+) "
+                    r"max=(?P<max>[\d.]+) avg=(?P<avg>[\d.e+-]+) std=(?P<std>[\d.]+)"
+                    r"(?: p5=(?P<p5>[\d.]+) median=(?P<median>[\d.]+) p95=(?P<p95>[\d.]+))?")
+_TIMINGS = re.compile(r"Inference timings in us: Init: (?P<init>[\d.]+), First inference: (?P<first>[\d.]+), "
+                      r"Warmup \(avg\): (?P<warmup>[\d.e+-]+), Inference \(avg\): (?P<avg>[\d.e+-]+)")
+_MEMORY = re.compile(r"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\): "
+                     r"init=(?P<init>[\d.]+) overall=(?P<overall>[\d.]+)")
+_ORT_LINE = re.compile(r"^(?P<key>[A-Za-z0-9 ]+?):\s*(?P<value>[\d.e+-]+)\s*(?P<unit>s|ms|bytes|%)?\s*$")
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def tflite_benchmark_args(binary: str, model: str, spec: BenchSpec) -> list[str]:
+    """benchmark_model's arguments: exactly ``runs`` timed runs after ``warmup`` runs."""
+    return [binary, f"--graph={model}", f"--num_threads={spec.threads}", f"--num_runs={spec.runs}",
+            f"--warmup_runs={max(1, spec.warmup)}", "--min_secs=0", "--warmup_min_secs=0",
+            "--max_secs=600", "--use_xnnpack=true"]
+
+
+def ort_perf_test_args(binary: str, model: str, spec: BenchSpec, result_file: str) -> list[str]:
+    """onnxruntime_perf_test's arguments: CPU EP, ``runs`` repetitions, generated inputs, per-run times to a file."""
+    return [binary, "-e", "cpu", "-m", "times", "-r", str(spec.runs), "-x", str(spec.threads), "-I", model, result_file]
+
+
+def shell_command(workdir: str, args: list[str]) -> str:
+    """One quoted shell line for the phone's /system/bin/sh (mksh understands POSIX quoting)."""
+    q = shlex.quote
+    return f"cd {q(workdir)} && LD_LIBRARY_PATH={q(workdir)} " + " ".join(q(a) for a in args)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def parse_benchmark_model(text: str) -> dict[str, Any]:
+    """Figures of a benchmark_model log (microseconds turned into milliseconds).
+
+    The last ``count=`` line is the timed runs (the first one, when two are printed, is
+    the warmup).
+    """
+    counts = list(_COUNT.finditer(text))
+    if not counts:
+        raise ValueError("no 'count=... avg=... std=...' line: is this benchmark_model output?")
+    m = counts[-1]
+    us = {k: float(v) for k, v in m.groupdict().items() if v is not None}
+    out: dict[str, Any] = {"runs": int(us["count"]), **{f"{k}_ms": v / 1e3 for k, v in us.items() if k != "count"}}
+    if len(counts) > 1:
+        out["warmup_runs"] = int(counts[0].group("count"))
+    t = _TIMINGS.search(text)
+    if t:
+        out["init_ms"] = float(t.group("init")) / 1e3
+        out["first_ms"] = float(t.group("first")) / 1e3
+    mem = _MEMORY.search(text)
+    if mem:
+        out["memory_init_mb"] = float(mem.group("init"))
+        out["memory_overall_mb"] = float(mem.group("overall"))
+    return out
+
+
+def stats_from_summary(s: dict[str, Any], threads: int, batch: int = 1) -> LatencyStats:
+    """LatencyStats from benchmark_model's summary figures (no per-run times)."""
+    n = int(s["runs"])
+    p50 = s.get("median_ms", s["avg_ms"])
+    # Standard error of a median under normal noise: sqrt(pi/2) * std / sqrt(n).
+    half = 1.96 * math.sqrt(math.pi / 2) * s["std_ms"] / math.sqrt(max(n, 1))
+    ci = (max(s["min_ms"], p50 - half), min(s["max_ms"], p50 + half))
+    noisy = p50 > 0 and (ci[1] - ci[0]) / p50 > 0.10
+    return LatencyStats(p50=p50, p90=s.get("p95_ms", s["max_ms"]), p99=s["max_ms"], mean=s["avg_ms"], std=s["std_ms"],
+                        min=s["min_ms"], max=s["max_ms"], ci95=ci, runs=n, threads=threads, batch=batch,
+                        how="measured", noisy=noisy,
+                        noise_reason=f"CI of the median is {100 * (ci[1] - ci[0]) / p50:.0f}% of it" if noisy else None)
+
+
+def parse_perf_test(stdout: str, result_file: str | None = None) -> dict[str, Any]:
+    """Figures of onnxruntime_perf_test: its stdout summary and, if given, the per-run result file."""
+    facts: dict[str, float] = {}
+    for line in stdout.splitlines():
+        m = _ORT_LINE.match(line.strip())
+        if not m:
+            continue
+        value = float(m.group("value"))
+        unit = m.group("unit")
+        key = m.group("key").strip().lower().replace(" ", "_")
+        facts[key + ("_ms" if unit in ("s", "ms") else "")] = value * 1e3 if unit == "s" else value
+    if "average_inference_time_cost_ms" not in facts and "p50_latency_ms" not in facts:
+        raise ValueError("no 'Average inference time cost' line: is this onnxruntime_perf_test output?")
+    out: dict[str, Any] = {"summary": facts}
+    if result_file:
+        times = []
+        for line in result_file.splitlines():
+            parts = line.strip().split(",")
+            # model,time_s,peak_bytes,cpu%,run  (newer builds: model,submit_s,total_s,peak,cpu%,run)
+            if len(parts) >= 5:
+                try:
+                    times.append(1e3 * float(parts[2] if len(parts) >= 6 else parts[1]))
+                except ValueError:
+                    continue
+        out["times_ms"] = times
+    return out
+
+
+# ---------------------------------------------------------------------------- target
+
+
+class AdbTarget:
+    """An Android phone; latencies are measured there by the user's benchmark binaries."""
+
+    how = "measured"
+    formats = ("onnx", "tflite")
+
+    def __init__(self, name: str, spec: AdbDeviceSpec | None = None, timeout_s: float = 900.0) -> None:
+        self.device_name = name
+        self.name = f"adb:{name}" if name != "default" else "adb"
+        self.spec = spec or AdbDeviceSpec()
+        self.timeout_s = timeout_s
+
+    def _device(self) -> Any:
+        import adbutils
+
+        s = self.spec
+        client = adbutils.AdbClient(host=s.adb_host, port=s.adb_port, socket_timeout=10)
+        try:
+            devices = [d for d in client.device_list() if d.get_state() == "device"]
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError) as e:
+            raise TargetError(self.name, f"no adb server at {s.adb_host}:{s.adb_port} ({e}); start one with "
+                                         f"`adb -P {s.adb_port} start-server`") from e
+        if not devices:
+            raise TargetError(self.name, f"no Android device connected (the adb server at {s.adb_host}:{s.adb_port} "
+                                         "lists none): plug the phone in with USB debugging on and accept the prompt, "
+                                         "or `adb connect HOST:PORT` for wireless debugging")
+        if s.serial:
+            match = [d for d in devices if d.serial == s.serial]
+            if not match:
+                raise TargetError(self.name, f"device {s.serial!r} is not connected; connected: "
+                                             + ", ".join(d.serial for d in devices))
+            return match[0]
+        if len(devices) > 1:
+            raise TargetError(self.name, "several devices are connected (" + ", ".join(d.serial for d in devices)
+                                         + f"): set bench.adb.{self.device_name}.serial")
+        return devices[0]
+
+    def describe(self) -> dict[str, Any]:
+        d = self._device()
+        props = {k: d.prop.get(k) for k in ("ro.product.model", "ro.soc.model", "ro.product.cpu.abi",
+                                             "ro.build.version.release")}
+        return {"serial": d.serial, **props, "cores": d.shell("nproc").strip(),
+                "tflite_benchmark": str(self.spec.tflite_benchmark or ""),
+                "onnx_benchmark": str(self.spec.onnx_benchmark or "")}
+
+    def _binary_for(self, model: Path) -> Path:
+        tflite = model.suffix == ".tflite"
+        binary = self.spec.tflite_benchmark if tflite else self.spec.onnx_benchmark
+        if binary is None:
+            tool, key = ("benchmark_model", "tflite_benchmark") if tflite else ("onnxruntime_perf_test", "onnx_benchmark")
+            raise TargetError(self.name, f"set bench.adb.{self.device_name}.{key} to an Android build of {tool} "
+                                         f"to benchmark {model.name}")
+        if not Path(binary).is_file():
+            raise TargetError(self.name, f"benchmark binary {binary} not found")
+        return Path(binary)
+
+    def _shell(self, device: Any, command: str) -> tuple[int, str]:
+        import adbutils
+
+        try:
+            ret = device.shell2(command, timeout=self.timeout_s)
+        except adbutils.AdbTimeout as e:
+            raise TargetError(self.name, f"the benchmark did not finish within {self.timeout_s:.0f} s") from e
+        except (adbutils.AdbError, OSError) as e:
+            raise TargetError(self.name, f"adb lost the device: {e}") from e
+        return int(ret.returncode), str(ret.output)
+
+    def run(self, model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        raise TargetError(self.name, "the Android benchmark tools time models on generated inputs; they cannot "
+                                     "return outputs for parity (use an ssh or emulated target for that)")
+
+    def benchmark(self, model: Path, spec: BenchSpec, inputs: list[np.ndarray] | None = None) -> TargetResult:
+        """Push model and binary, run the binary with the spec's threads and runs, parse its output."""
+        import adbutils
+
+        model = Path(model)
+        binary = self._binary_for(model)
+        device = self._device()
+        work = PurePosixPath(self.spec.workdir)
+        remote_model, remote_bin = str(work / model.name), str(work / binary.name)
+        self._shell(device, f"mkdir -p {shlex.quote(str(work))}")
+        try:
+            device.sync.push(str(model), remote_model)
+            device.sync.push(str(binary), remote_bin, mode=0o755)
+            if model.suffix == ".tflite":
+                status, out = self._shell(device, shell_command(str(work), tflite_benchmark_args("./" + binary.name,
+                                                                                                 remote_model, spec)))
+                try:
+                    figures = parse_benchmark_model(out)
+                except ValueError as e:
+                    raise TargetError(self.name, f"benchmark_model failed (exit {status}): {out.strip()[-400:]}") from e
+                stats = stats_from_summary(figures, spec.threads, spec.batch)
+                times, runtime = None, "TFLite benchmark_model"
+                note = "benchmark_model prints a summary only: p90 is its p95 and p99 its max (upper bounds)"
+                memory = figures.get("memory_overall_mb")
+                load_ms = figures.get("init_ms")
+            else:
+                result_file = str(work / "perf_result.csv")
+                self._shell(device, f"rm -f {shlex.quote(result_file)}")
+                status, out = self._shell(device, shell_command(str(work), ort_perf_test_args(
+                    "./" + binary.name, remote_model, spec, result_file)))
+                with tempfile.TemporaryDirectory(prefix="edgepack-adb-") as tmp:
+                    local = Path(tmp) / "perf_result.csv"
+                    try:
+                        device.sync.pull(result_file, str(local))
+                        csv = local.read_text(encoding="utf-8", errors="replace")
+                    except (adbutils.AdbError, OSError):  # no file: the tool failed; its stdout says why
+                        csv = None
+                try:
+                    figures = parse_perf_test(out, csv)
+                except ValueError as e:
+                    raise TargetError(self.name, f"onnxruntime_perf_test failed (exit {status}): {out.strip()[-400:]}") from e
+                times = figures.get("times_ms") or None
+                if not times:
+                    raise TargetError(self.name, "onnxruntime_perf_test wrote no per-run times to its result file")
+                stats = summarize(times, threads=spec.threads, batch=spec.batch)
+                runtime, note = "onnxruntime_perf_test", None
+                peak = figures["summary"].get("peak_working_set_size")
+                memory = peak / 2**20 if peak else None
+                load_ms = figures["summary"].get("session_creation_time_cost_ms")
+        finally:
+            self._shell(device, f"rm -f {shlex.quote(remote_model)}")
+        return TargetResult(
+            target=self.name, how="measured", device=f"Android {device.serial}", threads=spec.threads,
+            batch=spec.batch, latency_ms=stats, times_ms=times, load_ms=load_ms, peak_rss_mb=memory,
+            throughput_items_s=1e3 * spec.batch / stats.p50 if stats.p50 > 0 else None, runtime=runtime,
+            details={"binary": str(binary), **({"note": note} if note else {})},
+        )
