@@ -102,7 +102,12 @@ class Runner:
             else:
                 from bench.runtime import open_model, predict
 
-                return predict(open_model(thing.path), self.eval_split.x)
+                outs = predict(open_model(thing.path), self.model_inputs(thing))
+                if thing.metadata.get("channels_last_outputs"):
+                    from export.tflite import from_model_layout
+
+                    outs = from_model_layout(thing.metadata, outs)
+                return outs
         from compress.models import set_mode, torch_predict
 
         was_training = getattr(thing, "training", False)
@@ -113,6 +118,14 @@ class Runner:
         finally:
             if was_training:
                 set_mode(thing, True)
+
+    def model_inputs(self, art: Artifact) -> list[np.ndarray]:
+        """The eval inputs in the layout the artifact takes (NHWC for a channels-last TFLite model)."""
+        if art.metadata.get("channels_last_inputs"):
+            from export.tflite import to_model_layout
+
+            return to_model_layout(art.metadata, self.eval_split.x)
+        return self.eval_split.x
 
     def evaluate(self, thing: Any) -> dict[str, Any]:
         """Task metrics of a module or artifact on the eval split."""
@@ -325,7 +338,7 @@ class Runner:
                         spec = BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch)
                         self.log(f"bench {art.name} on {tname} ({threads} thread{'s' if threads > 1 else ''}, batch {batch})")
                         try:
-                            res = target.benchmark(art.path, spec, self.eval_split.x)
+                            res = target.benchmark(art.path, spec, self.model_inputs(art))
                         except EdgepackError as e:
                             errors.append(str(e))
                             from bench.report import TargetResult
