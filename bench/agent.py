@@ -13,6 +13,8 @@ optional ``outputs`` (.npz to write the model's outputs on those inputs) and opt
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import os
 import platform
@@ -87,6 +89,18 @@ class OrtSession:
     def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         return run_in_fixed_batches(self._run_one, xs, self._batch)
 
+    def prepared(self, xs: list[np.ndarray]) -> Any:
+        """A zero-argument call that runs the model on ``xs``, with nothing else in the loop.
+
+        The feed dict is built once, so the timed loop measures ``InferenceSession.run``
+        and not Python bookkeeping around it.
+        """
+        n = int(xs[0].shape[0])
+        if self._batch is None or n == self._batch:
+            feed = dict(zip(self._names, xs))
+            return functools.partial(self._sess.run, None, feed)
+        return functools.partial(self.run, xs)
+
 
 def _tflite_interpreter_class() -> tuple[Any, str, str]:
     try:
@@ -158,6 +172,27 @@ class TfliteSession:
         """
         return run_in_fixed_batches(self._run_one, xs, self._batch)
 
+    def prepared(self, xs: list[np.ndarray]) -> Any:
+        """A zero-argument call for the timed loop: copy the inputs in, invoke, read outputs.
+
+        Inputs are quantized once beforehand (an app hands the interpreter ready tensors);
+        the copy in and out stays in the loop because every real inference pays it.
+        """
+        n = int(xs[0].shape[0])
+        if n != self._batch:
+            return functools.partial(self.run, xs)
+        ready = [(d["index"], self._quantize(x, d)) for x, d in zip(xs, self._in)]
+        outs = [d["index"] for d in self._out]
+        it = self._it
+
+        def call() -> list[np.ndarray]:
+            for index, x in ready:
+                it.set_tensor(index, x)
+            it.invoke()
+            return [it.get_tensor(i) for i in outs]
+
+        return call
+
 
 def open_session(path: str, threads: int = 1) -> Any:
     """Open a model file with the runtime its extension calls for."""
@@ -167,12 +202,11 @@ def open_session(path: str, threads: int = 1) -> Any:
 
 
 def _inputs_for(session: Any, batch: int, seed: int = 0) -> list[np.ndarray]:
+    """Random inputs of ``batch`` rows (a fixed-batch model is fed slice by slice)."""
     rng = np.random.default_rng(seed)
     xs = []
     for spec in session.inputs:
-        shape = [batch if (i == 0 and (s == -1 or s != batch)) else (s if s > 0 else 1) for i, s in enumerate(spec["shape"])]
-        if getattr(session, "_batch", None):
-            shape[0] = session._batch
+        shape = [batch if i == 0 else (s if s > 0 else 1) for i, s in enumerate(spec["shape"])]
         if spec["dtype"].startswith("int") or spec["dtype"].startswith("uint"):
             if spec.get("quantization"):
                 xs.append(rng.standard_normal(shape).astype(np.float32))
@@ -181,6 +215,17 @@ def _inputs_for(session: Any, batch: int, seed: int = 0) -> list[np.ndarray]:
         else:
             xs.append(rng.standard_normal(shape).astype(np.float32))
     return xs
+
+
+def _load_inputs(path: str, rows: int | None = None) -> list[np.ndarray]:
+    """Arrays x0, x1, ... of an .npz, cut or repeated to ``rows`` rows when given."""
+    with np.load(path) as z:
+        keys = sorted((k for k in z.files if k.startswith("x")), key=lambda k: int(k[1:] or 0))
+        data = [z[k] for k in keys]
+    if rows is None:
+        return data
+    # Fewer real rows than the batch asks for: repeat them rather than time a smaller batch.
+    return [np.take(d, np.arange(rows) % len(d), axis=0) if len(d) else d for d in data]
 
 
 def device_facts() -> dict[str, Any]:
@@ -249,61 +294,113 @@ def _import_runtime(path: str) -> None:
         pass
 
 
+def _involuntary_switches() -> int:
+    try:
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw)
+    except (AttributeError, OSError):
+        return 0
+
+
+def _load1() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+def warm_up(call: Any, min_runs: int, max_runs: int, window: int = 10, tolerance: float = 0.05) -> tuple[int, bool]:
+    """Run ``call`` until the median of a window of runs stops moving.
+
+    Stable means two consecutive windows' medians within ``tolerance`` of each other,
+    after at least ``min_runs`` runs; at most ``max_runs`` runs (then not stable).
+
+    Returns:
+        (runs done, whether it settled).
+    """
+    prev, done = None, 0
+    while done < max(max_runs, min_runs):
+        ts = []
+        for _ in range(window):
+            a = time.perf_counter_ns()
+            call()
+            ts.append(time.perf_counter_ns() - a)
+        done += window
+        med = float(np.median(ts))
+        if done >= min_runs and prev is not None and abs(med - prev) <= tolerance * prev:
+            return done, True
+        prev = med
+    return done, False
+
+
+def time_runs(call: Any, runs: int) -> np.ndarray:
+    """Per-run wall times in ns of ``runs`` back-to-back calls, garbage collector paused."""
+    times = np.empty(runs, dtype=np.int64)
+    clock = time.perf_counter_ns
+    gc_was_on = gc.isenabled()
+    # A collection in the middle of the loop would be charged to one unlucky run.
+    gc.disable()
+    try:
+        if isinstance(call, functools.partial) and len(call.args) == 2 and not call.keywords:
+            # ``session.run(None, feed)`` called as a bare loop would: on a model of a few
+            # microseconds the partial's own dispatch is a measurable share.
+            fn, first, second = call.func, call.args[0], call.args[1]
+            for i in range(runs):
+                a = clock()
+                fn(first, second)
+                times[i] = clock() - a
+        else:
+            for i in range(runs):
+                a = clock()
+                call()
+                times[i] = clock() - a
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return times
+
+
 def benchmark(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the benchmark a spec describes; return the result mapping."""
+    """Run the benchmark a spec describes; return the result mapping.
+
+    Timing starts only after warmup has settled; load time covers opening the model and
+    its first inference; memory is the peak resident set (VmHWM) above the resident set
+    before the model was opened, as the OS counts it.
+    """
     if spec.get("cpus"):
         os.sched_setaffinity(0, set(spec["cpus"]))
     threads = int(spec.get("threads", 1))
+    batch = int(spec.get("batch", 1))
+    load_before = _load1()
     _import_runtime(spec["model"])
     rss0 = _status_kb("VmRSS")
     t0 = time.perf_counter()
     session = open_session(spec["model"], threads)
-    batch = int(spec.get("batch", 1))
-    xs = _inputs_for(session, batch)
-    if spec.get("inputs"):
-        with np.load(spec["inputs"]) as z:
-            keys = sorted((k for k in z.files if k.startswith("x")), key=lambda k: int(k[1:] or 0))
-            data = [z[k] for k in keys]
-        xs = [d[: xs[0].shape[0]] if d.shape[0] >= xs[0].shape[0] else d for d in data]
+    xs = _load_inputs(spec["inputs"], batch) if spec.get("inputs") else _inputs_for(session, batch)
     session.run(xs)
     load_ms = (time.perf_counter() - t0) * 1e3
     result: dict[str, Any] = {"ok": True, "runtime": session.runtime, "runtime_version": session.version,
                               "inputs": session.inputs, "outputs": session.outputs, "load_ms": load_ms,
-                              "threads": threads, "batch": int(xs[0].shape[0])}
+                              "threads": threads, "batch": int(xs[0].shape[0]),
+                              "input_source": "data" if spec.get("inputs") else "random"}
     if spec.get("inputs") and spec.get("outputs"):
-        with np.load(spec["inputs"]) as z:
-            keys = sorted((k for k in z.files if k.startswith("x")), key=lambda k: int(k[1:] or 0))
-            full = [z[k] for k in keys]
-        outs = session.run(full)
+        outs = session.run(_load_inputs(spec["inputs"]))
         np.savez(spec["outputs"], **{f"y{i}": o for i, o in enumerate(outs)})
-    # Warm up until the median of a window of runs stops moving (within 5%), at least
-    # `warmup` runs and at most `max_warmup`.
-    min_warm, max_warm = int(spec.get("warmup", 20)), int(spec.get("max_warmup", 500))
-    window, prev, done = 10, None, 0
-    while done < max_warm:
-        ts = []
-        for _ in range(window):
-            a = time.perf_counter_ns()
-            session.run(xs)
-            ts.append(time.perf_counter_ns() - a)
-        done += window
-        med = float(np.median(ts))
-        if done >= min_warm and prev is not None and abs(med - prev) <= 0.05 * prev:
-            break
-        prev = med
-    result["warmup_runs"] = done
+    call = session.prepared(xs)
+    done, stable = warm_up(call, int(spec.get("warmup", 20)), int(spec.get("max_warmup", 500)))
+    result["warmup_runs"], result["warmup_stable"] = done, stable
     runs = int(spec.get("runs", 100))
-    times = np.empty(runs, dtype=np.int64)
-    run = session.run
-    for i in range(runs):
-        a = time.perf_counter_ns()
-        run(xs)
-        times[i] = time.perf_counter_ns() - a
+    switches0, cpu0, wall0 = _involuntary_switches(), time.process_time(), time.perf_counter()
+    times = time_runs(call, runs)
+    wall = time.perf_counter() - wall0
     result["times_ms"] = (times / 1e6).tolist()
+    # Facts for the noise flag: was the process pushed off its core while it was timed?
+    result["involuntary_switches"] = _involuntary_switches() - switches0
+    result["cpu_wall_ratio"] = (time.process_time() - cpu0) / wall if wall > 0 else None
     peak_kb = _peak_rss_kb()
     result["rss_before_kb"] = rss0
     result["peak_rss_kb"] = int(peak_kb)
     result["memory_increase_kb"] = max(0, int(peak_kb) - rss0)
+    result["loadavg_before"] = load_before
     result["device"] = device_facts()
     return result
 

@@ -54,8 +54,26 @@ def summarize(
     loadavg: float | None = None,
     cores: int | None = None,
     max_ci_rel_width: float = 0.10,
+    involuntary_switches: int | None = None,
+    max_switch_share: float = 0.05,
+    warmup_stable: bool | None = None,
 ) -> LatencyStats:
-    """Statistics of per-run times, flagged noisy when the CI is wide or the machine busy."""
+    """Statistics of per-run times, flagged noisy when they cannot be trusted as they are.
+
+    Args:
+        times_ms: Every timed run, in milliseconds.
+        threads: Threads the runtime used.
+        batch: Items per run.
+        how: How the times were obtained.
+        loadavg: 1-minute load average of the machine just before the benchmark started
+            (so the benchmark's own work is not counted); noisy above 80% of ``cores``.
+        cores: Cores of the machine.
+        max_ci_rel_width: Noisy when the 95% CI of the median is wider than this share of it.
+        involuntary_switches: Times the benchmark process was pushed off a core while timed;
+            noisy when more than ``max_switch_share`` of the runs.
+        max_switch_share: See ``involuntary_switches``.
+        warmup_stable: False when warmup hit its limit before the times settled.
+    """
     t = np.asarray(times_ms, dtype=np.float64)
     if t.size == 0:
         raise ValueError("no timed runs")
@@ -66,6 +84,10 @@ def summarize(
         reasons.append(f"CI of the median is {100 * (ci[1] - ci[0]) / p50:.0f}% of it")
     if loadavg is not None and cores and loadavg > 0.8 * cores:
         reasons.append(f"load average {loadavg:.2f} on {cores} cores")
+    if involuntary_switches is not None and involuntary_switches > max_switch_share * t.size:
+        reasons.append(f"preempted {involuntary_switches} times during {t.size} timed runs")
+    if warmup_stable is False:
+        reasons.append("warmup hit its limit before the times settled")
     return LatencyStats(
         p50=float(p50), p90=float(p90), p99=float(p99), mean=float(t.mean()), std=float(t.std(ddof=1) if t.size > 1 else 0.0),
         min=float(t.min()), max=float(t.max()), ci95=ci, runs=int(t.size), threads=threads, batch=batch,

@@ -146,6 +146,17 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _fmt_load(load: Any) -> str:
+    if not load:
+        return "?"
+    return ", ".join(f"{x:.2f}" for x in load) if isinstance(load, (list, tuple)) else str(load)
+
+
+def _runtimes(env: dict[str, Any]) -> str:
+    versions = env.get("versions") or {}
+    return ", ".join(f"{k} {versions[k]}" for k in ("onnxruntime", "ai-edge-litert") if k in versions)
+
+
 def latency_cell(t: TargetResult) -> str:
     if t.error:
         return f"error: {t.error}"
@@ -156,8 +167,14 @@ def latency_cell(t: TargetResult) -> str:
     s = t.latency_ms
     if t.how == "estimated" and t.estimate_band_ms:
         return f"~{s.p50:.2f} ms ({t.estimate_band_ms[0]:.2f}-{t.estimate_band_ms[1]:.2f}) estimated"
-    noisy = " noisy" if s.noisy else ""
-    return f"{s.p50:.3f} ms [{s.ci95[0]:.3f}, {s.ci95[1]:.3f}] p90 {s.p90:.3f} p99 {s.p99:.3f} ({s.how}, {s.runs} runs{noisy})"
+    noisy = ", noisy" if s.noisy else ""
+    return (f"{_fmt_ms(s.p50)} ms [{_fmt_ms(s.ci95[0])}, {_fmt_ms(s.ci95[1])}] p90 {_fmt_ms(s.p90)} "
+            f"p99 {_fmt_ms(s.p99)} ({s.how}, {s.runs} runs{noisy})")
+
+
+def _fmt_ms(x: float) -> str:
+    """Milliseconds to four significant figures: 0.01132 and 7.346 alike."""
+    return f"{x:.4g}" if x < 1000 else f"{x:.0f}"
 
 
 def render_markdown(report: Report) -> str:
@@ -169,7 +186,8 @@ def render_markdown(report: Report) -> str:
     if env:
         lines.append(
             f"Host: {env.get('cpu', '?')} · {env.get('cores', '?')} cores · "
-            f"flags {', '.join(env.get('cpu_flags', [])) or '-'} · load {env.get('loadavg', ['?'])[0]}"
+            f"flags {', '.join(env.get('cpu_flags', [])) or '-'} · load {_fmt_load(env.get('loadavg'))}"
+            + (f" · {runtimes}" if (runtimes := _runtimes(env)) else "")
         )
     lines.append("")
     if r.baseline:
@@ -200,13 +218,22 @@ def render_markdown(report: Report) -> str:
             f"| {a.name} | {a.format} | {a.precision} | {_fmt_bytes(a.size_bytes)} | {_fmt_bytes(a.zipped_bytes)} "
             f"| {_fmt(a.accuracy)} | {par} |"
         )
-    lines += ["", "## Latency", "", "| artifact | target | threads | batch | p50 [95% CI] and tail | memory | load |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Latency", "",
+              "| artifact | target | threads | batch | p50 [95% CI] and tail | throughput | memory | load |",
+              "|---|---|---|---|---|---|---|---|"]
+    noise_notes = []
     for a in r.artifacts:
         for t in a.targets:
             mem = "-" if t.memory_increase_mb is None else f"+{t.memory_increase_mb:.1f} MB"
             load = "-" if t.load_ms is None else f"{t.load_ms:.0f} ms"
-            lines.append(f"| {a.name} | {t.target} ({t.device}) | {t.threads} | {t.batch} | {latency_cell(t)} | {mem} | {load} |")
+            thr = "-" if t.throughput_items_s is None else f"{t.throughput_items_s:,.0f}/s"
+            lines.append(f"| {a.name} | {t.target} ({t.device}) | {t.threads} | {t.batch} | {latency_cell(t)} "
+                         f"| {thr} | {mem} | {load} |")
+            if t.latency_ms is not None and t.latency_ms.noisy:
+                noise_notes.append(f"- {a.name} ({t.target}, {t.threads} thread(s), batch {t.batch}): "
+                                   f"{t.latency_ms.noise_reason}")
+    if noise_notes:
+        lines += ["", "Noisy measurements (compare with care):", "", *noise_notes]
     if r.advisories:
         lines += ["", "## Advisories", ""]
         for adv in r.advisories:

@@ -35,9 +35,11 @@ def parse_agent_output(stdout: str, target: str) -> dict[str, Any]:
 def result_from_agent(out: dict[str, Any], target: str, how: str, spec: BenchSpec) -> TargetResult:
     """Turn the agent's JSON into a TargetResult with statistics."""
     dev = out.get("device", {})
-    load = dev.get("loadavg", [None])[0]
+    # The load before the agent started is other work; the load after includes the benchmark.
+    load = out.get("loadavg_before", (dev.get("loadavg") or [None])[0])
     stats = summarize(out["times_ms"], threads=spec.threads, batch=out.get("batch", spec.batch), how=how,
-                      loadavg=load, cores=dev.get("cores"))
+                      loadavg=load, cores=dev.get("cores"), involuntary_switches=out.get("involuntary_switches"),
+                      warmup_stable=out.get("warmup_stable"))
     return TargetResult(
         target=target,
         how=how,
@@ -51,8 +53,13 @@ def result_from_agent(out: dict[str, Any], target: str, how: str, spec: BenchSpe
         memory_increase_mb=out.get("memory_increase_kb", 0) / 1024,
         peak_rss_mb=out.get("peak_rss_kb", 0) / 1024,
         runtime=f"{out.get('runtime')} {out.get('runtime_version')}",
-        details={"warmup_runs": out.get("warmup_runs"), "cpu_flags": dev.get("cpu_flags"),
-                 "affinity": dev.get("affinity"), "loadavg": dev.get("loadavg")},
+        details={"warmup_runs": out.get("warmup_runs"), "warmup_stable": out.get("warmup_stable"),
+                 "cpu_flags": dev.get("cpu_flags"),
+                 "inputs": out.get("inputs"), "outputs": out.get("outputs"),
+                 "affinity": dev.get("affinity"), "cpus_requested": list(spec.cpus) if spec.cpus else None,
+                 "loadavg_before": out.get("loadavg_before"), "loadavg": dev.get("loadavg"),
+                 "involuntary_switches": out.get("involuntary_switches"),
+                 "cpu_wall_ratio": out.get("cpu_wall_ratio"), "input_source": out.get("input_source")},
     )
 
 
@@ -106,6 +113,7 @@ class LocalTarget:
                 d["cpus"] = list(spec.cpus)
             if inputs is not None:
                 p = Path(tmp) / "inputs.npz"
+                # The agent repeats rows when there are fewer than the batch asks for.
                 write_inputs(p, [a[: spec.batch] for a in inputs])
                 d["inputs"] = str(p)
             out = self._agent(d)

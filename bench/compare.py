@@ -1,0 +1,445 @@
+"""Compare two or more reports: deltas, whether a latency change is real, and CI gates.
+
+Artifacts are matched by name; timing results within an artifact by (target, threads,
+batch). A latency difference counts as real only when it is both statistically clear
+(the bootstrap 95% CIs of the statistic do not overlap, and a Mann-Whitney U test on the
+kept per-run times gives p < alpha) and large enough to matter (at least ``min_effect``
+relative). The effect-size floor is not optional decoration: two fresh processes timing
+the same model on the same quiet machine differ by a few percent (memory placement,
+frequency), and with hundreds of runs any such offset is "significant". When either run
+was flagged noisy (busy machine, preemption, wide CI) the floor is ``noisy_min_effect``:
+a neighbour on the sibling hyperthread slowed every run of one process by a quarter on a
+2-vCPU host, uniformly, so no within-run test can tell it from a regression.
+
+Gates (``latency_p50:+5%``, ``accuracy:-0.005``, ``size:+10%``) fail when a compared
+report moves a metric past the threshold in the named direction; a latency gate fails
+only on a statistically clear change (the gate's own threshold replaces ``min_effect``,
+and a noisy run still needs ``noisy_min_effect``); what it let pass for noise is listed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from bench.report import ArtifactReport, Report, TargetResult, load_report
+
+# Latency statistics compared per timing setting: metric name -> percentile (or "mean").
+LATENCY_STATS: dict[str, float | str] = {"latency_p50": 50.0, "latency_p90": 90.0, "latency_p99": 99.0,
+                                          "latency_mean": "mean"}
+TIMING_METRICS = (*LATENCY_STATS, "throughput", "memory", "load_time")
+ARTIFACT_METRICS = ("accuracy", "size", "zipped_size")
+HIGHER_IS_BETTER = {"accuracy", "throughput", "macro_f1", "roc_auc", "agreement", "cosine_mean", "cosine_min", "mrr"}
+
+
+class MetricDelta(BaseModel):
+    """One metric of one artifact (and timing setting) in report A and report B."""
+
+    metric: str
+    unit: str = ""
+    a: float | None
+    b: float | None
+    delta: float | None = Field(None, description="b - a")
+    rel: float | None = Field(None, description="(b - a) / |a|")
+    tested: bool = Field(False, description="whether per-run times allowed a significance test")
+    significant: bool | None = Field(None, description="CIs apart and Mann-Whitney p < alpha (timing metrics)")
+    real: bool | None = Field(None, description="significant and at least min_effect, or noisy_min_effect "
+                              "when a run was noisy (timing metrics)")
+    p_value: float | None = None
+    ci_a: tuple[float, float] | None = None
+    ci_b: tuple[float, float] | None = None
+    noisy: bool = False
+    verdict: str = ""
+
+
+class ArtifactComparison(BaseModel):
+    artifact: str
+    setting: str | None = Field(None, description="target, threads, batch of timing metrics; None for artifact metrics")
+    metrics: list[MetricDelta]
+
+
+class PairComparison(BaseModel):
+    """Report ``b`` against the first report ``a``."""
+
+    a: str
+    b: str
+    rows: list[ArtifactComparison]
+    only_in_a: list[str] = Field(default_factory=list)
+    only_in_b: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class GateResult(BaseModel):
+    gate: str
+    passed: bool
+    failures: list[str] = Field(default_factory=list)
+    let_pass: list[str] = Field(default_factory=list, description="past the threshold but not clear of the noise")
+    checked: int = 0
+
+
+class Comparison(BaseModel):
+    """The whole answer of ``compress compare``."""
+
+    reports: list[str]
+    alpha: float
+    min_effect: float
+    noisy_min_effect: float
+    pairs: list[PairComparison]
+    gates: list[GateResult] = Field(default_factory=list)
+    passed: bool = True
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``metric:+5%`` fails on a rise of more than 5%; ``accuracy:-0.005`` on a drop of more than 0.005."""
+
+    text: str
+    metric: str
+    direction: Literal[1, -1]
+    threshold: float
+    relative: bool
+
+    def exceeded(self, d: MetricDelta) -> bool:
+        change = d.rel if self.relative else d.delta
+        if change is None:
+            return False
+        return change * self.direction > self.threshold
+
+
+_GATE_RE = re.compile(r"^\s*([A-Za-z_][\w@.]*)\s*:\s*([+-])\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*$")
+
+
+def parse_gate(text: str) -> Gate:
+    """Parse ``NAME:+N%`` / ``NAME:-N`` (sign = the direction that fails)."""
+    from compress.errors import InputFileError
+
+    m = _GATE_RE.match(text)
+    if not m:
+        raise InputFileError(
+            f"--fail-on {text!r}: expected METRIC:+N% or METRIC:-N (the sign is the direction that fails), "
+            "e.g. latency_p50:+5% or accuracy:-0.005"
+        )
+    name, sign, value, pct = m.groups()
+    threshold = float(value) / (100.0 if pct else 1.0)
+    return Gate(text=text.strip(), metric=name, direction=1 if sign == "+" else -1, threshold=threshold, relative=bool(pct))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(times: np.ndarray, stat: float | str, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of a percentile (0-100) or of the mean."""
+    rng = np.random.default_rng(seed)
+    sample = times[rng.integers(0, len(times), size=(n_boot, len(times)))]
+    vals = sample.mean(axis=1) if stat == "mean" else np.percentile(sample, float(stat), axis=1)
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Mann-Whitney U p-value of two samples of run times."""
+    from scipy.stats import mannwhitneyu
+
+    if np.array_equal(np.unique(a), np.unique(b)) and len(np.unique(a)) == 1:
+        return 1.0  # identical constant samples: scipy would warn and return nan
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def _stat_value(t: TargetResult, metric: str) -> float | None:
+    s = t.latency_ms
+    if metric in LATENCY_STATS:
+        if s is None:
+            return None
+        return {"latency_p50": s.p50, "latency_p90": s.p90, "latency_p99": s.p99, "latency_mean": s.mean}[metric]
+    if metric == "throughput":
+        return t.throughput_items_s
+    if metric == "memory":
+        return t.memory_increase_mb
+    if metric == "load_time":
+        return t.load_ms
+    return None
+
+
+def _ci(t: TargetResult, metric: str, times: np.ndarray | None) -> tuple[float, float] | None:
+    stat = LATENCY_STATS.get("latency_p50" if metric == "throughput" else metric)
+    if stat is None:
+        return None
+    if stat == 50.0 and t.latency_ms is not None and t.latency_ms.ci95:
+        ci = t.latency_ms.ci95
+        if metric == "throughput":  # items/s = batch * 1000 / p50: the interval flips
+            return (1e3 * t.batch / ci[1], 1e3 * t.batch / ci[0]) if ci[0] > 0 else None
+        return (float(ci[0]), float(ci[1]))
+    if times is None:
+        return None
+    return bootstrap_ci(times, stat)
+
+
+def _rel(a: float | None, b: float | None) -> tuple[float | None, float | None]:
+    if a is None or b is None:
+        return None, None
+    return b - a, ((b - a) / abs(a) if a != 0 else (0.0 if b == a else math.copysign(math.inf, b - a)))
+
+
+def _timing_delta(
+    metric: str, ta: TargetResult, tb: TargetResult, alpha: float, min_effect: float, noisy_min_effect: float
+) -> MetricDelta:
+    a, b = _stat_value(ta, metric), _stat_value(tb, metric)
+    delta, rel = _rel(a, b)
+    unit = {"throughput": "items/s", "memory": "MB", "load_time": "ms"}.get(metric, "ms")
+    d = MetricDelta(metric=metric, unit=unit, a=a, b=b, delta=delta, rel=rel)
+    d.noisy = bool((ta.latency_ms and ta.latency_ms.noisy) or (tb.latency_ms and tb.latency_ms.noisy))
+    if a is None or b is None:
+        d.verdict = "missing"
+        return d
+    if metric in ("memory", "load_time"):
+        # One figure per process: there is nothing to test it against.
+        d.verdict = _direction_word(metric, delta) + " (one figure per run, not tested)"
+        return d
+    xa = np.asarray(ta.times_ms, dtype=float) if ta.times_ms else None
+    xb = np.asarray(tb.times_ms, dtype=float) if tb.times_ms else None
+    d.ci_a, d.ci_b = _ci(ta, metric, xa), _ci(tb, metric, xb)
+    tests = []
+    if d.ci_a and d.ci_b:
+        tests.append(d.ci_a[1] < d.ci_b[0] or d.ci_b[1] < d.ci_a[0])
+    if xa is not None and xb is not None and len(xa) > 1 and len(xb) > 1:
+        d.p_value = mann_whitney_p(xa, xb)
+        tests.append(d.p_value < alpha)
+    if not tests:
+        d.verdict = _direction_word(metric, delta) + " (no per-run times or CI: not tested)"
+        return d
+    d.tested = True
+    d.significant = all(tests)
+    floor = noisy_min_effect if d.noisy else min_effect
+    d.real = d.significant and abs(rel or 0.0) >= floor
+    if d.real:
+        d.verdict = _direction_word(metric, delta)
+    elif not d.significant:
+        d.verdict = "no real change (within noise)"
+    elif d.noisy and abs(rel or 0.0) >= min_effect:
+        d.verdict = f"unclear: {_direction_word(metric, delta)} by less than {100 * floor:g}% in a noisy run"
+    else:
+        d.verdict = f"no real change (below {100 * floor:g}%)"
+    return d
+
+
+def _direction_word(metric: str, delta: float | None) -> str:
+    if not delta:
+        return "same"
+    if metric in LATENCY_STATS or metric == "load_time":
+        return "slower" if delta > 0 else "faster"
+    if metric in ("size", "zipped_size", "memory"):
+        return "larger" if delta > 0 else "smaller"
+    better = delta > 0 if metric in HIGHER_IS_BETTER else None
+    word = "higher" if delta > 0 else "lower"
+    return word if better is None else f"{word} ({'better' if better else 'worse'})"
+
+
+def _artifact_deltas(a: ArtifactReport, b: ArtifactReport) -> list[MetricDelta]:
+    out = []
+    pairs: list[tuple[str, str, Any, Any]] = [
+        ("accuracy", "", a.accuracy, b.accuracy),
+        ("size", "bytes", a.size_bytes, b.size_bytes),
+        ("zipped_size", "bytes", a.zipped_bytes, b.zipped_bytes),
+    ]
+    for k, v in a.metrics.items():
+        if k != "accuracy" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            w = b.metrics.get(k)
+            pairs.append((k, "", v, w if isinstance(w, (int, float)) and not isinstance(w, bool) else None))
+    for name, unit, x, y in pairs:
+        if x is None and y is None:
+            continue
+        delta, rel = _rel(None if x is None else float(x), None if y is None else float(y))
+        d = MetricDelta(metric=name, unit=unit, a=x, b=y, delta=delta, rel=rel)
+        d.verdict = "missing" if delta is None else _direction_word(name, delta)
+        out.append(d)
+    return out
+
+
+def setting_of(t: TargetResult) -> str:
+    return f"{t.target}, {t.threads} thread{'s' if t.threads != 1 else ''}, batch {t.batch}"
+
+
+def compare_pair(
+    ra: Report, rb: Report, label_a: str, label_b: str, alpha: float, min_effect: float, noisy_min_effect: float
+) -> PairComparison:
+    """Every matched artifact and timing setting of ``rb`` against ``ra``."""
+    pair = PairComparison(a=label_a, b=label_b, rows=[])
+    names_b = {x.name for x in rb.artifacts}
+    pair.only_in_a = [x.name for x in ra.artifacts if x.name not in names_b]
+    pair.only_in_b = [x.name for x in rb.artifacts if ra.artifact(x.name) is None]
+    for r, label in ((ra, label_a), (rb, label_b)):
+        if r.status != "ok":
+            pair.notes.append(f"{label} is a {r.status} run" + (f": {r.error}" if r.error else ""))
+    if ra.recipe.get("name") != rb.recipe.get("name"):
+        pair.notes.append(f"different recipes: {ra.recipe.get('name')} and {rb.recipe.get('name')}")
+    ha, hb = ra.env.get("cpu"), rb.env.get("cpu")
+    if ha and hb and (ha != hb or ra.env.get("cores") != rb.env.get("cores")):
+        pair.notes.append(f"different hosts: {ha} ({ra.env.get('cores')} cores) and {hb} ({rb.env.get('cores')} cores)")
+    for art_a in ra.artifacts:
+        art_b = rb.artifact(art_a.name)
+        if art_b is None:
+            continue
+        pair.rows.append(ArtifactComparison(artifact=art_a.name, metrics=_artifact_deltas(art_a, art_b)))
+        by_setting = {setting_of(t): t for t in art_b.targets if t.error is None}
+        for ta in art_a.targets:
+            tb = by_setting.get(setting_of(ta))
+            if ta.error is not None or tb is None or (ta.latency_ms is None and tb.latency_ms is None):
+                continue
+            metrics = [_timing_delta(m, ta, tb, alpha, min_effect, noisy_min_effect) for m in TIMING_METRICS]
+            pair.rows.append(ArtifactComparison(artifact=art_a.name, setting=setting_of(ta),
+                                                metrics=[m for m in metrics if m.a is not None or m.b is not None]))
+    return pair
+
+
+def _fmt_value(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "bytes":
+        return f"{v / 1e6:.3f} MB" if abs(v) >= 1e6 else f"{v / 1e3:.1f} kB"
+    if unit == "items/s":
+        return f"{v:,.0f}/s"
+    if unit == "ms":
+        return f"{v:.4g} ms"
+    if unit == "MB":
+        return f"{v:.1f} MB"
+    return f"{v:.4f}"
+
+
+def _fmt_change(d: MetricDelta) -> str:
+    if d.delta is None:
+        return "-"
+    if d.unit in ("", None) and d.metric not in TIMING_METRICS:
+        return f"{d.delta:+.4f}"
+    if d.rel is None or math.isinf(d.rel):
+        return f"{d.delta:+.4g}"
+    if d.unit == "bytes" and d.delta and abs(d.rel) < 0.001:
+        return f"{100 * d.rel:+.2f}% ({d.delta:+,.0f} B)"
+    return f"{100 * d.rel:+.1f}%"
+
+
+def apply_gates(comparison: Comparison, pairs_reports: list[tuple[Report, Report]], gates: list[Gate]) -> None:
+    """Evaluate each gate on every pair; fill ``comparison.gates`` and ``passed``."""
+    from compress.errors import InputFileError
+
+    for gate in gates:
+        res = GateResult(gate=gate.text, passed=True)
+        for pair, (_, rb) in zip(comparison.pairs, pairs_reports):
+            if rb.status != "ok":
+                res.failures.append(f"{pair.b}: the run {rb.status}" + (f" ({rb.error})" if rb.error else ""))
+            for row in pair.rows:
+                for d in row.metrics:
+                    if d.metric != gate.metric or d.a is None or d.b is None:
+                        continue
+                    res.checked += 1
+                    if not gate.exceeded(d):
+                        continue
+                    where = f"{row.artifact}" + (f" ({row.setting})" if row.setting else "")
+                    test = f", p={d.p_value:.1e}" if d.p_value is not None else ""
+                    line = (f"{pair.b} {where}: {gate.metric} {_fmt_change(d)} "
+                            f"({_fmt_value(d.a, d.unit)} → {_fmt_value(d.b, d.unit)}{test})")
+                    # A timing gate needs the change to be clear of the noise.
+                    if d.tested and not d.significant:
+                        res.let_pass.append(line + ": within noise")
+                    elif d.tested and d.noisy and abs(d.rel or 0.0) < comparison.noisy_min_effect:
+                        res.let_pass.append(line + f": noisy run, below {100 * comparison.noisy_min_effect:g}%")
+                    else:
+                        res.failures.append(line)
+        if res.checked == 0 and not res.failures:
+            known = sorted({d.metric for p in comparison.pairs for r in p.rows for d in r.metrics if d.a is not None})
+            raise InputFileError(f"--fail-on {gate.text}: no compared artifact has the metric {gate.metric!r} "
+                                 f"(metrics present: {', '.join(known) or 'none'})")
+        res.passed = not res.failures
+        comparison.gates.append(res)
+    comparison.passed = all(g.passed for g in comparison.gates)
+
+
+def compare_reports(
+    paths: list[Path],
+    gates: list[str] | None = None,
+    alpha: float = 0.01,
+    min_effect: float = 0.05,
+    noisy_min_effect: float = 0.5,
+) -> Comparison:
+    """Compare each report after the first against the first.
+
+    Args:
+        paths: Two or more ``report.json`` files or run folders.
+        gates: ``--fail-on`` expressions.
+        alpha: Significance level of the Mann-Whitney test.
+        min_effect: Smallest relative latency change reported as real.
+        noisy_min_effect: The same when either run was flagged noisy.
+
+    Returns:
+        The comparison, gates evaluated.
+    """
+    from compress.errors import InputFileError
+
+    if len(paths) < 2:
+        raise InputFileError("compare needs at least two reports or run folders")
+    parsed_gates = [parse_gate(g) for g in gates or []]
+    reports = [load_report(p) for p in paths]
+    labels = [str(p) for p in paths]
+    cmp = Comparison(reports=labels, alpha=alpha, min_effect=min_effect, noisy_min_effect=noisy_min_effect, pairs=[])
+    for rb, lb in zip(reports[1:], labels[1:]):
+        cmp.pairs.append(compare_pair(reports[0], rb, labels[0], lb, alpha, min_effect, noisy_min_effect))
+    apply_gates(cmp, [(reports[0], rb) for rb in reports[1:]], parsed_gates)
+    return cmp
+
+
+def render_markdown(cmp: Comparison) -> str:
+    """The comparison as Markdown, fit for a pull-request comment."""
+    lines = ["# edgepack compare", ""]
+    letters = [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(len(cmp.reports))]
+    for letter, path in zip(letters, cmp.reports):
+        lines.append(f"- **{letter}**: `{path}`")
+    rule = (f"A latency change is *real* when the 95% CIs do not overlap, a Mann-Whitney U test on the kept "
+            f"run times gives p < {cmp.alpha:g}, and the change is at least {100 * cmp.min_effect:g}% "
+            f"({100 * cmp.noisy_min_effect:g}% when either run was noisy).")
+    lines += ["", rule, ""]
+    for letter, pair in zip(letters[1:], cmp.pairs):
+        lines += [f"## {letter} vs A", ""]
+        for note in pair.notes:
+            lines.append(f"> note: {note}")
+        if pair.notes:
+            lines.append("")
+        lines += ["| artifact | setting | metric | A | " + letter + " | change | verdict |", "|---|---|---|---|---|---|---|"]
+        for row in pair.rows:
+            for d in row.metrics:
+                verdict = d.verdict + (" · noisy run" if d.noisy and d.metric in LATENCY_STATS else "")
+                if d.p_value is not None and d.metric in LATENCY_STATS:
+                    verdict += f" (p={d.p_value:.1e})"
+                if d.real:
+                    verdict = f"**{verdict}**"
+                lines.append(f"| {row.artifact} | {row.setting or '-'} | {d.metric} | {_fmt_value(d.a, d.unit)} "
+                             f"| {_fmt_value(d.b, d.unit)} | {_fmt_change(d)} | {verdict} |")
+        if pair.only_in_a:
+            lines.append(f"\nOnly in A: {', '.join(pair.only_in_a)}")
+        if pair.only_in_b:
+            lines.append(f"\nOnly in {letter}: {', '.join(pair.only_in_b)}")
+        lines.append("")
+    if cmp.gates:
+        lines += ["## Gates", ""]
+        for g in cmp.gates:
+            lines.append(f"- {'✓ pass' if g.passed else '✗ FAIL'} `{g.gate}` ({g.checked} checked)")
+            lines += [f"  - {f}" for f in g.failures]
+            lines += [f"  - let pass: {f}" for f in g.let_pass]
+        failed = [g.gate for g in cmp.gates if not g.passed]
+        lines += ["", f"**{'FAILED: ' + ', '.join(failed) if failed else 'All gates passed.'}**"]
+    return "\n".join(lines) + "\n"
+
+
+def real_latency_changes(cmp: Comparison) -> list[tuple[str, str, MetricDelta]]:
+    """(pair label, artifact/setting, delta) of every latency metric judged real."""
+    out = []
+    for pair in cmp.pairs:
+        for row in pair.rows:
+            for d in row.metrics:
+                if d.metric in LATENCY_STATS and d.real:
+                    out.append((pair.b, f"{row.artifact} ({row.setting})", d))
+    return out

@@ -1,0 +1,552 @@
+"""``report.html``: one self-contained page a user reads to decide what to ship.
+
+Everything is inside the file: plots are drawn here with matplotlib (no pyplot, no
+global backend state) and inlined as SVG, styles are inline, there is no script, and a
+Content-Security-Policy forbids the page from fetching anything, so it opens the same
+offline, in a mail attachment or as a CI artifact.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import ArtifactReport, Report, TargetResult
+
+# The page may load nothing at all: inline styles and data: images only, no script.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1180px;
+padding:1.2rem 1.6rem;color:#1d2430;background:#fff;line-height:1.45}
+h1{font-size:1.55rem;margin:.2rem 0 .4rem}h2{font-size:1.2rem;margin:1.8rem 0 .6rem;border-bottom:1px solid #dde3ea;
+padding-bottom:.2rem}h3{font-size:1rem;margin:1rem 0 .4rem}
+table{border-collapse:collapse;font-size:.86rem;margin:.4rem 0 .8rem}th,td{border:1px solid #dde3ea;padding:.25rem .5rem;
+text-align:left;vertical-align:top}th{background:#f3f6f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.status-ok{color:#17803d;font-weight:600}.status-failed,.status-interrupted{color:#b42318;font-weight:600}
+.muted{color:#5f6b7a}.pill{display:inline-block;border-radius:.6rem;padding:0 .45rem;font-size:.75rem;
+background:#eef2f6;margin-right:.25rem}.noisy{background:#fff1d6;color:#8a5300}.bad{background:#fde2e1;color:#9b1c1c}
+.good{background:#e0f4e8;color:#17603a}.plot svg{max-width:100%;height:auto}.plots{display:flex;flex-wrap:wrap;gap:1rem}
+.plots figure{margin:0;flex:1 1 520px}figcaption{font-size:.8rem;color:#5f6b7a}
+ul.adv li{margin:.2rem 0}.sev-warning{color:#8a5300}.sev-error{color:#b42318}.sev-info{color:#35557a}
+.lineage{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem}code{font-size:.85em}
+details{margin:.3rem 0}summary{cursor:pointer}
+"""
+
+_COLORS = ["#3b6fb6", "#d9822b", "#2f9e6a", "#b6463b", "#7b5cb8", "#8c6d46", "#c9589b", "#6b7280"]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _num(x: float | None, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _ms(x: float | None) -> str:
+    """Milliseconds with three significant figures whatever the magnitude."""
+    if x is None:
+        return "-"
+    return f"{x:#.3g}" if x < 100 else f"{x:.0f}"
+
+
+def _inline_md(text: str) -> str:
+    """Escape, then apply the inline Markdown the reports use: `code` and **bold**."""
+    s = _e(text)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+def markdown_to_html(md: str) -> str:
+    """The Markdown subset report sections are written in: headings, tables, lists, paragraphs."""
+    out: list[str] = []
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if not line.strip():
+            i += 1
+            continue
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 4)  # the page's h1/h2 are taken
+            out.append(f"<h{level}>{_inline_md(line.lstrip('#').strip())}</h{level}>")
+            i += 1
+        elif line.lstrip().startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(re.fullmatch(r":?-{2,}:?", c) for c in cells):
+                    rows.append(cells)
+                i += 1
+            if rows:
+                head = "".join(f"<th>{_inline_md(c)}</th>" for c in rows[0])
+                body = "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif re.match(r"\s*[-*] ", line):
+            items = []
+            while i < len(lines) and re.match(r"\s*[-*] ", lines[i]):
+                item = re.sub(r"^\s*[-*] ", "", lines[i])
+                items.append(f"<li>{_inline_md(item)}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].lstrip().startswith(("|", "#", "- ", "* ")):
+                para.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{_inline_md(' '.join(para))}</p>")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measurement_label(t: TargetResult) -> str:
+    """``local, 1 thread, batch 1``: what distinguishes one measurement of an artifact."""
+    return f"{t.target}, {t.threads} thread{'s' if t.threads != 1 else ''}, batch {t.batch}"
+
+
+def timed(report: Report) -> list[tuple[ArtifactReport, TargetResult]]:
+    """Every (artifact, target result) that has a latency figure, in report order."""
+    return [(a, t) for a in report.artifacts for t in a.targets if t.latency_ms is not None]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both latency (lower) and accuracy (higher).
+
+    Args:
+        points: (latency, accuracy) pairs.
+
+    Returns:
+        Indices of the front, ordered by latency.
+    """
+    front = []
+    for i, (lat, acc) in enumerate(points):
+        dominated = any(
+            (lat2 <= lat and acc2 >= acc) and (lat2 < lat or acc2 > acc) for j, (lat2, acc2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+# --------------------------------------------------------------------------- plots
+
+
+class _Plotter:
+    """Draws figures into inline SVG; each figure gets its own id salt so ids never clash."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def svg(self, fig: Any, name: str, title: str) -> str:
+        import matplotlib
+
+        self.count += 1
+        buf = io.StringIO()
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"edgepack-{name}-{self.count}"}):
+            fig.savefig(buf, format="svg", bbox_inches="tight")
+        text = buf.getvalue()
+        text = text[text.index("<svg"):]
+        # Inline SVG in HTML needs no namespace declarations; dropping them leaves no URL at all in the page.
+        text = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text)
+        text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.DOTALL)  # RDF with URLs, nothing to show
+        text = text.replace("<svg", f'<svg class="plot-{_e(name)}" role="img" aria-label="{_e(title)}"', 1)
+        return text
+
+    @staticmethod
+    def figure(width: float, height: float) -> Any:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(width, height), dpi=100)
+        fig.set_layout_engine("constrained")
+        return fig
+
+
+def _style(ax: Any) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(True, color="#e5e9ef", linewidth=0.7)
+    ax.set_axisbelow(True)
+    ax.tick_params(labelsize=8)
+
+
+def scatter_plot(report: Report, plotter: _Plotter) -> str | None:
+    """Accuracy against p50 latency, one series per measurement setting, Pareto front marked."""
+    rows = timed(report)
+    if not rows:
+        return None
+    use_acc = any(a.accuracy is not None for a, _ in rows)
+    series: dict[str, list[tuple[ArtifactReport, TargetResult]]] = {}
+    for a, t in rows:
+        y = a.accuracy if use_acc else a.size_bytes
+        if y is not None:
+            series.setdefault(measurement_label(t), []).append((a, t))
+    if not series:
+        return None
+    fig = plotter.figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    _style(ax)
+    all_x = []
+    for k, (label, pts) in enumerate(series.items()):
+        color = _COLORS[k % len(_COLORS)]
+        xs = [t.latency_ms.p50 for _, t in pts]
+        ys = [a.accuracy if use_acc else a.size_bytes / 1e6 for a, _ in pts]
+        lo = [max(0.0, t.latency_ms.p50 - t.latency_ms.ci95[0]) for _, t in pts]
+        hi = [max(0.0, t.latency_ms.ci95[1] - t.latency_ms.p50) for _, t in pts]
+        all_x += xs
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", color=color, markersize=6, capsize=3, label=label, zorder=3)
+        for (a, _), x, y in zip(pts, xs, ys):
+            ax.annotate(a.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5, color="#1d2430")
+        # Lower latency is better; so is higher accuracy, or lower size when there is no accuracy.
+        front = pareto_front([(x, y if use_acc else -y) for x, y in zip(xs, ys)])
+        fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+        ax.plot(fx, fy, linestyle="--", drawstyle="steps-post" if use_acc else "default", color=color, linewidth=1, zorder=2)
+        ax.scatter(fx, fy, s=150, facecolors="none", edgecolors=color, linewidths=1.4, zorder=4,
+                   label=f"Pareto front ({label})")
+    if use_acc and report.baseline and report.baseline.accuracy is not None:
+        ax.axhline(report.baseline.accuracy, color="#6b7280", linestyle=":", linewidth=1, label="baseline accuracy")
+    if all_x and max(all_x) / max(min(all_x), 1e-12) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("p50 latency (ms), bars: 95% CI of the median", fontsize=9)
+    ax.set_ylabel("accuracy" if use_acc else "size (MB)", fontsize=9)
+    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncols=2)
+    title = "accuracy vs latency" if use_acc else "size vs latency (no accuracy: the recipe has no labels)"
+    return plotter.svg(fig, "scatter", title)
+
+
+def size_plot(report: Report, plotter: _Plotter) -> str | None:
+    """Horizontal bars of file size (zipped size where known), baseline size as a line."""
+    arts = [a for a in report.artifacts if a.size_bytes is not None]
+    if not arts:
+        return None
+    fig = plotter.figure(6.4, 0.9 + 0.38 * len(arts))
+    ax = fig.add_subplot()
+    _style(ax)
+    ys = np.arange(len(arts))
+    sizes = [a.size_bytes / 1e6 for a in arts]
+    ax.barh(ys, sizes, color=_COLORS[0], height=0.6, label="file")
+    zipped = [(y, a.zipped_bytes / 1e6) for y, a in zip(ys, arts) if a.zipped_bytes]
+    if zipped:
+        ax.barh([y for y, _ in zipped], [z for _, z in zipped], color=_COLORS[1], height=0.3, label="zipped")
+    for y, s in zip(ys, sizes):
+        ax.annotate(_bytes(int(s * 1e6)), (s, y), textcoords="offset points", xytext=(4, -3), fontsize=7.5)
+    if report.baseline and report.baseline.size_bytes:
+        ax.axvline(report.baseline.size_bytes / 1e6, color="#6b7280", linestyle=":", linewidth=1, label="baseline (torch)")
+    ax.set_yticks(ys, [a.name for a in arts], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("size (MB)", fontsize=9)
+    ax.set_xlim(0, max(sizes + [report.baseline.size_bytes / 1e6 if report.baseline and report.baseline.size_bytes else 0]) * 1.25)
+    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncols=3)
+    return plotter.svg(fig, "size", "model size per artifact")
+
+
+def distribution_plot(report: Report, plotter: _Plotter, max_rows: int = 40) -> str | None:
+    """Every kept run time per measurement: a box (quartiles, whiskers to p1/p99) over the points."""
+    rows = [(a, t) for a, t in timed(report) if t.times_ms][:max_rows]
+    if not rows:
+        return None
+    fig = plotter.figure(6.8, 0.9 + 0.48 * len(rows))
+    ax = fig.add_subplot()
+    _style(ax)
+    data = [np.asarray(t.times_ms, dtype=float) for _, t in rows]
+    # A few stalls of 100x the median would squash every box into a line: the axis ends at
+    # the largest p99.5 and the label says how many runs lie beyond it.
+    lo = min(float(d.min()) for d in data)
+    hi = max(float(np.percentile(d, 99.5)) for d in data)
+    beyond = [int((d > hi * 1.05).sum()) for d in data]
+    labels = [f"{a.name}\n{measurement_label(t)}" + (" (noisy)" if t.latency_ms.noisy else "")
+              + (f"\n{k} run{'s' if k > 1 else ''} off the axis" if k else "") for (a, t), k in zip(rows, beyond)]
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(data):
+        jitter = rng.uniform(-0.18, 0.18, size=d.size)
+        ax.scatter(d, np.full(d.size, i) + jitter, s=7, alpha=0.45, color=_COLORS[i % len(_COLORS)], linewidths=0, zorder=2)
+    ax.boxplot(data, positions=np.arange(len(data)), orientation="horizontal", whis=(1, 99), widths=0.55,
+               showfliers=False, medianprops={"color": "#111", "linewidth": 1.6},
+               boxprops={"linewidth": 0.9}, whiskerprops={"linewidth": 0.9}, capprops={"linewidth": 0.9})
+    # Log scale when the spread (across settings or within one) spans more than a decade.
+    if hi / max(lo, 1e-12) > 10:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.1, hi * 1.1)
+    else:
+        pad = 0.05 * (hi - lo) or 0.05 * hi
+        ax.set_xlim(max(0.0, lo - pad), hi + pad)
+    ax.set_yticks(np.arange(len(data)), labels, fontsize=7.5)
+    ax.invert_yaxis()
+    ax.set_xlabel("time per run (ms); box: quartiles, whiskers: p1-p99, line: median", fontsize=9)
+    return plotter.svg(fig, "distribution", "latency distribution per artifact")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _header(r: Report) -> str:
+    status = f'<span class="status-{_e(r.status)}">{_e(r.status)}</span>'
+    err = f" &mdash; {_e(r.error)}" if r.error else ""
+    data = r.data or {}
+    data_txt = ", ".join(f"{k} {v}" for k, v in data.items() if v is not None)
+    base = ""
+    if r.baseline:
+        b = r.baseline
+        base = (f"<p>Baseline (PyTorch): accuracy {_num(b.accuracy)}, {b.params or '-'} parameters, "
+                f"{b.macs or '-'} MACs, {_bytes(b.size_bytes)}</p>")
+    return (f"<header><h1>edgepack report: {_e(r.recipe.get('name'))}</h1>"
+            f"<p>Status: {status}{err} · created {_e(r.created)} · task {_e(r.task.get('kind', '-'))}"
+            f" · data: {_e(data_txt or '-')}</p>{base}</header>")
+
+
+def _env_section(r: Report) -> str:
+    env = r.env or {}
+    if not env:
+        return ""
+    load = env.get("loadavg")
+    versions = env.get("versions") or r.tool or {}
+    runtime_keys = ("onnxruntime", "ai-edge-litert", "tflite-runtime", "torch", "numpy")
+    rows = [
+        ("CPU", f"{env.get('cpu', '?')} ({env.get('machine', '?')})"),
+        ("cores", f"{env.get('cores', '?')}; affinity {env.get('affinity', '-')}"),
+        ("CPU flags that matter", ", ".join(env.get("cpu_flags") or []) or "-"),
+        ("load average (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in load) if load else "-"),
+        ("system", f"{env.get('system', '?')} {env.get('release', '')}, Python {env.get('python', '?')}"),
+        ("runtimes", ", ".join(f"{k} {versions[k]}" for k in runtime_keys if k in versions) or "-"),
+    ]
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f'<section id="environment"><h2>Environment</h2><table>{body}</table></section>'
+
+
+def _parity_cell(a: ArtifactReport) -> str:
+    p = a.parity
+    if p is None:
+        return "-"
+    verdict = "" if p.passed is None else (' <span class="pill good">ok</span>' if p.passed
+                                           else ' <span class="pill bad">failed</span>')
+    return f"max diff {p.max_abs_diff:.2e} vs {_e(p.reference)}{verdict}"
+
+
+def _artifacts_section(r: Report) -> str:
+    base_acc = r.baseline.accuracy if r.baseline else None
+    head = ("<tr><th>artifact</th><th>format</th><th>precision</th><th>size</th><th>zipped</th><th>accuracy</th>"
+            "<th>vs baseline</th><th>agreement</th><th>parity</th><th>p50 (ms)</th><th>from</th></tr>")
+    rows = []
+    for a in r.artifacts:
+        delta = "-" if a.accuracy is None or base_acc is None else f"{a.accuracy - base_acc:+.4f}"
+        agree = a.metrics.get("agreement")
+        first = next((t for t in a.targets if t.latency_ms is not None), None)
+        p50 = "-" if first is None else f"{_ms(first.latency_ms.p50)} ({_e(first.how)})"
+        rows.append(
+            f"<tr><td>{_e(a.name)}</td><td>{_e(a.format)}</td><td>{_e(a.precision)}</td>"
+            f'<td class="num">{_bytes(a.size_bytes)}</td><td class="num">{_bytes(a.zipped_bytes)}</td>'
+            f'<td class="num">{_num(a.accuracy)}</td><td class="num">{delta}</td>'
+            f'<td class="num">{_num(agree, ".4f")}</td><td>{_parity_cell(a)}</td><td class="num">{p50}</td>'
+            f"<td>{_e(a.step or '-')}</td></tr>"
+        )
+    return (f'<section id="artifacts"><h2>Artifacts</h2><table><thead>{head}</thead><tbody>{"".join(rows)}'
+            "</tbody></table></section>")
+
+
+def _latency_row(a: ArtifactReport, t: TargetResult) -> str:
+    pre = f"<td>{_e(a.name)}</td><td>{_e(t.target)}<br><span class='muted'>{_e(t.device)}</span></td>"
+    if t.latency_ms is None:
+        what = f"error: {t.error}" if t.error else (
+            f"parity {'ok' if t.parity and t.parity.passed else 'checked'}, no latency ({t.how})" if t.parity else t.how)
+        return f"<tr>{pre}<td>{_e(t.how)}</td><td>{t.threads}</td><td>{t.batch}</td><td colspan='8'>{_e(what)}</td></tr>"
+    s = t.latency_ms
+    band = f" band {_ms(t.estimate_band_ms[0])}-{_ms(t.estimate_band_ms[1])}" if t.estimate_band_ms else ""
+    noise = f'<span class="pill noisy" title="{_e(s.noise_reason)}">noisy</span> {_e(s.noise_reason)}' if s.noisy else (
+        '<span class="pill good">steady</span>')
+    mem = "-" if t.memory_increase_mb is None else f"+{t.memory_increase_mb:.1f} MB"
+    thr = "-" if t.throughput_items_s is None else f"{t.throughput_items_s:,.0f}/s"
+    warm = t.details.get("warmup_runs")
+    return (f"<tr>{pre}<td>{_e(t.how)}</td><td>{t.threads}</td><td>{t.batch}</td>"
+            f'<td class="num">{_ms(s.p50)} [{_ms(s.ci95[0])}, {_ms(s.ci95[1])}]{band}</td>'
+            f'<td class="num">{_ms(s.p90)}</td><td class="num">{_ms(s.p99)}</td>'
+            f'<td class="num">{_ms(s.mean)} ± {_ms(s.std)}</td><td class="num">{thr}</td><td class="num">{mem}</td>'
+            f'<td class="num">{"-" if t.load_ms is None else f"{t.load_ms:.0f} ms"}</td>'
+            f"<td>{s.runs} runs{f' after {warm} warmup' if warm else ''}<br>{noise}</td></tr>")
+
+
+def _latency_section(r: Report, plotter: _Plotter) -> str:
+    head = ("<tr><th>artifact</th><th>target</th><th>how</th><th>threads</th><th>batch</th>"
+            "<th>p50 [95% CI] ms</th><th>p90</th><th>p99</th><th>mean ± std</th><th>throughput</th>"
+            "<th>memory</th><th>load + 1st run</th><th>runs</th></tr>")
+    rows = "".join(_latency_row(a, t) for a in r.artifacts for t in a.targets)
+    if not rows:
+        return '<section id="latency"><h2>Latency</h2><p class="muted">No benchmark results.</p></section>'
+    dist = distribution_plot(r, plotter)
+    fig = (f'<figure class="plot" id="plot-distribution">{dist}<figcaption>Every kept run, per artifact and setting. '
+           "A wide box or a long tail means the median alone hides something.</figcaption></figure>") if dist else ""
+    return (f'<section id="latency"><h2>Latency</h2><table><thead>{head}</thead><tbody>{rows}</tbody></table>'
+            f'<h3>Latency distributions</h3>{fig}</section>')
+
+
+def _tradeoff_plots(r: Report, plotter: _Plotter) -> str:
+    scatter = scatter_plot(r, plotter)
+    size = size_plot(r, plotter)
+    figs = []
+    if scatter:
+        figs.append(f'<figure class="plot" id="plot-scatter">{scatter}<figcaption>Each point an artifact; the ringed '
+                    "points form the Pareto front (nothing else is both faster and more accurate).</figcaption></figure>")
+    if size:
+        figs.append(f'<figure class="plot" id="plot-size">{size}<figcaption>File size on disk.</figcaption></figure>')
+    if not figs:
+        return ""
+    return f'<section id="overview"><h2>Accuracy, latency and size</h2><div class="plots">{"".join(figs)}</div></section>'
+
+
+def _metrics_section(r: Report) -> str:
+    keys: list[str] = []
+    for a in r.artifacts:
+        for k, v in a.metrics.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
+                keys.append(k)
+    if not keys:
+        return ""
+    head = "<tr><th>artifact</th>" + "".join(f"<th>{_e(k)}</th>" for k in keys) + "</tr>"
+    rows = []
+    for a in r.artifacts:
+        cells = "".join(f'<td class="num">{_num(a.metrics.get(k))}</td>' for k in keys)
+        rows.append(f"<tr><td>{_e(a.name)}</td>{cells}</tr>")
+    cms = []
+    labels = r.task.get("labels") or []
+    for a in r.artifacts:
+        cm = a.metrics.get("confusion_matrix")
+        if not cm:
+            continue
+        names = [labels[i] if i < len(labels) else str(i) for i in range(len(cm))]
+        head_cm = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>"
+        body_cm = "".join(
+            f"<tr><th>{_e(names[i])}</th>" + "".join(f'<td class="num">{v}</td>' for v in row) + "</tr>"
+            for i, row in enumerate(cm)
+        )
+        cms.append(f"<details><summary>confusion matrix: {_e(a.name)}</summary><table>{head_cm}{body_cm}</table></details>")
+    return (f'<section id="metrics"><h2>Task metrics</h2><table><thead>{head}</thead><tbody>{"".join(rows)}'
+            f'</tbody></table>{"".join(cms)}</section>')
+
+
+def _chain(a: ArtifactReport, by_name: dict[str, ArtifactReport]) -> list[str]:
+    """Names from the root to ``a`` following parent links (cycles cut)."""
+    chain, seen = [a.name], {a.name}
+    parent = a.parent
+    while parent and parent not in seen:
+        chain.append(parent)
+        seen.add(parent)
+        parent = by_name[parent].parent if parent in by_name else None
+    return chain[::-1]
+
+
+def _lineage_section(r: Report) -> str:
+    parts = []
+    if r.steps:
+        head = ("<tr><th>#</th><th>step</th><th>status</th><th>time</th><th>params</th><th>MACs</th><th>size</th>"
+                "<th>accuracy</th><th>details</th></tr>")
+        rows = []
+        for s in r.steps:
+            b, a = s.before, s.after
+
+            def arrow(field: str, fmt: Any = str, b: Any = b, a: Any = a) -> str:
+                x = getattr(b, field) if b else None
+                y = getattr(a, field) if a else None
+                return f"{'-' if x is None else fmt(x)} → {'-' if y is None else fmt(y)}"
+
+            details = ", ".join(f"{k}: {v}" for k, v in s.details.items() if isinstance(v, (int, float, str, bool)))
+            err = f"<br><span class='sev-error'>{_e(s.error)}</span>" if s.error else ""
+            rows.append(
+                f"<tr><td>{s.index}</td><td>{_e(s.kind)}</td><td class='status-{_e(s.status)}'>{_e(s.status)}</td>"
+                f"<td class='num'>{_num(s.duration_s, '.1f')} s</td><td>{arrow('params')}</td><td>{arrow('macs')}</td>"
+                f"<td>{arrow('size_bytes', _bytes)}</td><td>{arrow('accuracy', lambda v: format(v, '.4f'))}</td>"
+                f"<td>{_e(details[:400])}{err}</td></tr>"
+            )
+        parts.append(f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+    else:
+        parts.append('<p class="muted">No compression steps: the artifacts are exports of the baseline.</p>')
+    by_name = {a.name: a for a in r.artifacts}
+    chains = []
+    for a in r.artifacts:
+        links = []
+        for n in _chain(a, by_name):
+            step = by_name[n].step if n in by_name else None
+            links.append(f"{_e(n)}" + (f" <span class='muted'>({_e(step)})</span>" if step else ""))
+        sha = f" <span class='muted'>sha256 {_e(a.sha256[:12])}</span>" if a.sha256 else ""
+        chains.append(f"<li>{' → '.join(links)}{sha}</li>")
+    parts.append(f'<h3>Artifact lineage</h3><ul class="lineage">{"".join(chains)}</ul>')
+    return f'<section id="lineage"><h2>Steps and lineage</h2>{"".join(parts)}</section>'
+
+
+def _advisories_section(r: Report) -> str:
+    if not r.advisories:
+        return '<section id="advisories"><h2>Advisories</h2><p class="muted">None.</p></section>'
+    items = []
+    for adv in r.advisories:
+        where = adv.artifact or adv.step
+        items.append(f"<li class='sev-{_e(adv.severity)}'><strong>{_e(adv.severity)}</strong> <code>{_e(adv.code)}</code>"
+                     + (f" ({_e(where)})" if where else "") + f": {_e(adv.message)}</li>")
+    return f'<section id="advisories"><h2>Advisories</h2><ul class="adv">{"".join(items)}</ul></section>'
+
+
+def _tradeoff_section(r: Report) -> str:
+    t = r.tradeoff
+    if not t:
+        return ""
+    if t.get("markdown"):
+        body = markdown_to_html(t["markdown"])
+    else:
+        body = "<table>" + "".join(
+            f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in t.items() if not isinstance(v, (dict, list))
+        ) + "</table>"
+    return f'<section id="tradeoff"><h2>Cloud or device</h2>{body}</section>'
+
+
+def render_html(report: Report, run_dir: Path | None = None) -> str:
+    """The whole page for one report.
+
+    Args:
+        report: The run's report.
+        run_dir: The run folder (artifact paths in the report are relative to it); unused
+            for now beyond the page footer, kept so callers need not change when the page
+            links run files.
+
+    Returns:
+        A self-contained HTML document.
+    """
+    plotter = _Plotter()
+    r = report
+    sections = [
+        _header(r),
+        _tradeoff_plots(r, plotter),
+        _artifacts_section(r),
+        _latency_section(r, plotter),
+        _metrics_section(r),
+        _lineage_section(r),
+        _advisories_section(r),
+        _tradeoff_section(r),
+        _env_section(r),
+    ]
+    where = f" · run folder {_e(run_dir)}" if run_dir is not None else ""
+    footer = (f'<footer class="muted"><p>Latency is <code>measured</code> on the named device (each artifact in a fresh '
+              "process, warmup until stable, every run kept, median with a bootstrap 95% CI) unless marked "
+              "<code>estimated</code> (from a device profile) or <code>emulated</code> (correctness only, never a "
+              f"latency). Report schema {r.schema_version} · edgepack {_e(r.tool.get('edgepack', '?'))}{where}</p></footer>")
+    title = f"edgepack report: {r.recipe.get('name')}"
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(s for s in sections if s)
+        + f"\n{footer}\n</body></html>\n"
+    )

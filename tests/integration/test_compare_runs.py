@@ -1,0 +1,113 @@
+"""`compress compare` on real runs: the same recipe twice, and against a deliberately slowed model.
+
+The slowed variant is the quickstart's model with a ballast branch multiplied by zero: the
+same weights and answers (so accuracy and agreement do not move), several times the compute.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.test_run import compress
+
+pytestmark = pytest.mark.slow
+
+LATENCY = ("latency_p50", "latency_p90", "latency_p99", "latency_mean")
+
+SLOW_MODEL = textwrap.dedent(
+    '''
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    MODELS = {models!r}
+
+
+    def _digits():
+        spec = importlib.util.spec_from_file_location("digits_ref", MODELS + "/digits.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+
+    class Slowed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            d = _digits()
+            self.teacher = d.teacher()
+            self.teacher.load_state_dict(torch.load(MODELS + "/digits_teacher.pt", weights_only=True))
+            self.ballast = d.DigitsCNN(width=48)
+
+        def forward(self, x):
+            # No runtime folds a product with zero, so the ballast is computed every time.
+            return self.teacher(x) + 0.0 * self.ballast(x)
+
+
+    def slowed():
+        torch.manual_seed(0)
+        return Slowed()
+    '''
+)
+
+
+def _run(recipe: Path, out: Path) -> Path:
+    res = compress(str(recipe), "--out", str(out), "--set", "bench.runs=200")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("cmp")
+    quickstart = ROOT / "recipes" / "quickstart.yaml"
+    (tmp / "slow_digits.py").write_text(SLOW_MODEL.format(models=str(ROOT / "recipes" / "models")))
+    text = quickstart.read_text().replace("factory: models/digits.py:teacher", "factory: slow_digits.py:slowed")
+    slow = tmp / "slow.yaml"
+    slow.write_text("\n".join(line for line in text.splitlines() if not line.strip().startswith("weights:")) + "\n")
+    return {"a": _run(quickstart, tmp / "a"), "a2": _run(quickstart, tmp / "a2"), "slow": _run(slow, tmp / "slow")}
+
+
+def _latency_deltas(cmp: dict) -> list[dict]:
+    return [d | {"setting": row["setting"]} for row in cmp["pairs"][0]["rows"] for d in row["metrics"]
+            if d["metric"] in LATENCY]
+
+
+def test_same_recipe_twice_no_significant_change(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "same.json"
+    res = compress("compare", str(runs["a"]), str(runs["a2"]), "--fail-on", "latency_p50:+10%",
+                   "--fail-on", "accuracy:-0.005", "--fail-on", "size:+10%", "--format", "json", "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    cmp = json.loads(out.read_text())
+    deltas = _latency_deltas(cmp)
+    assert deltas and all(d["tested"] for d in deltas if d["metric"] == "latency_p50")
+    real = [f"{d['setting']} {d['metric']} {d['rel']:+.1%} ({d['verdict']})" for d in deltas if d["real"]]
+    assert not real, real
+    assert cmp["passed"] and all(g["passed"] for g in cmp["gates"])
+
+
+def test_slowed_model_is_a_regression_and_the_gate_fails(runs: dict[str, Path]) -> None:
+    res = compress("compare", str(runs["a"]), str(runs["slow"]), "--fail-on", "latency_p50:+5%",
+                   "--fail-on", "accuracy:-0.005")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "✗ FAIL `latency_p50:+5%`" in res.stdout and "✓ pass `accuracy:-0.005`" in res.stdout
+    failing = res.stderr.split("gates failed:", 1)[1]
+    assert "latency_p50" in failing and "onnx-fp32 (local, 1 thread, batch 1)" in failing
+    assert "accuracy" not in failing
+
+
+def test_slowed_model_verdicts_in_json(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "slow.json"
+    res = compress("compare", str(runs["a"]), str(runs["slow"]), "--format", "json", "--out", str(out))
+    assert res.returncode == 0, res.stderr  # no gate given: a report, not a verdict on the exit code
+    cmp = json.loads(out.read_text())
+    p50 = [d for d in _latency_deltas(cmp) if d["metric"] == "latency_p50"]
+    assert p50 and all(d["real"] and d["verdict"] == "slower" and d["rel"] > 0.5 for d in p50), p50
+    assert all(d["p_value"] < 0.01 and d["ci_a"][1] < d["ci_b"][0] for d in p50)
+    acc = next(d for row in cmp["pairs"][0]["rows"] for d in row["metrics"] if d["metric"] == "accuracy")
+    assert acc["delta"] == 0.0
