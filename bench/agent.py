@@ -47,13 +47,23 @@ def run_in_fixed_batches(run_one: Any, xs: list[np.ndarray], batch: int | None) 
     if batch is None or batch <= 0 or n == batch:
         return run_one(xs)
     parts = []
+    for i, chunk in enumerate(fixed_batch_chunks(xs, batch)):
+        m = min(batch, n - i * batch)
+        parts.append([o[:m] for o in run_one(chunk)])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def fixed_batch_chunks(xs: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """``xs`` cut into slices of a model's fixed batch, the last padded by repeating its last row."""
+    n = int(xs[0].shape[0])
+    chunks = []
     for i in range(0, n, batch):
         chunk = [x[i : i + batch] for x in xs]
         m = int(chunk[0].shape[0])
         if m < batch:
             chunk = [np.concatenate([c, np.repeat(c[-1:], batch - m, axis=0)]) for c in chunk]
-        parts.append([o[:m] for o in run_one(chunk)])
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        chunks.append(chunk)
+    return chunks
 
 
 class OrtSession:
@@ -99,7 +109,14 @@ class OrtSession:
         if self._batch is None or n == self._batch:
             feed = dict(zip(self._names, xs))
             return functools.partial(self._sess.run, None, feed)
-        return functools.partial(self.run, xs)
+        # A fixed-batch model given more rows: slices prepared once, one run per slice.
+        feeds = [dict(zip(self._names, chunk)) for chunk in fixed_batch_chunks(xs, self._batch)]
+        run = self._sess.run
+
+        def call() -> list[list[np.ndarray]]:
+            return [run(None, feed) for feed in feeds]
+
+        return call
 
 
 def _tflite_interpreter_class() -> tuple[Any, str, str]:
@@ -178,18 +195,19 @@ class TfliteSession:
         Inputs are quantized once beforehand (an app hands the interpreter ready tensors);
         the copy in and out stays in the loop because every real inference pays it.
         """
-        n = int(xs[0].shape[0])
-        if n != self._batch:
-            return functools.partial(self.run, xs)
-        ready = [(d["index"], self._quantize(x, d)) for x, d in zip(xs, self._in)]
+        chunks = fixed_batch_chunks(xs, self._batch) if int(xs[0].shape[0]) != self._batch else [xs]
+        ready = [[(d["index"], self._quantize(x, d)) for x, d in zip(chunk, self._in)] for chunk in chunks]
         outs = [d["index"] for d in self._out]
         it = self._it
 
-        def call() -> list[np.ndarray]:
-            for index, x in ready:
-                it.set_tensor(index, x)
-            it.invoke()
-            return [it.get_tensor(i) for i in outs]
+        def call() -> list[list[np.ndarray]]:
+            results = []
+            for tensors in ready:
+                for index, x in tensors:
+                    it.set_tensor(index, x)
+                it.invoke()
+                results.append([it.get_tensor(i) for i in outs])
+            return results
 
         return call
 

@@ -51,6 +51,17 @@ def test_agent_honours_batch_on_a_fixed_batch_model(tmp_path: Path) -> None:
     assert out["peak_rss_kb"] >= out["rss_before_kb"] > 0 and out["device"]["cores"] >= 1
 
 
+def test_prepared_call_matches_run_on_a_fixed_batch_model(tmp_path: Path) -> None:
+    from bench.agent import OrtSession
+
+    session = OrtSession(str(linear_onnx(tmp_path / "fixed.onnx", batch=2)), threads=1)
+    xs = [np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)]
+    chunks = session.prepared(xs)()
+    # Three slices of the fixed batch 2, the last padded; together the same rows as run().
+    assert [c[0].shape for c in chunks] == [(2, 3)] * 3
+    np.testing.assert_allclose(np.concatenate([c[0] for c in chunks])[:5], session.run(xs)[0], rtol=1e-6)
+
+
 def test_agent_repeats_data_rows_up_to_the_batch(tmp_path: Path) -> None:
     from bench.agent import _load_inputs
 
