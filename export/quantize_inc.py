@@ -1,0 +1,89 @@
+"""``quantize: {engine: inc}``: Intel Neural Compressor 3.x ``autotune`` on the torch model.
+
+The torch model is captured with ``neural_compressor.torch.export.export`` (PT2E), tuned
+with ``StaticQuantConfig`` candidates against ``tolerable_loss`` on the eval split,
+calibrated on the recipe's calibration samples, and the result exported to ONNX (QDQ) like
+any other model. Only static quantization: neural-compressor 3.10's ``DynamicQuantConfig``
+collapses accuracy and ``RTNConfig`` needs accelerate (measured; see
+``/work/shared/notes/measured-facts.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compress.artifact import Artifact
+from compress.context import StepContext
+from compress.errors import MissingDependencyError, StepError
+from compress.recipe import QuantizeConfig
+
+INC_HINT = 'pip install "edgepack[inc]"   (neural-compressor[pt] 3.x)'
+
+
+def _import_inc() -> dict[str, Any]:
+    try:
+        from neural_compressor.torch.export import export
+        from neural_compressor.torch.quantization import StaticQuantConfig, TuningConfig, autotune
+    except ImportError as e:
+        raise MissingDependencyError("neural-compressor", "quantize with engine: inc", INC_HINT) from e
+    return {"export": export, "StaticQuantConfig": StaticQuantConfig, "TuningConfig": TuningConfig,
+            "autotune": autotune}
+
+
+def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
+    """Tune and quantize the torch model with neural-compressor, then export it to ONNX."""
+    inc = _import_inc()
+    if artifact.format != "torch":
+        raise StepError(ctx.step_name, "engine: inc quantizes a torch model; use engine: ort for ONNX models")
+    if ctx.data is None:
+        raise StepError(ctx.step_name, "engine: inc calibrates on data: add a data section")
+    import torch
+
+    from compress.models import example_inputs, inputs_from_split
+    from export.onnx import export_module_to_onnx
+
+    specs = ctx.recipe.model.input_specs()
+    example = tuple(example_inputs(specs, batch=2))
+    n_calib = min(config.calibration_samples or len(ctx.data.calib), len(ctx.data.calib))
+    calib = inputs_from_split(ctx.data.calib.x, n_calib)
+
+    def run_fn(model: Any) -> None:
+        with torch.no_grad():
+            for i in range(0, n_calib, 8):
+                model(*[t[i : i + 8] for t in calib])
+
+    trials: list[dict[str, Any]] = []
+
+    def eval_fn(model: Any) -> float:
+        acc = float(ctx.evaluate(model).get("accuracy") or 0.0)
+        trials.append({"index": len(trials), "accuracy": acc})
+        return acc
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        exported = inc["export"](artifact.module, example, dynamic_shapes=tuple({0: batch} for _ in specs))
+    except Exception as e:
+        raise StepError(ctx.step_name, f"neural-compressor could not capture the model: {type(e).__name__}: {e}") from e
+    candidates = [inc["StaticQuantConfig"](w_granularity="per_channel" if config.per_channel else "per_tensor"),
+                  inc["StaticQuantConfig"](w_granularity="per_tensor" if config.per_channel else "per_channel")]
+    tolerable = config.tolerable_loss if config.tolerable_loss is not None else 0.01
+    tune_cfg = inc["TuningConfig"](config_set=candidates, tolerable_loss=tolerable, max_trials=config.max_trials)
+    ctx.log(f"  neural-compressor autotune: {len(candidates)} candidate configs, tolerable_loss {tolerable}")
+    try:
+        q_model = inc["autotune"](exported, tune_cfg, eval_fn=eval_fn, run_fn=run_fn, example_inputs=example)
+    except Exception as e:
+        raise StepError(ctx.step_name, f"neural-compressor autotune failed: {type(e).__name__}: {e}") from e
+    baseline = trials[0]["accuracy"] if trials else None
+    goal_met = q_model is not None
+    ctx.details.update({"engine": "inc", "trials": trials[1:], "baseline_accuracy": baseline,
+                        "goal_met": goal_met, "require_goal": config.require_goal})
+    if q_model is None:
+        raise StepError(ctx.step_name, f"neural-compressor found no configuration within tolerable_loss {tolerable}")
+    dest = ctx.step_dir / "model.onnx"
+    try:
+        export_module_to_onnx(q_model, specs, dest)
+    except Exception as e:
+        raise StepError(ctx.step_name, f"exporting the quantized model to ONNX failed: {type(e).__name__}: {e}") from e
+    return Artifact(name=config.name or "onnx-inc-static", format="onnx", path=dest, parent=artifact.name,
+                    precision="int8", metadata={"quantization": {"engine": "neural-compressor", "method": "static",
+                                                                 "per_channel": config.per_channel}})

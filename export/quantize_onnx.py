@@ -1,0 +1,459 @@
+"""The ``quantize`` step: post-training quantization of the ONNX model with onnxruntime.
+
+Methods: ``static`` (calibrated int8 QDQ, per-channel weights), ``dynamic`` (int8 weights of
+MatMul/Gather, activations quantized at run time), ``fp16`` and ``weight_only``
+(onnxruntime's blockwise ``MatMulNBits``). ``engine: inc`` hands the torch model to Intel
+Neural Compressor instead (:mod:`export.quantize_inc`).
+
+Target-aware defaults: onnxruntime's own default (int8 activations, s8s8) leaves a third of
+MobileNetV2's convolutions and every residual Add in float on x86, between extra
+Quantize/Dequantize pairs; uint8 activations (u8s8) fuse them all into QLinearConv /
+QLinearAdd. So x86 gets u8s8 (with 7-bit weights, ``reduce_range``, when the CPU lacks VNNI
+and u8s8 products could saturate), ARM gets s8s8. ``quant_pre_process`` runs first.
+
+A ``quantize`` step that follows another one starts again from the same float model, so a
+recipe can put several methods side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.artifact import Artifact, atomic_write_with
+from compress.context import StepContext
+from compress.errors import StepError
+from compress.recipe import QuantizeConfig
+from export.quantize_tuning import Goal, Plan, Search, Trial, describe
+
+CPUINFO_ENV = "EDGEPACK_CPUINFO"
+X86_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+ARM_DOT_FLAGS = ("asimddp",)
+# Dynamic quantization touches only these: ConvInteger (dynamic Conv) is several times
+# slower than float Conv in onnxruntime, so convolutions stay float (and an advisory says so).
+DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "Gather"]
+SPARSITY_ADVISORY = 0.3
+
+
+# --------------------------------------------------------------------------- target
+
+
+def read_cpu_flags(path: str | Path | None = None) -> set[str]:
+    """CPU feature flags from a cpuinfo file (``flags`` on x86, ``Features`` on ARM).
+
+    ``path`` defaults to ``$EDGEPACK_CPUINFO`` or ``/proc/cpuinfo``; an unreadable file gives
+    an empty set.
+    """
+    src = Path(path or os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
+    try:
+        text = src.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return flags
+
+
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return "arm" if m in ("aarch64", "arm64") or m.startswith("armv") else "x86"
+
+
+def target_flags(arch: str) -> set[str] | None:
+    """Flags of the CPU the model will run on, when known: ``$EDGEPACK_CPUINFO`` describes
+    the target; otherwise this machine's, if it has the target's architecture."""
+    if os.environ.get(CPUINFO_ENV):
+        return read_cpu_flags()
+    return read_cpu_flags() if host_arch() == arch else None
+
+
+def has_int8_dot(arch: str, flags: set[str] | None) -> bool | None:
+    """Whether the CPU has int8 dot-product instructions (None when unknown)."""
+    if flags is None or not flags:
+        return None
+    return any(f in flags for f in (X86_DOT_FLAGS if arch == "x86" else ARM_DOT_FLAGS))
+
+
+def resolve_arch(config: QuantizeConfig, ctx: StepContext) -> str:
+    return ctx.target_arch if config.target == "auto" else config.target
+
+
+def base_plan(config: QuantizeConfig, arch: str, dot: bool | None) -> Plan:
+    """The configured plan with the target's defaults filled in."""
+    if config.method == "static":
+        act = config.activation_type or ("uint8" if arch == "x86" else "int8")
+    else:
+        act = None
+    weight = None if config.method == "fp16" else (config.weight_type or "int8")
+    # u8s8 without VNNI multiplies pairs into int16 and can saturate: onnxruntime recommends 7-bit weights there.
+    reduce_range = arch == "x86" and dot is False and act == "uint8" and config.method == "static"
+    return Plan(method=config.method, activation_type=act, weight_type=weight, per_channel=config.per_channel,
+                calibration=config.calibration if config.method == "static" else None,
+                reduce_range=reduce_range, exclude=tuple(config.exclude))
+
+
+# --------------------------------------------------------------------------- check
+
+
+def check(config: QuantizeConfig, baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tuple, str]]:
+    """Problems with a quantize config, found before any work starts."""
+    problems: list[tuple[tuple, str]] = []
+    if config.method == "static" and config.engine == "ort" and data is None:
+        problems.append((("method",), ("static quantization calibrates on data: add a data section "
+                                      "(or use method: dynamic, fp16 or weight_only)")))
+    if config.tolerable_loss is not None and data is None:
+        problems.append((("tolerable_loss",), "accuracy-aware tuning evaluates on data: add a data section"))
+    if config.tolerable_loss is not None and recipe.task.kind == "classification" and data is not None \
+            and data.eval.y is None:
+        problems.append((("tolerable_loss",), "a classification task needs labels (y) to measure accuracy loss"))
+    # (engine: inc on an ONNX model is a recipe-level rule, checked in compress.recipe_io)
+    if config.engine == "inc" and config.method != "static":
+        problems.append((("method",), ("engine: inc supports method: static (its dynamic config is broken in "
+                                      "neural-compressor 3.x)")))
+    if config.method == "fp16" and (config.activation_type or config.weight_type):
+        problems.append((("method",), "fp16 has no activation_type / weight_type"))
+    if config.method in ("dynamic", "weight_only") and config.activation_type:
+        problems.append((("activation_type",), f"{config.method} quantization does not calibrate activations"))
+    if config.method == "weight_only" and config.weight_type == "uint8":
+        problems.append((("weight_type",), "weight_only uses symmetric int8/int4 blocks; drop weight_type"))
+    return problems
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def preprocess(src: Path, dst: Path, log: Any) -> str:
+    """``quant_pre_process`` (shape inference + graph optimisation), with fallbacks.
+
+    Symbolic shape inference fails on some dynamo exports (e.g. BERT's Expand); ONNX shape
+    inference alone is then enough. Returns what was done.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    attempts = [("full", {}), ("onnx shapes only", {"skip_symbolic_shape": True}),
+                ("no optimisation", {"skip_symbolic_shape": True, "skip_optimization": True})]
+    for label, kwargs in attempts:
+        try:
+            quant_pre_process(str(src), str(dst), **kwargs)
+            return label
+        except Exception as e:  # noqa: BLE001  (the next, simpler attempt follows)
+            log(f"  quant_pre_process ({label}) failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    shutil.copyfile(src, dst)
+    return "skipped"
+
+
+def input_names(path: Path) -> tuple[list[str], int | None]:
+    """Names of the graph inputs (initializers excluded) and the fixed batch size, if any."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    dim0 = inputs[0].type.tensor_type.shape.dim[0] if inputs and inputs[0].type.tensor_type.shape.dim else None
+    batch = dim0.dim_value if dim0 is not None and dim0.HasField("dim_value") and dim0.dim_value > 0 else None
+    return [i.name for i in inputs], batch
+
+
+def feeds_of(x: list[np.ndarray], names: list[str], batch: int | None, n: int, step: int = 8) -> list[dict[str, np.ndarray]]:
+    """Input dicts of the first ``n`` samples, in batches the model accepts."""
+    n = min(n, int(x[0].shape[0]))
+    size = batch or step
+    out = []
+    for i in range(0, n, size):
+        chunk = [a[i : i + size] for a in x]
+        if batch and chunk[0].shape[0] < batch:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], batch - c.shape[0], axis=0)]) for c in chunk]
+        out.append(dict(zip(names, chunk)))
+    return out
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over prepared feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+
+
+def _quiet_ort_logs() -> None:
+    # onnxruntime.quantization warns per tensor and some of its modules call basicConfig(INFO).
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("onnxruntime", "onnxruntime.quantization", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.ndarray]] | None,
+                  extra: dict[str, Any] | None = None) -> None:
+    """Write ``src`` quantized by ``plan`` to ``dst`` (atomically)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    _quiet_ort_logs()
+
+    def write(tmp: Path) -> None:
+        if plan.method == "static":
+            if not calib:
+                raise StepError("quantize", "static quantization needs calibration samples")
+            methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
+            quantize_static(str(src), str(tmp), _Reader(calib), quant_format=QuantFormat.QDQ,
+                            per_channel=plan.per_channel, reduce_range=plan.reduce_range,
+                            activation_type=qt[plan.activation_type or "uint8"], weight_type=qt[plan.weight_type or "int8"],
+                            nodes_to_exclude=list(plan.exclude), calibrate_method=methods[plan.calibration or "minmax"],
+                            extra_options=dict(extra or {}))
+        elif plan.method == "dynamic":
+            quantize_dynamic(str(src), str(tmp), op_types_to_quantize=DYNAMIC_OPS, per_channel=plan.per_channel,
+                             reduce_range=plan.reduce_range, weight_type=qt[plan.weight_type or "int8"],
+                             nodes_to_exclude=list(plan.exclude), extra_options=dict(extra or {}))
+        elif plan.method == "fp16":
+            from export.onnx_fp16 import convert_to_fp16
+
+            onnx.save(convert_to_fp16(onnx.load(str(src))), str(tmp))
+        elif plan.method == "weight_only":
+            weight_only(src, tmp, plan)
+        else:
+            raise StepError("quantize", f"unknown method {plan.method}")
+
+    # the calibrators print progress to stdout; the run log has our own line per trial
+    with contextlib.redirect_stdout(io.StringIO()):
+        atomic_write_with(dst, write)
+
+
+WEIGHT_ONLY_BITS = 8
+WEIGHT_ONLY_BLOCK = 32
+
+
+def weight_only(src: Path, dst: Path, plan: Plan) -> None:
+    """Blockwise symmetric int8 weights for MatMul (onnxruntime's MatMulNBits, float activations).
+
+    MatMulNBits is a contrib operator that onnxruntime's CPU (and CUDA) providers run;
+    other runtimes do not. Convolutions are not covered by it.
+    """
+    import onnx
+
+    root = logging.getLogger()
+    level = root.level
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.setLevel(level)  # the module calls logging.basicConfig(level=INFO) on import
+    model = onnx.load(str(src))
+    q = MatMulNBitsQuantizer(model, bits=WEIGHT_ONLY_BITS, block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True,
+                             accuracy_level=4, nodes_to_exclude=list(plan.exclude))
+    q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def precision_of(plan: Plan, n_conv: int) -> str:
+    """int8 when every compute node is quantized, fp16, or mixed (some float compute left)."""
+    if plan.method == "fp16":
+        return "fp16"
+    if plan.method == "weight_only" or plan.exclude or (plan.method == "dynamic" and n_conv):
+        return "mixed"
+    return "int8"
+
+
+# --------------------------------------------------------------------------- advisories
+
+
+def advise(config: QuantizeConfig, artifact: Artifact, summary: Any, arch: str, dot: bool | None,
+           ctx: StepContext) -> None:
+    """Advisories for choices that will not pay off on this model and target."""
+    method = config.method
+    if method == "dynamic" and summary.n_conv and summary.conv_share > 0.5:
+        ctx.advise("dynamic_on_conv",
+                   f"dynamic int8 on a convolutional network: convolutions carry {summary.conv_share:.0%} of the "
+                   "compute, and onnxruntime runs dynamically quantized convolutions (ConvInteger) several times "
+                   "slower than float, so they were left in float and the model will barely speed up; "
+                   "use method: static")
+    sparsity = artifact.metadata.get("sparsity")
+    sparsity = max(float(sparsity) if isinstance(sparsity, (int, float)) else 0.0, summary.weight_sparsity)
+    if sparsity > SPARSITY_ADVISORY:
+        ctx.advise("sparsity_on_dense_runtime",
+                   f"{sparsity:.0%} of the weights are zero (unstructured sparsity), but onnxruntime's CPU kernels "
+                   "are dense: zeros cost the same time as any weight and int8 does not shrink them further. "
+                   "Use structured pruning (prune: {method: structured}) to remove channels instead")
+    if method in ("static", "dynamic") and dot is False:
+        flags = "avx512_vnni / avx_vnni" if arch == "x86" else "asimddp (ARMv8.2 dot product)"
+        ctx.advise("int8_without_dot_product",
+                   f"int8 on a {arch} CPU without int8 dot-product instructions ({flags}): int8 kernels gain "
+                   "little over float there" + (" and u8s8 needs 7-bit weights (reduce_range) to avoid saturation"
+                                                if arch == "x86" else "") + "; measure before shipping, or use fp16 "
+                   "where the CPU has fp16 arithmetic")
+    if method == "fp16" and arch == "x86":
+        ctx.advise("fp16_on_x86_cpu",
+                   "fp16 halves the file, but onnxruntime's x86 CPU kernels compute in float32 and insert casts "
+                   "around fp16 nodes, so it runs slower than fp32 here; fp16 pays off on GPUs and ARM CPUs "
+                   "with fp16 arithmetic", severity="info")
+    if method == "weight_only" and (summary.op_counts.get("MatMul", 0) == 0 or summary.conv_share > 0.5):
+        ctx.advise("weight_only_no_matmul",
+                   "weight_only quantizes MatMul weights (onnxruntime's MatMulNBits), not convolutions or Gemm; "
+                   f"here convolutions carry {summary.conv_share:.0%} of the compute, so the model barely changes. "
+                   "Use method: static")
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
+    """The float ONNX model to quantize.
+
+    A torch artifact is exported here (and offered to the runner as its ONNX export, so it
+    is parity-checked and not exported twice); an artifact that is already quantized by an
+    earlier quantize step is replaced by the float model that step started from.
+    """
+    if artifact.format == "onnx":
+        src = artifact.metadata.get("float_model")
+        if src and Path(src).is_file():
+            return Artifact(name=artifact.metadata.get("float_name", "onnx-fp32"), format="onnx", path=Path(src),
+                            precision="fp32")
+        return artifact
+    if artifact.format != "torch":
+        raise StepError(ctx.step_name, f"quantize takes an ONNX or torch model, got {artifact.format}")
+    cached = artifact.metadata.get("_onnx_export")
+    if cached is not None:
+        return cached
+    from compress.artifact import config_hash
+    from compress.recipe import OnnxExportConfig
+    from export.onnx import export_module_to_onnx
+
+    cfg = ctx.recipe.export_config("onnx") or OnnxExportConfig()
+    dest = ctx.step_dir / "float.onnx"
+    ctx.log("  exporting the float model to ONNX")
+    try:
+        export_module_to_onnx(artifact.module, ctx.recipe.model.input_specs(), dest, cfg.opset, cfg.dynamic_batch)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StepError(ctx.step_name, f"torch.onnx.export failed: {type(e).__name__}: {first}") from e
+    float_art = artifact.derive(name=f"onnx-{artifact.precision}", format="onnx", path=dest, step="export:onnx",
+                                config_hash=config_hash(cfg))
+    ctx.extra_artifacts.append(float_art)
+    artifact.metadata["_onnx_export"] = float_art  # the runner's export cache: no second export
+    return float_art
+
+
+def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
+    """The ``quantize`` step (see the module docstring)."""
+    if config.engine == "inc":
+        from export.quantize_inc import quantize_inc
+
+        return quantize_inc(artifact, config, ctx)
+    from export.onnx_inspect import io_quant_params, summarize
+
+    source = float_source(artifact, config, ctx)
+    arch = resolve_arch(config, ctx)
+    flags = target_flags(arch)
+    dot = has_int8_dot(arch, flags)
+    summary = summarize(source.path)
+    if summary.quantized:
+        raise StepError(ctx.step_name, f"{source.name} is already quantized; quantize a float model")
+    advise(config, artifact, summary, arch, dot, ctx)
+    plan = base_plan(config, arch, dot)
+    ctx.details.update({"method": config.method, "target": arch, "int8_dot_product": dot,
+                        "model": summary.as_dict(), "source": source.name})
+
+    work = ctx.step_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    pre = work / "preprocessed.onnx"
+    if config.method in ("static", "dynamic"):
+        ctx.details["preprocess"] = preprocess(source.path, pre, ctx.log)
+    else:
+        shutil.copyfile(source.path, pre)
+    names, batch = input_names(pre)
+    calib = None
+    if config.method == "static":
+        n = config.calibration_samples or len(ctx.data.calib)
+        calib = feeds_of(ctx.data.calib.x, names, batch, n)
+        ctx.details["calibration_samples"] = min(n, len(ctx.data.calib))
+
+    def run_plan(p: Plan, dst: Path) -> None:
+        quantize_plan(p, pre, dst, calib)
+
+    dest = ctx.step_dir / "model.onnx"
+    if config.tolerable_loss is None:
+        ctx.log(f"  {describe(plan)}")
+        run_plan(plan, dest)
+        chosen_plan = plan
+    else:
+        chosen = tune(plan, run_plan, config, ctx, pre, names, batch, calib, work)
+        chosen_plan = chosen.plan
+        atomic_write_with(dest, lambda tmp: shutil.copyfile(chosen.path, tmp))
+    shutil.rmtree(work, ignore_errors=True)  # trials and the pre-processed copy; the chosen model is saved
+    metadata = {k: v for k, v in artifact.metadata.items() if not k.startswith("_")}
+    metadata.update({
+        "quantization": {**chosen_plan.as_dict(), "engine": "onnxruntime", "format": "QDQ" if chosen_plan.method ==
+                         "static" else chosen_plan.method, "target": arch},
+        "io_quantization": io_quant_params(dest),
+        **({"weight_bits": WEIGHT_ONLY_BITS, "block_size": WEIGHT_ONLY_BLOCK} if config.method == "weight_only" else {}),
+        "float_model": str(source.path), "float_name": source.name,
+    })
+    return Artifact(name=config.name or f"onnx-{config.method}", format="onnx", path=dest, parent=source.name,
+                    precision=precision_of(chosen_plan, summary.n_conv), metadata=metadata)
+
+
+def tune(plan: Plan, run_plan: Any, config: QuantizeConfig, ctx: StepContext, pre: Path, names: list[str],
+         batch: int | None, calib: list[dict[str, np.ndarray]] | None, work: Path) -> Trial:
+    """Accuracy-aware search; records every trial in ``ctx.details``."""
+    import onnx
+
+    from export.quantize_tuning import collect, exclusion_unit, node_sensitivity
+
+    def evaluate(path: Path) -> float:
+        acc = ctx.evaluate(Artifact(name=path.stem, format="onnx", path=path)).get("accuracy")
+        if acc is None:
+            raise StepError(ctx.step_name, "the task has no accuracy metric to tune against")
+        return float(acc)
+
+    baseline = evaluate(pre)
+    goal = Goal(baseline=baseline, tolerable_loss=float(config.tolerable_loss or 0.0), kind=config.loss_kind)
+    ctx.log(f"  tuning: float accuracy {baseline:.4f}, allowed loss {goal.allowed:.4f} ({config.loss_kind})")
+    sens_x = ctx.data.calib.x if ctx.data is not None else None
+    sens_feeds = feeds_of(sens_x, names, batch, 16) if sens_x is not None else []
+    float_model = onnx.load(str(pre))
+    float_acts: dict[str, Any] = {}
+
+    def sensitivity(qpath: Path) -> list[tuple[str, list[str], float]]:
+        if not float_acts:
+            float_acts.update(collect(pre, work, sens_feeds))
+        quant_acts = collect(qpath, work, sens_feeds)
+        quant_nodes = {n.name for n in onnx.load(str(qpath), load_external_data=False).graph.node}
+        ranked = node_sensitivity(float_model, float_acts, quant_acts, quant_nodes)
+        return [(n, exclusion_unit(float_model, n), s) for n, s in ranked if s > 0]
+
+    feed = feeds_of(ctx.data.eval.x if ctx.data is not None else [], names, batch, 1, step=1)[0]
+    search = Search(base=plan, quantize=run_plan, evaluate=evaluate, goal=goal, work=work, feed=feed,
+                    sensitivity=sensitivity if plan.method in ("static", "dynamic") else None,
+                    max_trials=config.max_trials, log=ctx.log)
+    chosen = search.run()
+    met = chosen.goal_met
+    ctx.details.update({
+        "baseline_accuracy": baseline, "tolerable_loss": config.tolerable_loss, "loss_kind": config.loss_kind,
+        "allowed_loss": goal.allowed, "goal_met": met, "require_goal": config.require_goal,
+        "chosen_trial": chosen.index, "trials": [t.as_dict() for t in search.trials],
+        "sensitivity": search.ranking,
+    })
+    if met:
+        ctx.log(f"  goal met by trial {chosen.index}: {describe(chosen.plan)}, loss {chosen.loss:+.4f}")
+    else:
+        msg = (f"no trial met tolerable_loss {config.tolerable_loss} ({config.loss_kind}) in {len(search.trials)} "
+               f"trials; kept the most accurate (trial {chosen.index}: accuracy {chosen.accuracy:.4f}, loss "
+               f"{chosen.loss:+.4f}). Raise max_trials or tolerable_loss, or try quantization-aware training (qat)")
+        ctx.advise("tuning_goal_unmet", msg, severity="error" if config.require_goal else "warning")
+    return chosen

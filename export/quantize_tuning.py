@@ -1,0 +1,319 @@
+"""Accuracy-aware search for a quantized model within ``tolerable_loss`` of the float model.
+
+The search tries, in order of expected speed (fastest first):
+
+1. the plan as configured (full int8);
+2. the other calibration methods, then the other weight granularity (per-tensor or
+   per-channel), still full int8;
+3. keeping the most sensitive nodes in float, one more per trial, ranked by a per-node
+   sensitivity analysis of the best full-int8 model.
+
+It stops at the first phase that meets the goal and returns the fastest model of those that
+meet it, or the most accurate one when none does. Every trial is recorded (configuration,
+accuracy, loss, latency, size).
+
+Sensitivity (in the spirit of onnxruntime's ``qdq_loss_debug``): both models run with every
+intermediate tensor added as an output; for each node of the float model, the signal to
+quantization noise ratio (SQNR, dB) of its output in the quantized model is compared with
+that of its inputs. The drop across the node is the noise this node adds (its weights, the
+quantization of its inputs, its own arithmetic). A tensor whose outliers stretch the
+quantization range shows up at its consumer, whose output loses the small values, even
+though the tensor's own SQNR (dominated by the outliers) looks fine. A node is excluded
+together with the non-compute nodes that produce its inputs (Mul, Add, Relu...), so that
+the damaging tensor is left unquantized on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# SQNR of ideal 8-bit uniform quantization of a full-scale signal (6.02 * 8 + 1.76 dB). Above
+# it a difference is not quantization noise, so a node fed by exact inputs (the first layer,
+# an embedding lookup) is scored against this ceiling, not against "no noise at all".
+SQNR_CEILING_DB = 50.0
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One quantization configuration."""
+
+    method: str
+    activation_type: str | None
+    weight_type: str | None
+    per_channel: bool
+    calibration: str | None
+    reduce_range: bool = False
+    exclude: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "activation_type": self.activation_type, "weight_type": self.weight_type,
+                "per_channel": self.per_channel, "calibration": self.calibration,
+                "reduce_range": self.reduce_range, "exclude": list(self.exclude)}
+
+
+@dataclass
+class Trial:
+    """A quantized candidate and how it measured."""
+
+    index: int
+    plan: Plan
+    path: Path
+    accuracy: float | None = None
+    loss: float | None = None
+    latency_ms: float | None = None
+    size_bytes: int | None = None
+    goal_met: bool = False
+    phase: str = ""
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"index": self.index, "phase": self.phase, "config": self.plan.as_dict(), "accuracy": self.accuracy,
+             "loss": self.loss, "latency_ms": self.latency_ms, "size_bytes": self.size_bytes,
+             "goal_met": self.goal_met}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class Goal:
+    """``tolerable_loss`` against the float model's accuracy, absolute or relative."""
+
+    baseline: float
+    tolerable_loss: float
+    kind: str = "absolute"
+
+    @property
+    def allowed(self) -> float:
+        return self.tolerable_loss * abs(self.baseline) if self.kind == "relative" else self.tolerable_loss
+
+    def loss(self, accuracy: float) -> float:
+        return self.baseline - accuracy
+
+    def met(self, accuracy: float) -> bool:
+        # a hair of slack so that a loss equal to the allowance (up to float rounding) counts
+        return self.loss(accuracy) <= self.allowed + 1e-9
+
+
+def measure_latency_ms(path: Path, feed: dict[str, np.ndarray], runs: int = 15, warmup: int = 3,
+                       budget_s: float = 2.0) -> float:
+    """Median single-thread latency of one input, in-process (a quick ranking, not a benchmark)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def _sqnr(ref: list[np.ndarray], test: list[np.ndarray]) -> float:
+    a = np.concatenate([r.reshape(-1) for r in ref]).astype(np.float64)
+    b = np.concatenate([t.reshape(-1) for t in test]).astype(np.float64)
+    if a.shape != b.shape:
+        return math.nan
+    noise = float(np.linalg.norm(a - b))
+    signal = float(np.linalg.norm(a))
+    if noise == 0.0:
+        return 120.0  # identical: cap, so differences of differences stay finite
+    return 20 * math.log10(max(signal, 1e-30) / noise)
+
+
+def collect(model_path: Path, work: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Every float intermediate tensor of a model, over the given inputs."""
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+
+    aug = work / f"{model_path.stem}.augmented.onnx"
+    modify_model_output_intermediate_tensors(str(model_path), str(aug))
+
+    class Feeds:
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def __iter__(self):  # collect_activations iterates the reader
+            return iter(feeds)
+
+    try:
+        return collect_activations(str(aug), Feeds())
+    finally:
+        aug.unlink(missing_ok=True)
+
+
+def node_sensitivity(float_model: Any, float_acts: dict[str, list[np.ndarray]],
+                     quant_acts: dict[str, list[np.ndarray]], quant_nodes: set[str]) -> list[tuple[str, float]]:
+    """Nodes of the float model ranked by the SQNR they lose (dB), most damaging first.
+
+    Nodes missing from the quantized model (``quant_nodes``) are skipped: the quantizer folds
+    Relu/Clip into the quantization range, and their tensor names then mean something else.
+    """
+    scores = []
+    graph_inputs = {i.name for i in float_model.graph.input}
+    for node in float_model.graph.node:
+        if node.name not in quant_nodes:
+            continue
+        outs = [o for o in node.output if o in float_acts and o in quant_acts]
+        if not outs:
+            continue
+        out_sqnr = min(min(_sqnr(float_acts[o], quant_acts[o]) for o in outs), SQNR_CEILING_DB)
+        ins = [i for i in node.input if i in float_acts and i in quant_acts and i not in graph_inputs]
+        in_sqnr = min(min((_sqnr(float_acts[i], quant_acts[i]) for i in ins), default=SQNR_CEILING_DB),
+                      SQNR_CEILING_DB)
+        if math.isnan(out_sqnr) or math.isnan(in_sqnr):
+            continue
+        scores.append((node.name, in_sqnr - out_sqnr))
+    scores.sort(key=lambda s: -s[1])
+    return scores
+
+
+def exclusion_unit(float_model: Any, node_name: str) -> list[str]:
+    """The node plus the non-compute nodes producing its activation inputs."""
+    nodes = {n.name: n for n in float_model.graph.node}
+    producers = {o: n for n in float_model.graph.node for o in n.output}
+    node = nodes[node_name]
+    unit = [node_name]
+    for i in node.input:
+        p = producers.get(i)
+        if p is not None and p.op_type not in COMPUTE_OPS and p.name and p.name not in unit:
+            unit.append(p.name)
+    return unit
+
+
+@dataclass
+class Search:
+    """State and callbacks of one tuning run.
+
+    Args:
+        base: The configured plan.
+        quantize: Writes the model of a plan to a path.
+        evaluate: Task accuracy of a model file (higher is better).
+        goal: The accuracy goal.
+        work: Folder for trial models.
+        feed: One input for the latency ranking.
+        sensitivity: Ranks nodes of the float model for a given quantized model file.
+        max_trials: Upper bound on quantized candidates.
+        log: Progress lines.
+    """
+
+    base: Plan
+    quantize: Callable[[Plan, Path], None]
+    evaluate: Callable[[Path], float]
+    goal: Goal
+    work: Path
+    feed: dict[str, np.ndarray]
+    sensitivity: Callable[[Path], list[tuple[str, list[str], float]]] | None
+    max_trials: int
+    log: Callable[[str], None]
+    trials: list[Trial] = field(default_factory=list)
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+
+    def run_trial(self, plan: Plan, phase: str) -> Trial:
+        path = self.work / f"trial-{len(self.trials) + 1:02d}.onnx"
+        trial = Trial(index=len(self.trials) + 1, plan=plan, path=path, phase=phase)
+        self.trials.append(trial)
+        try:
+            self.quantize(plan, path)
+            trial.size_bytes = path.stat().st_size
+            trial.accuracy = float(self.evaluate(path))
+            trial.loss = self.goal.loss(trial.accuracy)
+            trial.goal_met = self.goal.met(trial.accuracy)
+            trial.latency_ms = measure_latency_ms(path, self.feed)
+        except Exception as e:  # noqa: BLE001  one failing configuration must not end the search
+            trial.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        self.log(f"  trial {trial.index} ({phase}): {describe(plan)} -> "
+                 + (f"accuracy {trial.accuracy:.4f}, loss {trial.loss:+.4f}, {trial.latency_ms:.3f} ms"
+                    + (" goal met" if trial.goal_met else "") if trial.error is None else f"failed: {trial.error}"))
+        return trial
+
+    def budget(self) -> bool:
+        return len(self.trials) < self.max_trials
+
+    def met(self) -> list[Trial]:
+        return [t for t in self.trials if t.goal_met and t.error is None]
+
+    def best_full(self) -> Trial | None:
+        ok = [t for t in self.trials if t.error is None and t.accuracy is not None and not t.plan.exclude]
+        return max(ok, key=lambda t: t.accuracy) if ok else None
+
+    def run(self) -> Trial:
+        self.run_trial(self.base, "configured")
+        if not self.met() and self.base.calibration is not None:
+            for calib in CALIBRATIONS:
+                if calib != self.base.calibration and self.budget():
+                    self.run_trial(replace(self.base, calibration=calib), "calibration")
+                    if self.met():
+                        break
+        if not self.met() and self.budget():
+            best = self.best_full()
+            plan = best.plan if best is not None else self.base
+            self.run_trial(replace(plan, per_channel=not plan.per_channel), "granularity")
+        if not self.met() and self.budget() and self.sensitivity is not None:
+            self.exclude_phase()
+        return self.choose()
+
+    def exclude_phase(self) -> None:
+        best = self.best_full()
+        if best is None:
+            return
+        try:
+            ranked = self.sensitivity(best.path)
+        except Exception as e:  # noqa: BLE001  (the search goes on without exclusions)
+            self.log(f"  sensitivity analysis failed: {type(e).__name__}: {e}")
+            return
+        self.ranking = [{"node": n, "unit": u, "sqnr_drop_db": round(s, 2)} for n, u, s in ranked[:20]]
+        if ranked:
+            self.log("  most sensitive: " + ", ".join(f"{n} ({s:.1f} dB)" for n, _, s in ranked[:5]))
+        excluded: list[str] = list(best.plan.exclude)
+        for _node, unit, _score in ranked:
+            if not self.budget():
+                break
+            new = [u for u in unit if u not in excluded]
+            if not new:
+                continue
+            excluded.extend(new)
+            self.run_trial(replace(best.plan, exclude=tuple(excluded)), "exclude")
+            if self.met():
+                break
+
+    def choose(self) -> Trial:
+        met = self.met()
+        if met:
+            return min(met, key=lambda t: t.latency_ms if t.latency_ms is not None else math.inf)
+        ok = [t for t in self.trials if t.error is None and t.accuracy is not None]
+        if not ok:
+            errors = "; ".join(f"trial {t.index}: {t.error}" for t in self.trials)
+            raise RuntimeError(f"every quantization trial failed ({errors})")
+        return max(ok, key=lambda t: t.accuracy)
+
+
+def describe(plan: Plan) -> str:
+    parts = [plan.method]
+    if plan.activation_type:
+        act = "u8" if plan.activation_type == "uint8" else "s8"
+        parts.append(act + ("u8" if plan.weight_type == "uint8" else "s8"))
+    if plan.calibration:
+        parts.append(plan.calibration)
+    if plan.method in ("static", "dynamic"):
+        parts.append("per-channel" if plan.per_channel else "per-tensor")
+    if plan.exclude:
+        parts.append(f"{len(plan.exclude)} nodes float")
+    return " ".join(parts)

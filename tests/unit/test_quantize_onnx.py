@@ -1,0 +1,423 @@
+"""The quantize step on tiny ONNX graphs built in-process: methods, target defaults,
+advisories, fp16 conversion, model inspection and accuracy-aware tuning."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from compress.artifact import Artifact
+from compress.context import StepContext
+from compress.data import Dataset, Split
+from compress.recipe import QuantizeConfig, Recipe
+
+X86_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 avx512f {extra}\n"
+ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 {extra}\nCPU implementer\t: 0x41\n"
+
+
+# --------------------------------------------------------------------------- tiny graphs
+
+
+def _save(graph: Any, path: Path) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def conv_model(path: Path, sparsity: float = 0.0) -> Path:
+    """Conv(1->8, 3x3) + Relu + Conv(8->8) + global pool + Gemm(8->4): a tiny conv net."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) / 8
+    if sparsity:
+        w2[rng.random(w2.shape) < sparsity] = 0.0
+        w1[rng.random(w1.shape) < sparsity] = 0.0
+    fc = rng.standard_normal((4, 8)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (fc, "fc"),
+                                                       (np.zeros(4, np.float32), "fcb"))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return _save(graph, path)
+
+
+def outlier_model(path: Path, outliers: int = 4, factor: float = 1000.0) -> Path:
+    """MatMul -> Relu -> Mul(scale) -> MatMul where a few hidden channels are ``factor`` times
+    larger and the second MatMul divides them back: a float no-op, but a tensor whose range
+    per-tensor int8 cannot share between the outliers and everything else."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((32, 64)) / np.sqrt(32)).astype(np.float32)
+    scale = np.ones(64, np.float32)
+    scale[:outliers] = factor
+    w2 = (rng.standard_normal((64, 16)) / 8 / scale[:, None]).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (scale, "scale"), (w2, "w2"))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "scale"], ["s"], name="outlier_scale"),
+        helper.make_node("MatMul", ["s", "w2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
+    return _save(graph, path)
+
+
+def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def make_ctx(tmp_path: Path, x: np.ndarray, float_path: Path, target_arch: str = "x86") -> StepContext:
+    """A StepContext whose evaluate() scores outputs by mean cosine to the float model's (embedding task)."""
+    from bench.accuracy import embedding_metrics
+
+    recipe = Recipe.model_validate({"version": 1, "name": "t", "model": {"onnx": str(float_path)},
+                                    "task": {"kind": "embedding"}}, context={"check_files": False})
+    split = Split([x[:64]])
+    data = Dataset(train=Split([x]), calib=Split([x[64:128]]), eval=split, source="test")
+    reference = run_onnx(float_path, split.x[0])
+
+    def evaluate(art: Any) -> dict[str, Any]:
+        m = embedding_metrics(run_onnx(art.path, split.x[0]), reference)
+        return {**m, "accuracy": m["cosine_mean"]}
+
+    return StepContext(recipe=recipe, run_dir=tmp_path, step_dir=tmp_path / "step", step_name="01-quantize",
+                       data=data, reference=None, log=lambda msg: None, evaluate=evaluate, target_arch=target_arch)
+
+
+@pytest.fixture()
+def vnni(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pretend the target is an x86 CPU with VNNI, whatever runs the tests."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(X86_CPUINFO.format(extra="avx512_vnni"))
+    monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
+    return info
+
+
+def quantize_onnx(tmp_path: Path, model: Path, x: np.ndarray, arch: str = "x86", **cfg: Any) -> tuple[Artifact, StepContext]:
+    from export.quantize_onnx import quantize
+
+    ctx = make_ctx(tmp_path, x, model, arch)
+    art = quantize(Artifact(name="onnx-fp32", format="onnx", path=model), QuantizeConfig(**cfg), ctx)
+    return art, ctx
+
+
+def images(n: int = 160) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+def vectors(n: int = 160) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 32)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- target facts
+
+
+def test_cpu_flags_from_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
+    from export.quantize_onnx import has_int8_dot, read_cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text(X86_CPUINFO.format(extra="avx512_vnni"))
+    arm = tmp_path / "arm"
+    arm.write_text(ARM_CPUINFO.format(extra="asimddp"))
+    old_arm = tmp_path / "a72"
+    old_arm.write_text(ARM_CPUINFO.format(extra=""))
+    assert "avx512_vnni" in read_cpu_flags(x86) and "asimddp" in read_cpu_flags(arm)
+    assert has_int8_dot("x86", read_cpu_flags(x86)) is True
+    assert has_int8_dot("arm", read_cpu_flags(arm)) is True
+    assert has_int8_dot("arm", read_cpu_flags(old_arm)) is False
+    assert has_int8_dot("x86", read_cpu_flags(tmp_path / "missing")) is None
+
+
+def test_target_aware_defaults() -> None:
+    from export.quantize_onnx import base_plan
+
+    x86 = base_plan(QuantizeConfig(method="static"), "x86", True)
+    assert (x86.activation_type, x86.weight_type, x86.per_channel, x86.reduce_range) == ("uint8", "int8", True, False)
+    arm = base_plan(QuantizeConfig(method="static"), "arm", True)
+    assert (arm.activation_type, arm.weight_type) == ("int8", "int8")
+    old_x86 = base_plan(QuantizeConfig(method="static"), "x86", False)
+    assert old_x86.reduce_range is True
+    forced = base_plan(QuantizeConfig(method="static", activation_type="int8", calibration="entropy"), "x86", True)
+    assert forced.activation_type == "int8" and forced.calibration == "entropy"
+    assert base_plan(QuantizeConfig(method="dynamic"), "x86", True).activation_type is None
+
+
+def test_target_config_overrides_the_run_target(tmp_path: Path, vnni: Path) -> None:
+    model = conv_model(tmp_path / "conv.onnx")
+    art, ctx = quantize_onnx(tmp_path, model, images(), arch="x86", method="static", target="arm")
+    assert art.metadata["quantization"]["activation_type"] == "int8"
+    assert art.metadata["quantization"]["target"] == "arm" and ctx.details["target"] == "arm"
+
+
+def test_check_reports_config_problems() -> None:
+    from export.quantize_onnx import check
+
+    baseline = Artifact(name="baseline", format="torch")
+    recipe = Recipe.model_validate({"version": 1, "name": "t", "model": {"onnx": "m.onnx"},
+                                    "task": {"kind": "classification"}}, context={"check_files": False})
+    problems = dict(check(QuantizeConfig(method="static"), baseline, recipe, None))
+    assert ("method",) in problems and "data" in problems[("method",)]
+    problems = dict(check(QuantizeConfig(method="dynamic", tolerable_loss=0.01), baseline, recipe, None))
+    assert ("tolerable_loss",) in problems
+    assert dict(check(QuantizeConfig(method="fp16", weight_type="int8"), baseline, recipe, None))
+    assert check(QuantizeConfig(method="dynamic"), baseline, recipe, None) == []
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def test_static_is_u8s8_qdq_per_channel_on_x86(tmp_path: Path, vnni: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    model = conv_model(tmp_path / "conv.onnx")
+    x = images()
+    art, ctx = quantize_onnx(tmp_path, model, x, method="static")
+    assert art.format == "onnx" and art.precision == "int8" and art.name == "onnx-static"
+    q = onnx.load(str(art.path))
+    zero_points = {i.name: i.data_type for i in q.graph.initializer if i.name.endswith("zero_point")}
+    assert TensorProto.UINT8 in zero_points.values() and TensorProto.INT8 in zero_points.values()
+    # per-channel weights: a weight scale with one entry per output channel
+    scales = [i for i in q.graph.initializer if i.name.startswith("w2") and i.name.endswith("scale")]
+    assert scales and scales[0].dims == [8]
+    meta = art.metadata["quantization"]
+    assert (meta["activation_type"], meta["weight_type"], meta["format"]) == ("uint8", "int8", "QDQ")
+    assert art.metadata["io_quantization"]["inputs"]["x"]["dtype"] == "uint8"
+    cos = ctx.evaluate(art)["cosine_mean"]
+    assert cos > 0.99, cos
+    assert not list(ctx.step_dir.glob("work")), "trial files are cleaned up"
+
+
+@pytest.mark.parametrize("calibration", ["entropy", "percentile"])
+def test_static_calibration_methods(tmp_path: Path, vnni: Path, calibration: str) -> None:
+    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="static",
+                             calibration=calibration)
+    assert art.metadata["quantization"]["calibration"] == calibration
+    assert ctx.evaluate(art)["cosine_mean"] > 0.95
+
+
+def test_dynamic_quantizes_matmuls(tmp_path: Path, vnni: Path) -> None:
+    model = outlier_model(tmp_path / "mm.onnx", outliers=0)
+    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="dynamic")
+    ops = op_types(art.path)
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}, ops
+    assert art.precision == "int8"
+    assert ctx.evaluate(art)["cosine_mean"] > 0.99
+
+
+def test_fp16_keeps_float32_io(tmp_path: Path, vnni: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    model = conv_model(tmp_path / "conv.onnx")
+    x = images()
+    art, _ = quantize_onnx(tmp_path, model, x, method="fp16")
+    q = onnx.load(str(art.path))
+    assert art.precision == "fp16"
+    assert q.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert q.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert {i.data_type for i in q.graph.initializer} == {TensorProto.FLOAT16}
+    ref, out = run_onnx(model, x[:8]), run_onnx(art.path, x[:8])
+    assert out.dtype == np.float32 and np.abs(ref - out).max() < 1e-2 * np.abs(ref).max()
+    assert art.path.stat().st_size < model.stat().st_size
+
+
+def test_fp16_clamps_mask_constants_to_finite(tmp_path: Path) -> None:
+    """float32's minimum as an additive mask must not become -inf (0 * -inf = NaN) in fp16."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.onnx_fp16 import convert_to_fp16
+
+    big = numpy_helper.from_array(np.array([np.finfo(np.float32).min], np.float32), "big")
+    nodes = [helper.make_node("Sub", ["one", "m"], ["inv"]), helper.make_node("Mul", ["inv", "big"], ["fill"]),
+             helper.make_node("Add", ["x", "fill"], ["s"]), helper.make_node("Softmax", ["s"], ["y"], axis=-1)]
+    one = numpy_helper.from_array(np.array([1.0], np.float32), "one")
+    graph = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                                              helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [big, one])
+    path = _save(graph, tmp_path / "mask.onnx")
+    import onnx
+    import onnxruntime as ort
+
+    fp16 = tmp_path / "mask16.onnx"
+    onnx.save(convert_to_fp16(onnx.load(str(path))), str(fp16))
+    feed = {"x": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), "m": np.array([[1, 1, 1, 0]], np.float32)}
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    out = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert np.isfinite(out).all() and np.abs(out - ref).max() < 1e-3
+
+
+def test_weight_only_uses_matmulnbits(tmp_path: Path, vnni: Path) -> None:
+    model = outlier_model(tmp_path / "mm.onnx", outliers=0)
+    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="weight_only")
+    assert "MatMulNBits" in op_types(art.path)
+    assert art.metadata["weight_bits"] == 8 and art.precision == "mixed"
+    assert ctx.evaluate(art)["cosine_mean"] > 0.999
+
+
+def test_a_second_quantize_step_starts_from_the_float_model(tmp_path: Path, vnni: Path) -> None:
+    from export.quantize_onnx import quantize
+
+    model = conv_model(tmp_path / "conv.onnx")
+    first, _ctx = quantize_onnx(tmp_path, model, images(), method="static")
+    ctx2 = make_ctx(tmp_path / "2", images(), model)
+    second = quantize(first, QuantizeConfig(method="fp16"), ctx2)
+    assert second.parent == "onnx-fp32" and ctx2.details["source"] == "onnx-fp32"
+    assert "QuantizeLinear" not in op_types(second.path)
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def test_summary_counts_conv_and_matmul_macs(tmp_path: Path) -> None:
+    from export.onnx_inspect import summarize
+
+    s = summarize(conv_model(tmp_path / "conv.onnx"))
+    assert s.n_conv == 2 and s.n_matmul == 1
+    # conv1: 8x8x8 outputs x 9 taps; conv2: 8x8x8 outputs x 8x9 taps; fc: 4 outputs x 8
+    assert s.node_macs == {"conv1": 8 * 64 * 9, "conv2": 8 * 64 * 72, "fc": 32}
+    assert s.conv_share > 0.99 and s.weight_sparsity == 0.0
+    m = summarize(outlier_model(tmp_path / "mm.onnx"))
+    assert m.n_conv == 0 and m.matmul_macs == 32 * 64 + 64 * 16 and m.conv_share == 0.0
+
+
+# --------------------------------------------------------------------------- advisories
+
+
+def codes(ctx: StepContext) -> set[str]:
+    return {a.code for a in ctx.advisories}
+
+
+def test_advisory_dynamic_on_conv(tmp_path: Path, vnni: Path) -> None:
+    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="dynamic")
+    assert "dynamic_on_conv" in codes(ctx)
+    assert "ConvInteger" not in op_types(art.path), "convolutions stay float under dynamic quantization"
+    _, ctx2 = quantize_onnx(tmp_path / "s", conv_model(tmp_path / "conv.onnx"), images(), method="static")
+    assert "dynamic_on_conv" not in codes(ctx2)
+
+
+def test_advisory_sparsity_on_dense_runtime(tmp_path: Path, vnni: Path) -> None:
+    _, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "sparse.onnx", sparsity=0.6), images(), method="static")
+    assert "sparsity_on_dense_runtime" in codes(ctx)
+    assert ctx.details["model"]["weight_sparsity"] > 0.3
+    _, dense = quantize_onnx(tmp_path / "d", conv_model(tmp_path / "dense.onnx"), images(), method="static")
+    assert "sparsity_on_dense_runtime" not in codes(dense)
+
+
+def test_advisory_sparsity_from_parent_metadata(tmp_path: Path, vnni: Path) -> None:
+    from export.quantize_onnx import quantize
+
+    model = conv_model(tmp_path / "conv.onnx")
+    ctx = make_ctx(tmp_path, images(), model)
+    parent = Artifact(name="onnx-fp32", format="onnx", path=model, metadata={"sparsity": 0.5})
+    quantize(parent, QuantizeConfig(method="dynamic"), ctx)
+    assert "sparsity_on_dense_runtime" in codes(ctx)
+
+
+@pytest.mark.parametrize(("arch", "cpuinfo", "expect"), [
+    ("x86", X86_CPUINFO.format(extra=""), True),
+    ("x86", X86_CPUINFO.format(extra="avx512_vnni"), False),
+    ("x86", X86_CPUINFO.format(extra="avx_vnni"), False),
+    ("arm", ARM_CPUINFO.format(extra=""), True),
+    ("arm", ARM_CPUINFO.format(extra="asimddp"), False),
+])
+def test_advisory_int8_without_dot_product(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str,
+                                           cpuinfo: str, expect: bool) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(cpuinfo)
+    monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
+    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), arch=arch, method="static")
+    assert ("int8_without_dot_product" in codes(ctx)) is expect
+    assert ctx.details["int8_dot_product"] is (not expect)
+    if arch == "x86":
+        assert art.metadata["quantization"]["reduce_range"] is expect
+
+
+def test_advisories_fp16_on_x86_and_weight_only_on_conv(tmp_path: Path, vnni: Path) -> None:
+    _, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="fp16")
+    assert "fp16_on_x86_cpu" in codes(ctx)
+    _, ctx2 = quantize_onnx(tmp_path / "w", conv_model(tmp_path / "conv.onnx"), images(), method="weight_only")
+    assert "weight_only_no_matmul" in codes(ctx2)
+
+
+def test_engine_inc_without_neural_compressor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compress.errors import MissingDependencyError
+    from export.quantize_onnx import quantize
+
+    monkeypatch.setitem(sys.modules, "neural_compressor", None)  # import fails as if not installed
+    model = conv_model(tmp_path / "conv.onnx")
+    ctx = make_ctx(tmp_path, images(), model)
+    with pytest.raises(MissingDependencyError, match=r"edgepack\[inc\]"):
+        quantize(Artifact(name="baseline", format="torch"), QuantizeConfig(method="static", engine="inc"), ctx)
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def test_tuning_meets_tolerable_loss_where_full_int8_misses(tmp_path: Path, vnni: Path) -> None:
+    model = outlier_model(tmp_path / "outlier.onnx")
+    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.01)
+    d = ctx.details
+    trials = d["trials"]
+    assert trials[0]["goal_met"] is False and trials[0]["loss"] > 0.01, trials[0]
+    assert d["goal_met"] is True and d["require_goal"] is False
+    chosen = trials[d["chosen_trial"] - 1]
+    assert chosen["goal_met"] and chosen["loss"] <= 0.01 and chosen["config"]["exclude"]
+    for t in trials:
+        assert {"config", "accuracy", "loss", "latency_ms", "size_bytes", "goal_met", "phase"} <= set(t)
+    assert d["sensitivity"][0]["node"] == "fc2"
+    assert set(art.metadata["quantization"]["exclude"]) >= {"fc2", "outlier_scale"}
+    assert art.precision == "mixed"
+    assert ctx.evaluate(art)["cosine_mean"] >= 1 - 0.01
+    assert not codes(ctx) & {"tuning_goal_unmet"}
+
+
+def test_tuning_relative_loss(tmp_path: Path, vnni: Path) -> None:
+    from export.quantize_tuning import Goal
+
+    assert Goal(baseline=0.8, tolerable_loss=0.01, kind="relative").allowed == pytest.approx(0.008)
+    _, ctx = quantize_onnx(tmp_path, outlier_model(tmp_path / "o.onnx"), vectors(), method="static",
+                           tolerable_loss=0.01, loss_kind="relative")
+    assert ctx.details["goal_met"] is True and ctx.details["allowed_loss"] == pytest.approx(0.01 * 1.0, abs=1e-3)
+
+
+def test_tuning_unmet_goal_keeps_best_and_says_so(tmp_path: Path, vnni: Path) -> None:
+    model = outlier_model(tmp_path / "outlier.onnx")
+    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.0, max_trials=2,
+                             require_goal=True)
+    d = ctx.details
+    assert d["goal_met"] is False and d["require_goal"] is True and len(d["trials"]) == 2
+    assert art.path.is_file()
+    best = max(t["accuracy"] for t in d["trials"])
+    assert d["trials"][d["chosen_trial"] - 1]["accuracy"] == best
+    adv = [a for a in ctx.advisories if a.code == "tuning_goal_unmet"]
+    assert adv and adv[0].severity == "error" and "tolerable_loss" in adv[0].message
