@@ -39,7 +39,12 @@ X86_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 ARM_DOT_FLAGS = ("asimddp",)
 # Dynamic quantization touches only these: ConvInteger (dynamic Conv) is several times
 # slower than float Conv in onnxruntime, so convolutions stay float (and an advisory says so).
-DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "Gather"]
+DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather")
+# Static int8 on a transformer: only the weight-carrying operators. Quantizing everything
+# also puts an 8-bit grid on the additive attention mask (float32's minimum next to scores of
+# a few units) and on LayerNorm/GELU outputs: MiniLM's embeddings fell to cosine 0.37 that
+# way, 0.94 with these alone, at the same speed (measured, docs/quantization.md).
+STATIC_TRANSFORMER_OPS = ("MatMul", "Gemm", "Gather", "Conv")
 SPARSITY_ADVISORY = 0.3
 
 
@@ -89,8 +94,8 @@ def resolve_arch(config: QuantizeConfig, ctx: StepContext) -> str:
     return ctx.target_arch if config.target == "auto" else config.target
 
 
-def base_plan(config: QuantizeConfig, arch: str, dot: bool | None) -> Plan:
-    """The configured plan with the target's defaults filled in."""
+def base_plan(config: QuantizeConfig, arch: str, dot: bool | None, transformer: bool = False) -> Plan:
+    """The configured plan with the target's (and the model's) defaults filled in."""
     if config.method == "static":
         act = config.activation_type or ("uint8" if arch == "x86" else "int8")
     else:
@@ -100,7 +105,9 @@ def base_plan(config: QuantizeConfig, arch: str, dot: bool | None) -> Plan:
     reduce_range = arch == "x86" and dot is False and act == "uint8" and config.method == "static"
     return Plan(method=config.method, activation_type=act, weight_type=weight, per_channel=config.per_channel,
                 calibration=config.calibration if config.method == "static" else None,
-                reduce_range=reduce_range, exclude=tuple(config.exclude))
+                reduce_range=reduce_range, exclude=tuple(config.exclude),
+                op_types=DYNAMIC_OPS if config.method == "dynamic" else
+                STATIC_TRANSFORMER_OPS if config.method == "static" and transformer else None)
 
 
 # --------------------------------------------------------------------------- check
@@ -218,9 +225,11 @@ def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.nda
                             per_channel=plan.per_channel, reduce_range=plan.reduce_range,
                             activation_type=qt[plan.activation_type or "uint8"], weight_type=qt[plan.weight_type or "int8"],
                             nodes_to_exclude=list(plan.exclude), calibrate_method=methods[plan.calibration or "minmax"],
+                            op_types_to_quantize=list(plan.op_types) if plan.op_types else None,
                             extra_options=dict(extra or {}))
         elif plan.method == "dynamic":
-            quantize_dynamic(str(src), str(tmp), op_types_to_quantize=DYNAMIC_OPS, per_channel=plan.per_channel,
+            quantize_dynamic(str(src), str(tmp), op_types_to_quantize=list(plan.op_types or DYNAMIC_OPS),
+                             per_channel=plan.per_channel,
                              reduce_range=plan.reduce_range, weight_type=qt[plan.weight_type or "int8"],
                              nodes_to_exclude=list(plan.exclude), extra_options=dict(extra or {}))
         elif plan.method == "fp16":
@@ -259,6 +268,11 @@ def weight_only(src: Path, dst: Path, plan: Plan) -> None:
                              accuracy_level=4, nodes_to_exclude=list(plan.exclude))
     q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def is_transformer(summary: Any) -> bool:
+    """Matrix products carry the compute and attention (Softmax) is present."""
+    return summary.matmul_macs > summary.conv_macs and summary.op_counts.get("Softmax", 0) > 0
 
 
 def precision_of(plan: Plan, n_conv: int) -> str:
@@ -365,7 +379,7 @@ def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Ar
     if summary.quantized:
         raise StepError(ctx.step_name, f"{source.name} is already quantized; quantize a float model")
     advise(config, artifact, summary, arch, dot, ctx)
-    plan = base_plan(config, arch, dot)
+    plan = base_plan(config, arch, dot, transformer=is_transformer(summary))
     ctx.details.update({"method": config.method, "target": arch, "int8_dot_product": dot,
                         "model": summary.as_dict(), "source": source.name})
 

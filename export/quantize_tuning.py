@@ -53,11 +53,13 @@ class Plan:
     calibration: str | None
     reduce_range: bool = False
     exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] | None = None  # operator types to quantize; None: every supported one
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "activation_type": self.activation_type, "weight_type": self.weight_type,
                 "per_channel": self.per_channel, "calibration": self.calibration,
-                "reduce_range": self.reduce_range, "exclude": list(self.exclude)}
+                "reduce_range": self.reduce_range, "exclude": list(self.exclude),
+                "op_types": list(self.op_types) if self.op_types else "all"}
 
 
 @dataclass

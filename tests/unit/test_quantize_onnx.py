@@ -421,3 +421,40 @@ def test_tuning_unmet_goal_keeps_best_and_says_so(tmp_path: Path, vnni: Path) ->
     assert d["trials"][d["chosen_trial"] - 1]["accuracy"] == best
     adv = [a for a in ctx.advisories if a.code == "tuning_goal_unmet"]
     assert adv and adv[0].severity == "error" and "tolerable_loss" in adv[0].message
+
+
+def attention_like_model(path: Path) -> Path:
+    """x -> MatMul -> Add(mask of float32's minimum) -> Softmax -> MatMul: attention's shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    wq = (rng.standard_normal((32, 16)) / np.sqrt(32)).astype(np.float32)
+    mask = np.zeros(16, np.float32)
+    mask[12:] = np.finfo(np.float32).min
+    wo = (rng.standard_normal((16, 8)) / 4).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((wq, "wq"), (mask, "mask"), (wo, "wo"))]
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["s"], name="scores"),
+             helper.make_node("Add", ["s", "mask"], ["m"], name="masked"),
+             helper.make_node("Softmax", ["m"], ["p"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["p", "wo"], ["y"], name="out")]
+    # 3-d like a transformer's (batch, tokens, features): a 2-d MatMul + Add would fuse into Gemm
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])], inits)
+    return _save(graph, path)
+
+
+def test_static_on_a_transformer_quantizes_only_weight_operators(tmp_path: Path, vnni: Path) -> None:
+    import onnx
+
+    from export.onnx_inspect import summarize
+    from export.quantize_onnx import STATIC_TRANSFORMER_OPS, is_transformer
+
+    model = attention_like_model(tmp_path / "attn.onnx")
+    assert is_transformer(summarize(model)) and not is_transformer(summarize(conv_model(tmp_path / "c.onnx")))
+    art, ctx = quantize_onnx(tmp_path, model, vectors(640).reshape(-1, 4, 32), method="static")
+    assert art.metadata["quantization"]["op_types"] == list(STATIC_TRANSFORMER_OPS)
+    q = onnx.load(str(art.path))
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    softmax = next(n for n in q.graph.node if n.op_type == "Softmax")
+    assert producers[softmax.input[0]] == "Add", "the masked scores reach Softmax unquantized"
+    assert ctx.evaluate(art)["cosine_mean"] > 0.99

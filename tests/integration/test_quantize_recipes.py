@@ -1,0 +1,161 @@
+"""`compress RECIPE` with quantize steps, end to end through the CLI: the report carries the
+quantized artifacts, tuning trials, goal and advisories; the exit code follows
+``require_goal``; and the MiniLM recipe meets its fidelity and size figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, write_recipe
+
+OUTLIER_MODEL = textwrap.dedent(
+    '''
+    import numpy as np
+    import torch
+    from torch import nn
+
+    class Outlier(nn.Module):
+        """A few hidden channels 1000x larger, divided back by the next layer: a float no-op
+        that per-tensor int8 cannot represent (the outliers stretch the range)."""
+
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.fc1 = nn.Linear(32, 64)
+            self.fc2 = nn.Linear(64, 16)
+            scale = torch.ones(64)
+            scale[:4] = 1000.0
+            self.register_buffer("scale", scale)
+            with torch.no_grad():
+                self.fc1.weight.copy_(torch.randn(64, 32, generator=g) / 32 ** 0.5)
+                self.fc1.bias.copy_(torch.randn(64, generator=g) * 0.1)
+                self.fc2.weight.copy_(torch.randn(16, 64, generator=g) / 8 / scale)
+                self.fc2.bias.zero_()
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)) * self.scale)
+
+    def outlier():
+        return Outlier()
+
+    def data():
+        rng = np.random.default_rng(0)
+        return {"x": rng.standard_normal((400, 32)).astype("float32")}
+    '''
+)
+
+OUTLIER_RECIPE = """
+version: 1
+name: outlier
+model: {factory: outlier_model.py:outlier, input_shape: [1, 32]}
+task: {kind: embedding}
+data: {source: outlier_model.py:data, calibration_samples: 64}
+steps:
+  - quantize: {method: static, tolerable_loss: 0.01}
+  - quantize: {method: dynamic}
+export: [onnx]
+bench: {targets: [local], threads: [1], warmup: 2, runs: 5}
+"""
+
+
+def compress(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress", *args], check=False, capture_output=True, text=True,
+                          cwd=cwd, timeout=1800)
+
+
+def artifact(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(a for a in report["artifacts"] if a["name"] == name)
+
+
+@pytest.fixture()
+def outlier_dir(tmp_path: Path) -> Path:
+    (tmp_path / "outlier_model.py").write_text(OUTLIER_MODEL)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_tuning_recipe_reports_trials_and_meets_goal(outlier_dir: Path) -> None:
+    recipe = write_recipe(outlier_dir, OUTLIER_RECIPE)
+    res = compress(str(recipe), "--out", str(outlier_dir / "run"))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((outlier_dir / "run" / "report.json").read_text())
+    assert report["status"] == "ok"
+    step = report["steps"][0]
+    d = step["details"]
+    assert d["goal_met"] is True and d["require_goal"] is False
+    assert d["trials"][0]["goal_met"] is False, "naive full int8 must miss the goal on this model"
+    assert len(d["trials"]) >= 2 and all("latency_ms" in t and "accuracy" in t for t in d["trials"])
+    static = artifact(report, "onnx-static")
+    assert static["precision"] == "mixed" and static["accuracy"] >= 0.99
+    assert static["metadata"]["quantization"]["exclude"]
+    assert static["parity"] is not None and static["parity"]["passed"] is None  # recorded, not gated
+    # the float model was exported once, inside the quantize step, and parity-checked like any export
+    fp32 = [a for a in report["artifacts"] if a["precision"] == "fp32"]
+    assert len(fp32) == 1 and fp32[0]["parity"]["passed"] is True
+    # the second quantize step started again from the float model
+    dynamic = artifact(report, "onnx-dynamic")
+    assert dynamic["parent"] == fp32[0]["name"] and report["steps"][1]["details"]["source"] == fp32[0]["name"]
+    assert dynamic["targets"] and dynamic["targets"][0]["how"] == "measured"
+
+
+@pytest.mark.slow
+def test_unmet_goal_exits_1_only_when_required(outlier_dir: Path) -> None:
+    body = OUTLIER_RECIPE.replace("{method: static, tolerable_loss: 0.01}",
+                                  "{method: static, tolerable_loss: 0.0, max_trials: 2, require_goal: true}")
+    body = body.replace("  - quantize: {method: dynamic}\n", "")
+    recipe = write_recipe(outlier_dir, body)
+    res = compress(str(recipe), "--out", str(outlier_dir / "run"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    report = json.loads((outlier_dir / "run" / "report.json").read_text())
+    d = report["steps"][0]["details"]
+    assert d["goal_met"] is False and len(d["trials"]) == 2
+    assert any(a["code"] == "tuning_goal_unmet" for a in report["advisories"])
+    assert (outlier_dir / "run" / artifact(report, "onnx-static")["path"]).is_file(), "the best model is kept"
+    res = compress(str(recipe), "--out", str(outlier_dir / "run2"), "--set", "steps[0].quantize.require_goal=false")
+    assert res.returncode == 0, res.stderr
+
+
+def test_validate_reports_static_without_data(tmp_path: Path) -> None:
+    (tmp_path / "outlier_model.py").write_text(OUTLIER_MODEL)
+    recipe = write_recipe(tmp_path, """
+        version: 1
+        name: nodata
+        model: {factory: outlier_model.py:outlier, input_shape: [1, 32]}
+        task: {kind: embedding}
+        steps:
+          - quantize: {method: static}
+    """)
+    res = compress(str(recipe), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2
+    assert "steps[0].quantize.method" in res.stderr + res.stdout and "calibrat" in res.stderr + res.stdout
+
+
+@pytest.mark.slow
+def test_minilm_recipe(tmp_path: Path) -> None:
+    """The MiniLM recipe, its static step given fewer trials: int8 dynamic is >= 2x smaller than
+    fp32 with mean cosine >= 0.98; every figure (sizes, latencies, retrieval metrics) is in
+    report.json. (The speed claim is checked in tests/benchmarks/test_quantize_speed.py.)"""
+    out = tmp_path / "run"
+    res = compress(str(ROOT / "recipes" / "minilm-embedding.yaml"), "--out", str(out),
+                   "--set", "bench.runs=10", "--set", "bench.warmup=2", "--set", "steps[1].quantize.max_trials=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["train"] + report["data"]["eval"] >= 1000
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    dyn = artifact(report, "onnx-int8-dynamic")
+    assert fp32["size_bytes"] / dyn["size_bytes"] >= 2.0
+    m = dyn["metrics"]
+    assert m["cosine_mean"] >= 0.98
+    for key in ("top10_overlap", "ndcg@10", "mrr"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert report["steps"][0]["details"]["goal_met"] is True
+    for art in (fp32, dyn, artifact(report, "onnx-int8-static")):
+        assert art["targets"] and art["targets"][0]["latency_ms"]["p50"] > 0
+    assert len(report["steps"][1]["details"]["trials"]) == 2
