@@ -169,11 +169,21 @@ def torch_predict(module: Any, x: list[np.ndarray], batch_size: int = 256) -> li
 
 
 def count_params(module: Any) -> int:
+    # A pt2e-converted module keeps its weights as int8 constants, not parameters; the QAT
+    # step records the count of the float module it was converted from.
+    preset = getattr(module, "_edgepack_params", None)
+    if preset is not None:
+        return int(preset)
     return int(sum(p.numel() for p in module.parameters()))
 
 
 def count_macs(module: Any, specs: list[InputSpec]) -> int | None:
     """Multiply-accumulates of one batch-1 inference, counted by torch-pruning's op counter."""
+    # A pt2e-converted module has no nn.Conv2d / nn.Linear for the counter to hook: the QAT
+    # step records the count of the float module it was converted from (same layers).
+    preset = getattr(module, "_edgepack_macs", None)
+    if preset is not None:
+        return int(preset)
     try:
         import torch_pruning as tp
 

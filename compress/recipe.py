@@ -269,6 +269,9 @@ class PruneConfig(TrainConfig):
     distill_from_unpruned: bool = False
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)
+    sparsity_schedule: Literal["cubic", "linear"] = Field(
+        "cubic", description="unstructured: how sparsity rises over iterative_steps"
+    )
 
 
 class QatConfig(TrainConfig):
