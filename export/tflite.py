@@ -334,7 +334,7 @@ def output_saturation(outputs: list[np.ndarray], specs: list[dict[str, Any]]) ->
     found = []
     for k, (y, spec) in enumerate(zip(outputs, specs)):
         q = spec.get("quantization")
-        if not q or spec["dtype"] not in ("int8", "uint8", "int16"):
+        if not q or spec["dtype"] not in ("int8", "uint8"):
             continue
         info = np.iinfo(np.dtype(spec["dtype"]))
         scale, zero = q["scale"], q["zero_point"]
@@ -364,9 +364,12 @@ def _advise_saturation(ctx: StepContext, name: str, found: list[dict[str, Any]],
         seen = f"; the PyTorch model's values reach [{ref.min():.3g}, {ref.max():.3g}]" if ref is not None else ""
         changed = None
         if ctx.recipe.task.kind == "classification" and ref is not None and ref.ndim == 2 and k == 0:
-            changed = int((ref.argmax(1) != outputs[k].reshape(len(ref), -1).argmax(1)).sum())
-        effect = "" if changed is None else (f"; {changed} predicted class(es) differ from PyTorch" if changed
-                                             else "; no predicted class changes on the eval split")
+            out = outputs[k].reshape(len(ref), -1)
+            half_step = (hi - lo) / 255 / 2  # 8-bit outputs: 255 steps between the limits
+            clipped = ((out >= hi - half_step) | (out <= lo + half_step)).any(axis=1)
+            changed = int((ref.argmax(1) != out.argmax(1))[clipped].sum())
+        effect = "" if changed is None else (f"; on {changed} of them the predicted class differs from PyTorch"
+                                             if changed else "; no predicted class changes on those samples")
         ctx.advise(
             "int8_output_saturation",
             f"{name}: output {k} hits its int8 range limit on {share:.1%} of eval samples (int8 range "
@@ -508,7 +511,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
         name = f"tflite-{precision}"
         if precision == "int8" and any(t.quantization for t in info.outputs):
             with captured_output(log_path):
-                outs = predict(open_model(dest), to_model_layout(meta, eval_x))
+                outs = from_model_layout(meta, predict(open_model(dest), to_model_layout(meta, eval_x)))
             found = output_saturation(outs, [{"dtype": t.dtype, "quantization": t.quantization} for t in info.outputs])
             meta["output_saturation"] = found
             if reference is None:
