@@ -221,12 +221,17 @@ def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.nda
                 raise StepError("quantize", "static quantization needs calibration samples")
             methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
+            options = dict(extra or {})
+            if plan.exclude:
+                # A tensor read by a quantized and an excluded node: without its own Q/DQ pair per
+                # consumer the excluded node would read the quantized copy and stay exactly as lossy.
+                options.setdefault("DedicatedQDQPair", True)
             quantize_static(str(src), str(tmp), _Reader(calib), quant_format=QuantFormat.QDQ,
                             per_channel=plan.per_channel, reduce_range=plan.reduce_range,
                             activation_type=qt[plan.activation_type or "uint8"], weight_type=qt[plan.weight_type or "int8"],
                             nodes_to_exclude=list(plan.exclude), calibrate_method=methods[plan.calibration or "minmax"],
                             op_types_to_quantize=list(plan.op_types) if plan.op_types else None,
-                            extra_options=dict(extra or {}))
+                            extra_options=options)
         elif plan.method == "dynamic":
             quantize_dynamic(str(src), str(tmp), op_types_to_quantize=list(plan.op_types or DYNAMIC_OPS),
                              per_channel=plan.per_channel,
@@ -448,7 +453,7 @@ def tune(plan: Plan, run_plan: Any, config: QuantizeConfig, ctx: StepContext, pr
             float_acts.update(collect(pre, work, sens_feeds))
         quant_acts = collect(qpath, work, sens_feeds)
         quant_nodes = {n.name for n in onnx.load(str(qpath), load_external_data=False).graph.node}
-        ranked = node_sensitivity(float_model, float_acts, quant_acts, quant_nodes)
+        ranked = node_sensitivity(float_model, float_acts, quant_acts, quant_nodes, plan.op_types)
         return [(n, exclusion_unit(float_model, n), s) for n, s in ranked if s > 0]
 
     feed = feeds_of(ctx.data.eval.x if ctx.data is not None else [], names, batch, 1, step=1)[0]

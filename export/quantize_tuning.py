@@ -161,17 +161,25 @@ def collect(model_path: Path, work: Path, feeds: list[dict[str, np.ndarray]]) ->
         aug.unlink(missing_ok=True)
 
 
+FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+
 def node_sensitivity(float_model: Any, float_acts: dict[str, list[np.ndarray]],
-                     quant_acts: dict[str, list[np.ndarray]], quant_nodes: set[str]) -> list[tuple[str, float]]:
+                     quant_acts: dict[str, list[np.ndarray]], quant_nodes: set[str],
+                     op_types: tuple[str, ...] | None = None) -> list[tuple[str, float]]:
     """Nodes of the float model ranked by the SQNR they lose (dB), most damaging first.
 
-    Nodes missing from the quantized model (``quant_nodes``) are skipped: the quantizer folds
-    Relu/Clip into the quantization range, and their tensor names then mean something else.
+    Only nodes of ``op_types`` (when given: the others are not quantized, so keeping them in
+    float changes nothing) are ranked. Relu/Clip nodes missing from the quantized model
+    (``quant_nodes``) are skipped: the quantizer folds them into the quantization range, and
+    their tensor names then hold other values.
     """
     scores = []
     graph_inputs = {i.name for i in float_model.graph.input}
     for node in float_model.graph.node:
-        if node.name not in quant_nodes:
+        if op_types is not None and node.op_type not in op_types:
+            continue
+        if node.op_type in FOLDED_ACTIVATIONS and node.name not in quant_nodes:
             continue
         outs = [o for o in node.output if o in float_acts and o in quant_acts]
         if not outs:

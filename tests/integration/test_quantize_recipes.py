@@ -80,7 +80,6 @@ def outlier_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.slow
 def test_tuning_recipe_reports_trials_and_meets_goal(outlier_dir: Path) -> None:
     recipe = write_recipe(outlier_dir, OUTLIER_RECIPE)
     res = compress(str(recipe), "--out", str(outlier_dir / "run"))
@@ -105,7 +104,6 @@ def test_tuning_recipe_reports_trials_and_meets_goal(outlier_dir: Path) -> None:
     assert dynamic["targets"] and dynamic["targets"][0]["how"] == "measured"
 
 
-@pytest.mark.slow
 def test_unmet_goal_exits_1_only_when_required(outlier_dir: Path) -> None:
     body = OUTLIER_RECIPE.replace("{method: static, tolerable_loss: 0.01}",
                                   "{method: static, tolerable_loss: 0.0, max_trials: 2, require_goal: true}")
