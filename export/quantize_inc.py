@@ -79,11 +79,68 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
                         "goal_met": goal_met, "require_goal": config.require_goal})
     if q_model is None:
         raise StepError(ctx.step_name, f"neural-compressor found no configuration within tolerable_loss {tolerable}")
+    from compress.artifact import atomic_write_with
+    from compress.models import set_mode
+
+    set_mode(q_model, False)
     dest = ctx.step_dir / "model.onnx"
+    raw = ctx.step_dir / "exported.onnx"
     try:
-        export_module_to_onnx(q_model, specs, dest)
+        export_module_to_onnx(q_model, specs, raw)
     except Exception as e:
         raise StepError(ctx.step_name, f"exporting the quantized model to ONNX failed: {type(e).__name__}: {e}") from e
+    import onnx
+
+    model = onnx.load(str(raw))
+    folded = fold_weight_quantize(model)
+    atomic_write_with(dest, lambda tmp: onnx.save(model, str(tmp)))
+    raw.unlink()
+    ctx.details["folded_weight_quantizers"] = folded
     return Artifact(name=config.name or "onnx-inc-static", format="onnx", path=dest, parent=artifact.name,
                     precision="int8", metadata={"quantization": {"engine": "neural-compressor", "method": "static",
                                                                  "per_channel": config.per_channel}})
+
+
+def fold_weight_quantize(model: Any) -> int:
+    """Replace QuantizeLinear nodes of constant weights by their int8 result, in place.
+
+    The PT2E export keeps float weights and quantizes them at every run (a file larger than
+    the float model's); onnxruntime's QDQ fusions want int8 initializers behind
+    DequantizeLinear. Returns how many were folded.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    keep, folded = [], 0
+    for node in g.node:
+        ins = list(node.input)
+        if node.op_type != "QuantizeLinear" or len(ins) < 3 or not all(i in inits for i in ins[:3]):
+            keep.append(node)
+            continue
+        x = numpy_helper.to_array(inits[ins[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[ins[1]]).astype(np.float32)
+        zp = numpy_helper.to_array(inits[ins[2]])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:  # per-channel: broadcast along ``axis``
+            shape = [1] * x.ndim
+            shape[axis] = scale.size
+            scale, zp_b = scale.reshape(shape), zp.reshape(shape).astype(np.float32)
+        else:
+            zp_b = zp.astype(np.float32)
+        info = np.iinfo(zp.dtype)
+        q = np.clip(np.rint(x / scale) + zp_b, info.min, info.max).astype(zp.dtype)
+        g.initializer.append(numpy_helper.from_array(q, node.output[0]))
+        folded += 1
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    unused = [i for i in g.initializer if i.name not in used]
+    for i in unused:
+        g.initializer.remove(i)
+    return folded

@@ -157,3 +157,28 @@ def test_minilm_recipe(tmp_path: Path) -> None:
     for art in (fp32, dyn, artifact(report, "onnx-int8-static")):
         assert art["targets"] and art["targets"][0]["latency_ms"]["p50"] > 0
     assert len(report["steps"][1]["details"]["trials"]) == 2
+
+
+def test_engine_inc_when_installed(tmp_path: Path) -> None:
+    """neural-compressor's autotune on the digits teacher, exported to ONNX (needs the [inc] extra)."""
+    pytest.importorskip("neural_compressor.torch.quantization")
+    recipe = write_recipe(tmp_path, f"""
+        version: 1
+        name: inc
+        model:
+          factory: {ROOT / 'recipes' / 'models' / 'digits.py'}:teacher
+          weights: {ROOT / 'recipes' / 'models' / 'digits_teacher.pt'}
+          input_shape: [1, 1, 8, 8]
+        task: {{kind: classification}}
+        data: {{source: "builtin:digits", calibration_samples: 64}}
+        steps:
+          - quantize: {{engine: inc, tolerable_loss: 0.01}}
+        bench: {{runs: 5, warmup: 2}}
+    """)
+    res = compress(str(recipe), "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    inc = artifact(report, "onnx-inc-static")
+    d = report["steps"][0]["details"]
+    assert d["engine"] == "inc" and d["goal_met"] is True and d["folded_weight_quantizers"] > 0
+    assert inc["precision"] == "int8" and inc["accuracy"] >= report["baseline"]["accuracy"] - 0.01

@@ -458,3 +458,32 @@ def test_static_on_a_transformer_quantizes_only_weight_operators(tmp_path: Path,
     softmax = next(n for n in q.graph.node if n.op_type == "Softmax")
     assert producers[softmax.input[0]] == "Add", "the masked scores reach Softmax unquantized"
     assert ctx.evaluate(art)["cosine_mean"] > 0.99
+
+
+def test_fold_weight_quantize_keeps_outputs_and_shrinks_the_file(tmp_path: Path) -> None:
+    """The INC path's export quantizes float weights at run time; folding stores them as int8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.quantize_inc import fold_weight_quantize
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    scale = (np.abs(w).reshape(8, -1).max(1) / 127).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "ws"),
+             numpy_helper.from_array(np.zeros(8, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["x", "wd"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    path = _save(graph, tmp_path / "qdq.onnx")
+    model = onnx.load(str(path))
+    assert fold_weight_quantize(model) == 1
+    folded = tmp_path / "folded.onnx"
+    onnx.save(model, str(folded))
+    assert "QuantizeLinear" not in op_types(folded)
+    assert {i.data_type for i in model.graph.initializer if i.name == "wq"} == {TensorProto.INT8}
+    x = images(1)
+    assert np.array_equal(run_onnx(path, x), run_onnx(folded, x))
+    assert folded.stat().st_size < path.stat().st_size
