@@ -363,9 +363,35 @@ def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
         raise StepError(ctx.step_name, f"torch.onnx.export failed: {type(e).__name__}: {first}") from e
     float_art = artifact.derive(name=f"onnx-{artifact.precision}", format="onnx", path=dest, step="export:onnx",
                                 config_hash=config_hash(cfg))
+    float_art.metadata = {k: v for k, v in float_art.metadata.items() if not k.startswith("_")}
+    # Parity against the module exported here: the runner would compare with the run's first
+    # model, which is not this one after a prune or distill step.
+    float_art.metadata["_parity"] = export_parity(artifact, dest, float_art.name, ctx)
     ctx.extra_artifacts.append(float_art)
     artifact.metadata["_onnx_export"] = float_art  # the runner's export cache: no second export
     return float_art
+
+
+def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext) -> Any:
+    """Float parity of the step's own ONNX export, gated like the runner's export check."""
+    from bench.runtime import open_model, predict
+    from compress.data import synthetic_inputs
+    from compress.models import torch_predict
+    from export.parity import compare_outputs
+
+    specs = ctx.recipe.model.input_specs() or []
+    x = ctx.data.eval.x if ctx.data is not None else synthetic_inputs([(s.shape, s.dtype) for s in specs], 64).x
+    p = ctx.recipe.parity
+    parity = compare_outputs(torch_predict(torch_art.module, x)[0], predict(open_model(path), x)[0], torch_art.name,
+                             ctx.recipe.task.kind, tolerance=p.atol, min_agreement=p.min_agreement)
+    ctx.log(f"  parity {name} vs {torch_art.name}: max abs diff {parity.max_abs_diff:.2e}"
+            + ("" if parity.passed else " FAILED"))
+    if parity.passed is False:
+        msg = f"{name} differs from {torch_art.name}: max abs diff {parity.max_abs_diff:.3g} > atol {p.atol:g}"
+        if p.fail:
+            raise StepError(ctx.step_name, msg + " (relax parity.atol or set parity.fail: false to accept)")
+        ctx.advise("parity_failed", msg, artifact=name)
+    return parity
 
 
 def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
