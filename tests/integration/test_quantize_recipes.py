@@ -182,3 +182,29 @@ def test_engine_inc_when_installed(tmp_path: Path) -> None:
     d = report["steps"][0]["details"]
     assert d["engine"] == "inc" and d["goal_met"] is True and d["folded_weight_quantizers"] > 0
     assert inc["precision"] == "int8" and inc["accuracy"] >= report["baseline"]["accuracy"] - 0.01
+
+
+def test_quantize_after_unstructured_prune(tmp_path: Path) -> None:
+    """The step exports the pruned module itself (parity against it, not the unpruned model)
+    and warns that the zeros buy nothing on a dense runtime."""
+    recipe = write_recipe(tmp_path, f"""
+        version: 1
+        name: sparse-int8
+        model:
+          factory: {ROOT / 'recipes' / 'models' / 'digits.py'}:teacher
+          weights: {ROOT / 'recipes' / 'models' / 'digits_teacher.pt'}
+          input_shape: [1, 1, 8, 8]
+        task: {{kind: classification}}
+        data: {{source: "builtin:digits", calibration_samples: 64}}
+        steps:
+          - prune: {{method: unstructured, ratio: 0.6, epochs: 0}}
+          - quantize: {{method: static}}
+        bench: {{runs: 5, warmup: 2}}
+    """)
+    res = compress(str(recipe), "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert any(a["code"] == "sparsity_on_dense_runtime" and a["step"] == "02-quantize" for a in report["advisories"])
+    assert report["steps"][1]["details"]["model"]["weight_sparsity"] > 0.3
+    fp32 = artifact(report, "onnx-fp32")
+    assert fp32["parity"]["passed"] is True and fp32["parity"]["reference"] != "baseline"
