@@ -488,11 +488,11 @@ class Runner:
         self.log(f"baseline accuracy {facts.get('accuracy')}")
         current = baseline
         reference = baseline.module
+        last_torch = baseline  # the newest torch model: what exports convert and parity compares with
         for i, step in enumerate(self.recipe.steps):
             current = self.run_step(i, step, current, reference)
-        last_torch = current
-        if current.format != "torch":
-            last_torch = next((a for a in reversed(self.state.artifacts) if a.format == "torch"), baseline)
+            if current.format == "torch":
+                last_torch = current
         for exp in self.recipe.export:
             kind = step_kind(exp)
             cfg = getattr(exp, kind)

@@ -223,6 +223,9 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
     if labels:
         files["labels.txt"] = ("\n".join(labels) + "\n").encode()
     golden_doc = {
+        "inputs_are": "float values before any quantization: for an int8 input, feed "
+                      "round(x / scale) + zero_point with the input's quantization from manifest.json",
+        "outputs_are": "float values (int8 outputs dequantized: (q - zero_point) * scale)",
         "tolerance": {"atol": atol, "rtol": 1e-3},
         "top1_must_match": (recipe.task.kind == "classification") if recipe is not None else False,
         "vectors": [{"inputs": {s["name"]: _array_json(x[i : i + 1]) for s, x in zip(session.inputs, xs)},
