@@ -37,7 +37,9 @@ def make_quantizer(target: str, per_channel: bool) -> tuple[Any, str]:
                     XNNPACKQuantizer,
                     get_symmetric_quantization_config,
                 )
-            q = XNNPACKQuantizer()
+
+                # It warns "deprecated" on creation; the step's advisory says so once, plainly.
+                q = XNNPACKQuantizer()
             q.set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=True))
             return q, "XNNPACKQuantizer (torchao.testing.pt2e, deprecated test copy)"
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
