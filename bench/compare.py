@@ -134,7 +134,6 @@ def parse_gate(text: str) -> Gate:
 
 
 TAIL_STATS = ("latency_p90", "latency_p99", "latency_mean")
-TAIL_MIN_EFFECT = 0.25
 
 
 def bootstrap_ci(times: np.ndarray, stat: float | str, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -217,14 +216,16 @@ def _timing_delta(
     if not tests:
         d.verdict = _direction_word(metric, delta) + " (no per-run times or CI: not tested)"
         return d
+    if metric in TAIL_STATS:
+        # Tails and the mean move between two processes timing the same model far more than
+        # one run's CI shows (the quickstart's 11 us model run twice: p90 -29%, mean -42%,
+        # median unchanged; one 1 ms stall in 200 runs moves its mean by 45%). Shown, and
+        # gated if asked, but not judged real or noise.
+        d.verdict = _direction_word(metric, delta) + " (tail statistic: not judged, see the median)"
+        return d
     d.tested = True
     d.significant = all(tests)
     floor = noisy_min_effect if d.noisy else min_effect
-    if metric in TAIL_STATS:
-        # Tails and the mean move between two processes timing the same model far more
-        # than the median does (seen here: p90 +19%, mean +13% for an 11 us model run
-        # twice), so a tail change counts as real only from TAIL_MIN_EFFECT.
-        floor = max(floor, TAIL_MIN_EFFECT)
     d.real = d.significant and abs(rel or 0.0) >= floor
     if d.real:
         d.verdict = _direction_word(metric, delta)

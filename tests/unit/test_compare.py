@@ -63,7 +63,9 @@ def test_slower_model_is_flagged_and_gate_fails(tmp_path: Path) -> None:
     assert not gate.passed and "latency_p50 +30" in gate.failures[0] and "(local, 1 thread, batch 1)" in gate.failures[0]
     assert cmp.gates[1].passed
     real = {d.metric for _, _, d in real_latency_changes(cmp)}
-    assert {"latency_p50", "latency_mean"} <= real
+    assert real == {"latency_p50"}
+    mean = next(d for r in cmp.pairs[0].rows for d in r.metrics if d.metric == "latency_mean")
+    assert not mean.tested and mean.real is None and "tail statistic: not judged" in mean.verdict
     p50 = next(d for r in cmp.pairs[0].rows for d in r.metrics if d.metric == "latency_p50")
     assert p50.verdict == "slower" and p50.ci_a[1] < p50.ci_b[0] and p50.p_value < 1e-10
     thr = next(d for r in cmp.pairs[0].rows for d in r.metrics if d.metric == "throughput")
@@ -165,3 +167,10 @@ def test_cli_exit_codes_and_formats(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no report.json" in res.stderr
     res = runner.invoke(app, ["compare", str(a), str(b), "--fail-on", "latency:5"])
     assert res.exit_code == 2 and "METRIC:+N%" in res.stderr
+
+
+def test_gate_on_a_tail_statistic_compares_the_figures(tmp_path: Path) -> None:
+    a = _report(tmp_path / "a", [_art("m", _times(2.0, 0))])
+    b = _report(tmp_path / "b", [_art("m", _times(2.6, 1))])
+    cmp = compare_reports([a, b], ["latency_p90:+5%"])
+    assert not cmp.passed and "latency_p90" in cmp.gates[0].failures[0]
