@@ -256,6 +256,12 @@ class Runner:
             self.log(f"cannot evaluate {art.name}: {e}")
         return facts
 
+    def _log_traceback(self) -> None:
+        """Keep the traceback of an unexpected error in log.txt (never on the console)."""
+        if self._log_file is not None:
+            self._log_file.write(traceback.format_exc())
+            self._log_file.flush()
+
     def ensure_onnx(self, torch_art: Artifact) -> Artifact:
         """The ONNX export of a torch artifact, made once, parity-checked, registered."""
         cached = torch_art.metadata.get("_onnx_export")

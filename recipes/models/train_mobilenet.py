@@ -16,14 +16,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE))
 
-import torch
-from mobilenet import mobilenet_v2
+import torch  # noqa: E402 (after the sys.path set-up)
+from mobilenet import mobilenet_v2  # noqa: E402 (after the sys.path set-up)
 
-from compress.artifact import atomic_write_with
-from compress.data import load_dataset
-from compress.models import torch_predict
-from compress.recipe import DataSpec, TrainConfig
-from compress.training import fit
+from compress.artifact import atomic_write_with  # noqa: E402 (after the sys.path set-up)
+from compress.data import load_dataset  # noqa: E402 (after the sys.path set-up)
+from compress.models import torch_predict  # noqa: E402 (after the sys.path set-up)
+from compress.recipe import DataSpec, TrainConfig  # noqa: E402 (after the sys.path set-up)
+from compress.training import fit  # noqa: E402 (after the sys.path set-up)
 
 IMAGE_SIZE = 64
 
@@ -34,7 +34,10 @@ def main(epochs: int = 6, out: Path = HERE / "mobilenet_digits.pt", seed: int = 
     torch.manual_seed(seed)
     model = mobilenet_v2()
     cfg = TrainConfig(epochs=epochs, lr=3e-3, batch_size=64, optimizer="adamw", schedule="cosine", weight_decay=1e-4)
-    loss_fn = lambda xs, y: torch.nn.functional.cross_entropy(model(*xs), y)
+
+    def loss_fn(xs, y):
+        return torch.nn.functional.cross_entropy(model(*xs), y)
+
     fit(model, loss_fn, data.train, cfg, seed=seed, log=print, desc="mobilenet")
     model.eval()
     acc = float((torch_predict(model, data.eval.x)[0].argmax(1) == data.eval.y).mean())

@@ -121,3 +121,34 @@ def test_relaxed_parity_is_an_advisory(tiny_dir: Path) -> None:
     assert res.returncode == 0, res.stderr
     report = json.loads((tiny_dir / "run" / "report.json").read_text())
     assert any(a["code"] == "parity_failed" for a in report["advisories"])
+
+
+BROKEN_IN_TRAINING = """
+import torch
+from torch import nn
+
+class Fragile(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 2)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("this layer cannot train")
+        return self.fc(x.flatten(1))
+
+def fragile():
+    return Fragile()
+"""
+
+
+def test_unexpected_error_in_a_step_names_the_step_and_logs_the_traceback(tiny_dir: Path) -> None:
+    (tiny_dir / "fragile.py").write_text(BROKEN_IN_TRAINING)
+    recipe = write_recipe(tiny_dir, TINY_RECIPE.replace("factory: tiny_model.py:tiny", "factory: fragile.py:fragile")
+                          + "steps:\n  - prune: {method: unstructured, ratio: 0.5, epochs: 1}\n")
+    res = compress(str(recipe), "--out", str(tiny_dir / "run"))
+    assert res.returncode == 1, res.stderr
+    assert "01-prune" in res.stderr and "this layer cannot train" in res.stderr and "Traceback" not in res.stderr
+    assert "Traceback" in (tiny_dir / "run" / "log.txt").read_text()
+    report = json.loads((tiny_dir / "run" / "report.json").read_text())
+    assert report["status"] == "failed" and report["steps"][0]["status"] == "failed"

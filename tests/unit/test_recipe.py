@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from compress.cli import app
@@ -88,9 +89,9 @@ def test_invalid_yaml_reports_line(tiny_dir: Path) -> None:
 
 def test_prune_ratio_bounds() -> None:
     PruneConfig(ratio=0.0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         PruneConfig(ratio=1.0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         PruneConfig(ratio=-0.1)
 
 
