@@ -72,15 +72,25 @@ def run_cmd(
         fail(e)
     from compress.runner import Runner
 
+    from compress.outputs import check_output_dir
+
     console = None if quiet else _console()
     runner = Runner(source, out, console)
+    existed = runner.run_dir.exists()
+    try:
+        check_output_dir(runner.run_dir, "--out" if out is not None else "run folder")
+    except EdgepackError as e:
+        fail(e)
     try:
         report = runner.run()
     except KeyboardInterrupt:
         _console(stderr=True).print(f"interrupted; what finished is in {runner.run_dir}")
         raise typer.Exit(130)
     except EdgepackError as e:
-        _console(stderr=True).print(f"run folder (with what finished): {runner.run_dir}")
+        if (runner.run_dir / "report.json").is_file():
+            _console(stderr=True).print(f"run folder (with what finished): {runner.run_dir}")
+        elif not existed:
+            _remove_unstarted_run(runner.run_dir)
         fail(e)
     except Exception as e:  # a bug of ours: say so plainly, keep the traceback in the log
         log = runner.run_dir / "log.txt"
@@ -98,6 +108,18 @@ def run_cmd(
     failed_goal = any(s.details.get("goal_met") is False and s.details.get("require_goal") for s in report.steps)
     if failed_goal:
         raise typer.Exit(1)
+
+
+def _remove_unstarted_run(run_dir: Path) -> None:
+    """Remove the run folder of a run that failed before its first step (bad model or data).
+
+    Only the runner's own bookkeeping is there then; leaving it would look like a run.
+    """
+    import shutil
+
+    bookkeeping = {"log.txt", "env.json", "recipe.resolved.yaml"}
+    if run_dir.is_dir() and all(p.name in bookkeeping for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @app.command("validate")

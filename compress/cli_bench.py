@@ -33,6 +33,12 @@ def load_npz_data(path: Path) -> tuple[list[Any], Any]:
         raise InputFileError(f"{path}: not a readable .npz ({e})") from e
     if not xs:
         raise InputFileError(f"{path}: no inputs: expected an array 'x' (or x0, x1, ... for several inputs); has {files}")
+    from compress.data import check_numeric_array
+
+    for i, x in enumerate(xs):
+        check_numeric_array(x, f"{path}: x" + (str(i) if len(xs) > 1 else ""))
+    if y is not None:
+        check_numeric_array(y, f"{path}: y")
     n = len(xs[0])
     if any(len(x) != n for x in xs) or (y is not None and len(y) != n):
         raise InputFileError(f"{path}: inputs and labels have different numbers of rows")
@@ -93,7 +99,17 @@ def bench_report(
     target = make_target(target_name)
     if fmt not in target.formats:
         raise InputFileError(f"target {target_name} cannot run {fmt} models (it runs {', '.join(target.formats)})")
+    if cpus is not None and target_name == "local":
+        _check_cpus(cpus)
+    inputs = _model_inputs(model, fmt)
     xs, y = load_npz_data(data) if data else (None, None)
+    if xs is not None and inputs is not None:
+        from compress.data import input_mismatches
+
+        # a TFLite session quantizes float inputs itself, so only ONNX dtypes must match exactly
+        wrong = input_mismatches([(i["shape"], i["dtype"] if fmt == "onnx" else None) for i in inputs], xs)
+        if wrong:
+            raise InputFileError(f"{data}: does not fit {model.name}: " + "; ".join(wrong))
     art = ArtifactReport(name=name or model.stem, format=fmt, path=str(model), size_bytes=model.stat().st_size,
                          sha256=hashlib.sha256(model.read_bytes()).hexdigest(), precision=guess_precision(model),
                          parent=None, step="compress bench")
@@ -121,6 +137,31 @@ def bench_report(
         data={"source": str(data) if data else "random inputs", "eval": len(xs[0]) if xs else None},
         artifacts=[art],
     )
+
+
+def _model_inputs(model: Path, fmt: str) -> list[dict[str, Any]] | None:
+    """The model's inputs, read by opening it here: a corrupt file is a wrong input, not a failed target."""
+    from bench.runtime import open_model
+    from compress.errors import MissingDependencyError
+
+    try:
+        return list(open_model(model).inputs)
+    except MissingDependencyError:
+        return None  # no runtime here; the target says what it makes of the file
+    except Exception as e:  # noqa: BLE001  (the runtime's own words say what is wrong with the file)
+        lines = str(e).strip().splitlines()
+        kind = "ONNX" if fmt == "onnx" else "TFLite"
+        raise InputFileError(f"{model}: not a valid {kind} model ({type(e).__name__}: {lines[0] if lines else ''})") from e
+
+
+def _check_cpus(cpus: tuple[int, ...]) -> None:
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    bad = [c for c in cpus if c not in allowed]
+    if bad:
+        raise InputFileError(f"--cpus: no CPU {bad[0]} here; this process may use CPUs "
+                             + ", ".join(str(c) for c in allowed))
 
 
 def _parse_cpus(text: str | None) -> tuple[int, ...] | None:
@@ -160,7 +201,12 @@ def bench_cmd(
     if task not in ("auto", "classification", "regression"):
         fail(InputFileError(f"--task {task!r}: use auto, classification or regression"))
     err = Console(stderr=True, highlight=False)
+    from compress.outputs import check_output_file
+
     try:
+        for path, option in ((json_out, "--json"), (html_out, "--html")):
+            if path is not None:
+                check_output_file(path, option)
         report = bench_report(model, target, threads or [1], batch or [1], runs, warmup, _parse_cpus(cpus), data, task,
                               name, log=lambda m: err.print(m, markup=False))
     except EdgepackError as e:
@@ -205,7 +251,11 @@ def compare_cmd(
 
     if fmt not in ("md", "json"):
         fail(InputFileError(f"--format {fmt!r}: use md or json"))
+    from compress.outputs import check_output_file
+
     try:
+        if out is not None:
+            check_output_file(out, "--out")
         cmp = compare_reports(reports, fail_on or [], alpha=alpha, min_effect=_parse_effect(min_effect, "--min-effect"),
                               noisy_min_effect=_parse_effect(noisy_min_effect, "--noisy-min-effect"))
     except EdgepackError as e:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from compress.cli import _console, app, fail
-from compress.errors import EdgepackError
+from compress.errors import EdgepackError, InputFileError
 
 
 @app.command("package")
@@ -21,10 +21,12 @@ def package_cmd(
 ) -> None:
     """Package one artifact of a run as a bundle an app can ship."""
     if platform not in ("android", "ios", "generic"):
-        fail(EdgepackError(f"--platform must be android, ios or generic (got {platform!r})"))
+        fail(InputFileError(f"--platform must be android, ios or generic (got {platform!r})"))
+    from compress.outputs import check_output_file
     from export.bundle import package_run
 
     try:
+        check_output_file(out, "--out")
         info = package_run(run_dir, artifact, platform, out, golden=golden)  # type: ignore[arg-type]
     except EdgepackError as e:
         fail(e)

@@ -113,7 +113,7 @@ def _as_arrays(obj: Any, where: str) -> tuple[list[np.ndarray], np.ndarray | Non
         x, y = obj
     elif isinstance(obj, np.ndarray):
         x, y = obj, None
-    elif hasattr(obj, "__iter__"):
+    elif hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes)):
         xs: list[list[np.ndarray]] = []
         ys: list[np.ndarray] = []
         for batch in obj:  # a DataLoader or any iterable of (x, y) batches
@@ -129,11 +129,27 @@ def _as_arrays(obj: Any, where: str) -> tuple[list[np.ndarray], np.ndarray | Non
     else:
         raise InputFileError(f"{where}: expected (x, y), a dict with x/y, an array or a DataLoader, got {type(obj).__name__}")
     xl = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
+    if not xl:
+        raise InputFileError(f"{where}: x is an empty list; give one array per model input")
+    for i, a in enumerate(xl):
+        check_numeric_array(a, f"{where}: x" + (f"[{i}]" if len(xl) > 1 else ""))
+        if len(a) != len(xl[0]):
+            raise InputFileError(f"{where}: x[0] has {len(xl[0])} samples but x[{i}] has {len(a)}")
     xl = [a.astype(np.float32) if a.dtype == np.float64 else a for a in xl]
     ya = None if y is None else np.asarray(y)
-    if ya is not None and len(ya) != len(xl[0]):
-        raise InputFileError(f"{where}: x has {len(xl[0])} samples but y has {len(ya)}")
+    if ya is not None:
+        check_numeric_array(ya, f"{where}: y")
+        if len(ya) != len(xl[0]):
+            raise InputFileError(f"{where}: x has {len(xl[0])} samples but y has {len(ya)}")
     return xl, ya
+
+
+def check_numeric_array(a: np.ndarray, what: str) -> None:
+    """Refuse what no model can take: scalars, strings, objects (batch-first numbers only)."""
+    if a.ndim == 0:
+        raise InputFileError(f"{what} is a single value; expected an array with one row per sample")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise InputFileError(f"{what} has dtype {a.dtype}; expected numbers (float32 inputs, integer labels)")
 
 
 def _read_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -198,3 +214,25 @@ def synthetic_inputs(shapes: list[tuple[list[int], str]], n: int, seed: int = 0)
         else:
             xs.append(rng.standard_normal(full).astype(np.float32))
     return Split(xs, None)
+
+
+def input_mismatches(expected: list[tuple[list[int], str | None]], x: list[np.ndarray]) -> list[str]:
+    """Why arrays cannot feed a model's inputs: count, per-sample shape, dtype; empty when they can.
+
+    Args:
+        expected: (shape with batch first, dtype name or None to skip the dtype) per model
+            input; a dim <= 0 is free (dynamic).
+        x: One array per input, batch first.
+    """
+    if len(x) != len(expected):
+        return [f"the model takes {len(expected)} input(s), the data gives {len(x)}"]
+    problems = []
+    for i, ((shape, dtype), a) in enumerate(zip(expected, x)):
+        name = f"input {i}" if len(x) > 1 else "the input"
+        want, got = list(shape[1:]), list(a.shape[1:])
+        if len(want) != len(got) or any(0 < w != g for w, g in zip(want, got)):
+            shown = "(" + ", ".join(str(w) if w > 0 else "?" for w in want) + ("," if len(want) == 1 else "") + ")"
+            problems.append(f"{name}: the model takes samples of shape {shown}, the data has {tuple(got)} (arrays of shape {tuple(a.shape)})")
+        if dtype is not None and str(a.dtype) != dtype:
+            problems.append(f"{name}: the model takes {dtype}, the data is {a.dtype}")
+    return problems

@@ -73,6 +73,26 @@ class TargetError(EdgepackError):
         super().__init__(f"target {target}: {message}")
 
 
+class TargetsFailed(TargetError):
+    """The benchmark failures of one run: each message (which names its target) said once."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = list(dict.fromkeys(messages))
+        # each message reads "target NAME: ..." (names have no spaces)
+        self.target = ", ".join(dict.fromkeys(m.split(" ", 2)[1].rstrip(":") for m in self.messages
+                                              if m.startswith("target ") and m.count(" ") >= 2))
+        EdgepackError.__init__(self, "; ".join(self.messages))
+
+
+class TargetNameError(TargetError):
+    """A target name that names nothing: a typo, a device not configured, a missing profile.
+
+    A wrong input (exit 2), not a device that failed.
+    """
+
+    exit_code = 2
+
+
 class MissingDependencyError(EdgepackError):
     """An optional package needed for a feature is not installed."""
 

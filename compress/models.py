@@ -16,8 +16,15 @@ from compress.recipe import InputSpec, ModelSpec
 def _load_state_dict(path: Path) -> dict[str, Any]:
     import pickle
 
+    import zipfile
+
     import torch
 
+    with open(path, "rb") as f:
+        head = f.read(1)
+    # torch.save writes a zip (or, in the legacy format, a pickle: protocol byte 0x80)
+    if not zipfile.is_zipfile(path) and head != b"\x80":
+        raise InputFileError(f"{path}: not a file written by torch.save (corrupt, truncated or another format)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -84,7 +91,7 @@ def load_model(spec: ModelSpec) -> Artifact:
     elif kind == "exported":
         path = Path(spec.exported or "")
         try:
-            program = torch.export.load(str(path))
+            program = _load_exported(path)
             module = program.module()
         except Exception as e:
             raise InputFileError(f"{path}: not a torch.export program ({type(e).__name__}: {str(e).splitlines()[0]})") from e
@@ -102,6 +109,31 @@ def load_model(spec: ModelSpec) -> Artifact:
     set_mode(module, training=False)
     return Artifact(name="baseline", format="torch", module=module, step="input",
                     metadata={"source": kind})
+
+
+def _load_exported(path: Path) -> Any:
+    """``torch.export.load`` without its logged traceback: a bad file is reported once, as our error."""
+    import logging
+    import zipfile
+
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not a zip archive (a .pt2 file is one)")
+    # torch logs a full traceback (as a warning) before trying an older format
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return torch.export.load(str(path))
+    except RuntimeError as e:
+        if "warnings above" not in str(e):
+            raise
+        # the details were in the silenced warning; say what it amounts to
+        raise ValueError("the archive holds no exported program this torch can read "
+                         "(write it with torch.export.save)") from e
+    finally:
+        logger.setLevel(level)
 
 
 def _static_batch(program: Any) -> int | None:
@@ -203,3 +235,84 @@ def torch_size_bytes(module: Any) -> int:
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
     return buf.getbuffer().nbytes
+
+
+
+def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """Does the data fit the model and the task? Checked on two samples before any work starts.
+
+    Catches what would otherwise fail deep in a step (or, worse, give wrong metrics without
+    failing): inputs of the wrong shape or dtype, a model that cannot run on them, a label
+    list or class labels that do not match the model's outputs.
+
+    Returns:
+        (path in the recipe, message) pairs; empty when everything fits.
+    """
+    from compress.data import input_mismatches, synthetic_inputs
+
+    specs = recipe.model.input_specs()
+    shape_loc: tuple[Any, ...] = ("model", "inputs") if recipe.model.inputs is not None else ("model", "input_shape")
+    session = None
+    if baseline.format != "torch":
+        from bench.runtime import open_model
+
+        try:
+            session = open_model(baseline.path)
+        except Exception as e:  # noqa: BLE001  (the runtime's own words say what is wrong with the file)
+            return [(("model", "onnx"), f"onnxruntime cannot load {baseline.path}: {_first_line(e)}")]
+    if data is not None:
+        x = [a[:2] for a in data.eval.x]
+        where = "the data"
+        if specs is not None:
+            wrong = input_mismatches([(s.shape, s.dtype) for s in specs], x)
+            if wrong:
+                return [(shape_loc, "does not match data.source: " + "; ".join(wrong))]
+        if session is not None:
+            wrong = input_mismatches([(i["shape"], i["dtype"]) for i in session.inputs], x)
+            if wrong:
+                return [(("data", "source"), f"does not fit {baseline.path.name}: " + "; ".join(wrong))]
+    elif specs is not None:
+        x = synthetic_inputs([(s.shape, s.dtype) for s in specs], 2, recipe.seed).x
+        where = "random inputs of model.input_shape"
+    else:
+        return []  # an ONNX model without data: the runner draws inputs from the file itself
+    try:
+        if session is not None:
+            outs = session.run(x)
+        else:
+            outs = torch_predict(baseline.module, x)
+    except Exception as e:  # noqa: BLE001  (any failure here means the inputs do not fit the model)
+        shapes = ", ".join(f"{tuple(a.shape)} {a.dtype}" for a in x)
+        loc = shape_loc if specs is not None else ("data", "source")
+        return [(loc, f"the model fails on {where} ({shapes}): {_first_line(e)}")]
+    return _task_problems(recipe, data, outs[0] if outs else None)
+
+
+def _task_problems(recipe: Any, data: Any, out: np.ndarray | None) -> list[tuple[tuple[Any, ...], str]]:
+    task = recipe.task
+    if task.kind != "classification" or out is None:
+        return []
+    if out.ndim != 2:
+        return [(("task", "kind"), f"classification needs logits of shape (batch, classes); the model's first "
+                                   f"output has shape {tuple(out.shape)}")]
+    n = int(out.shape[1])
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    if task.labels is not None and len(task.labels) != n:
+        problems.append((("task", "labels"), f"{len(task.labels)} labels, but the model has {n} outputs"))
+    ys = [s.y for s in (data.train, data.eval) if s.y is not None and len(s.y)] if data is not None else []
+    if ys:
+        y = np.concatenate(ys)
+        if y.ndim != 1:
+            problems.append((("data", "source"), f"classification needs one class index per sample; y has shape {y.shape}"))
+        elif not np.issubdtype(y.dtype, np.integer) and not np.array_equal(y, np.round(y)):
+            problems.append((("data", "source"), f"classification needs integer class labels; y is {y.dtype} "
+                                                 f"with fractional values (e.g. {y[y != np.round(y)][0]:g})"))
+        elif y.min() < 0 or y.max() >= n:
+            problems.append((("data", "source"), f"class labels run from {y.min():g} to {y.max():g}, but the model "
+                                                 f"has {n} outputs (classes 0 to {n - 1})"))
+    return problems
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")

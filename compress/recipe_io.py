@@ -80,7 +80,14 @@ def apply_overrides(data: Any, overrides: list[str]) -> Any:
             except (KeyError, IndexError, TypeError):
                 raise RecipeError([RecipeProblem(key, "no such place in the recipe to override")], "--set") from None
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise RecipeError([RecipeProblem(key, f"the value {raw!r} is not valid YAML: "
+                                                  f"{getattr(e, 'problem', None) or e}")], "--set") from None
+        if not parts:
+            raise RecipeError([RecipeProblem(item, "an override looks like path.to.key=value")], "--set")
+        try:
+            node[parts[-1]] = value
         except (IndexError, TypeError):
             raise RecipeError([RecipeProblem(key, "no such place in the recipe to override")], "--set") from None
     return data
@@ -120,10 +127,54 @@ def semantic_problems(src: RecipeSource) -> list[RecipeProblem]:
     if onnx_model and "tflite" in r.export_kinds():
         idx = r.export_kinds().index("tflite")
         problems.append(src.problem(("export", idx), "tflite export converts a PyTorch model; the model is ONNX"))
+    if onnx_model and r.data is None and r.model.input_specs() is None:
+        problems.append(src.problem(("model",), "an ONNX model without a data section needs input_shape (or inputs): "
+                                                "the run feeds it random inputs of that shape"))
+    problems += _target_problems(src)
     if r.task.kind == "classification" and r.task.labels is not None and len(set(r.task.labels)) != len(r.task.labels):
         problems.append(src.problem(("task", "labels"), "labels must be unique"))
     if r.package is not None and r.package.artifact not in ("best",) and not r.export:
         problems.append(src.problem(("package",), "package needs an exported artifact"))
+    elif r.package is not None and not _could_be_artifact(r, r.package.artifact):
+        problems.append(src.problem(("package", "artifact"), f"this recipe makes no artifact named {r.package.artifact!r}: "
+                                                             "ONNX names start with onnx-, TFLite names with tflite- "
+                                                             "(a name given to a quantize step also works)"))
+    return problems
+
+
+def _could_be_artifact(r: Recipe, name: str) -> bool:
+    """Whether a run of ``r`` can make a file artifact of that name (exact names exist only after the run)."""
+    named = {getattr(step_config(s), "name", None) for s in r.steps}
+    prefixes = ["onnx"] + (["tflite"] if "tflite" in r.export_kinds() else [])
+    return name in named or (name == "baseline" and r.model.source_kind == "onnx") or name.startswith(tuple(prefixes))
+
+
+def _target_problems(src: RecipeSource) -> list[RecipeProblem]:
+    """Names that only resolve at benchmark time (device profiles, networks), checked up front."""
+    from devices.estimate import list_profiles
+
+    r = src.recipe
+    problems: list[RecipeProblem] = []
+    profiles = list_profiles()
+    for i, t in enumerate(r.bench.targets):
+        if t.startswith("estimate:") and t.split(":", 1)[1] not in profiles:
+            problems.append(src.problem(("bench", "targets", i), f"no device profile {t.split(':', 1)[1]!r}; "
+                                                                 f"available: {', '.join(profiles)}"))
+    if r.tradeoff is not None:
+        from bench.tradeoff import NETWORKS
+
+        known = set(NETWORKS) | set(r.tradeoff.networks)
+        for i, name in enumerate(r.tradeoff.network):
+            if name not in known:
+                problems.append(src.problem(("tradeoff", "network", i), f"unknown network {name!r}: use "
+                                            f"{', '.join(sorted(known))} or define it under tradeoff.networks"))
+        if r.tradeoff.device is not None and r.tradeoff.device not in r.bench.targets:
+            problems.append(src.problem(("tradeoff", "device"), f"{r.tradeoff.device!r} is not one of bench.targets "
+                                                                f"({', '.join(r.bench.targets)})"))
+        cloud = r.tradeoff.cloud.profile
+        if cloud is not None and cloud not in profiles:
+            problems.append(src.problem(("tradeoff", "cloud", "profile"), f"no device profile {cloud!r}; "
+                                                                          f"available: {', '.join(profiles)}"))
     return problems
 
 

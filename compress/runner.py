@@ -22,7 +22,7 @@ import yaml
 from compress.artifact import Artifact, atomic_write_text, config_hash
 from compress.context import Advisory, StepContext
 from compress.data import Dataset, Split, load_dataset, synthetic_inputs
-from compress.errors import EdgepackError, RecipeProblem, StepError, TargetError
+from compress.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
 from compress.recipe import Recipe, step_config, step_kind
 from compress.recipe_io import RecipeSource
 from compress.registry import EXPORTS, STEPS, load
@@ -180,7 +180,10 @@ class Runner:
 
     def preflight(self, baseline: Artifact) -> None:
         """Step checks against the loaded model, before any work starts."""
-        problems: list[RecipeProblem] = []
+        from compress.models import intake_problems
+
+        problems: list[RecipeProblem] = [self.source.problem(loc, msg)
+                                         for loc, msg in intake_problems(baseline, self.recipe, self.data)]
         for i, step in enumerate(self.recipe.steps):
             kind = step_kind(step)
             entry = STEPS[kind]
@@ -356,7 +359,7 @@ class Runner:
                             s = res.latency_ms
                             self.log(f"  p50 {s.p50:.3f} ms [{s.ci95[0]:.3f}, {s.ci95[1]:.3f}] ({res.how}, {s.runs} runs)")
         if errors:
-            raise TargetError(", ".join(b.targets), "; ".join(errors))
+            raise TargetsFailed(errors)
 
     # ------------------------------------------------------------------ report
 
@@ -466,7 +469,11 @@ class Runner:
                 self.write_report("failed", f"internal error: {type(e).__name__}: {e}")
                 raise
             report = self.write_report(status, error)
-            self.package_if_asked(report)
+            try:
+                self.package_if_asked(report)
+            except EdgepackError as e:  # the report must not say ok when the run did not finish
+                self.write_report("failed", str(e))
+                raise
             return report
         finally:
             self._log_file.close()

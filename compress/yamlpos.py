@@ -13,8 +13,15 @@ Loc = tuple[str | int, ...]
 def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
     lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value
+            if isinstance(key_node, yaml.ScalarNode) and key != "<<":
+                # YAML keeps the last of two equal keys: the first would be silently ignored
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first[key]})", key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
             lines[loc + (key,)] = key_node.start_mark.line + 1
             _walk(value_node, loc + (key,), lines)
             lines[loc + (key,)] = key_node.start_mark.line + 1

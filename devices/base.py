@@ -45,7 +45,7 @@ class Target(Protocol):
 
 def make_target(name: str, recipe_bench: Any = None) -> Target:
     """The target a recipe or CLI names (``local``, ``ssh:pi``, ``emulated:aarch64``...)."""
-    from compress.errors import TargetError
+    from compress.errors import TargetNameError
 
     kind, _, arg = name.partition(":")
     if kind == "local":
@@ -65,11 +65,11 @@ def make_target(name: str, recipe_bench: Any = None) -> Target:
 
         devices = getattr(recipe_bench, "ssh", {}) or {}
         if arg not in devices:
-            raise TargetError(name, f"no SSH device {arg!r} configured under bench.ssh")
+            raise TargetNameError(name, f"no SSH device {arg!r} configured under bench.ssh")
         return SshTarget(arg, devices[arg])
     if kind == "adb":
         from devices.adb import AdbTarget
 
         devices = getattr(recipe_bench, "adb", {}) or {}
         return AdbTarget(arg or "default", devices.get(arg or "default"))
-    raise TargetError(name, "unknown target kind")
+    raise TargetNameError(name, "unknown target: use local, ssh:NAME, adb[:NAME], emulated:aarch64 or estimate:PROFILE")

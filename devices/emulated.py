@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import Parity, TargetResult
-from compress.errors import MissingDependencyError, TargetError
+from compress.errors import MissingDependencyError, TargetError, TargetNameError
 from devices.base import BenchSpec
 
 AGENT = Path(__file__).resolve().parent.parent / "bench" / "agent.py"
@@ -170,7 +170,7 @@ def setup_root(arch: str = "aarch64", force: bool = False, log: Callable[[str], 
     place only when complete, so an interrupted setup never leaves a root that looks usable.
     """
     if arch not in ARCHES:
-        raise TargetError(f"emulated:{arch}", f"no emulation for {arch!r}; available: {', '.join(ARCHES)}")
+        raise TargetNameError(f"emulated:{arch}", f"no emulation for {arch!r}; available: {', '.join(ARCHES)}")
     final = root_dir(arch)
     info = root_info(arch)
     if info and not force:
@@ -233,7 +233,7 @@ class EmulatedTarget:
     def __init__(self, arch: str, cpus: list[str] | None = None, timeout_s: float = 900.0,
                  parity_samples: int = 64) -> None:
         if arch not in ARCHES:
-            raise TargetError(f"emulated:{arch}", f"no emulation for {arch!r}; available: {', '.join(ARCHES)}")
+            raise TargetNameError(f"emulated:{arch}", f"no emulation for {arch!r}; available: {', '.join(ARCHES)}")
         self.arch = arch
         self.name = f"emulated:{arch}"
         self.cpus = list(cpus or ["cortex-a72"])

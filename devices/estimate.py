@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.latency import LatencyStats
 from bench.report import TargetResult
-from compress.errors import InputFileError, TargetError
+from compress.errors import InputFileError, TargetError, TargetNameError
 from devices.base import BenchSpec
 from devices.graph_cost import KINDS, Layer, model_layers, summarize_layers
 
@@ -87,7 +87,7 @@ def load_profile(name: str) -> DeviceProfile:
                 return DeviceProfile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
             except Exception as e:
                 raise InputFileError(f"{path}: not a valid device profile: {e}") from e
-    raise TargetError(f"estimate:{name}", f"no device profile {name!r}; available: {', '.join(list_profiles())}")
+    raise TargetNameError(f"estimate:{name}", f"no device profile {name!r}; available: {', '.join(list_profiles())}")
 
 
 def host_profile(env: dict[str, Any] | None = None) -> DeviceProfile:
