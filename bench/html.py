@@ -376,7 +376,8 @@ def _latency_row(a: ArtifactReport, t: TargetResult) -> str:
             f'<td class="num">{_ms(s.p90)}</td><td class="num">{_ms(s.p99)}</td>'
             f'<td class="num">{_ms(s.mean)} ± {_ms(s.std)}</td><td class="num">{thr}</td><td class="num">{mem}</td>'
             f'<td class="num">{"-" if t.load_ms is None else f"{t.load_ms:.0f} ms"}</td>'
-            f"<td>{s.runs} runs{f' after {warm} warmup' if warm else ''}<br>{noise}</td></tr>")
+            + (f"<td>{s.runs} runs{f' after {warm} warmup' if warm else ''}<br>{noise}</td></tr>" if t.how == "measured"
+               else f"<td>{_e(t.how)}: no timed runs</td></tr>"))
 
 
 def _latency_section(r: Report, plotter: _Plotter) -> str:
@@ -437,14 +438,17 @@ def _metrics_section(r: Report) -> str:
             f'</tbody></table>{"".join(cms)}</section>')
 
 
-def _chain(a: ArtifactReport, by_name: dict[str, ArtifactReport]) -> list[str]:
-    """Names from the root to ``a`` following parent links (cycles cut)."""
+def _chain(a: ArtifactReport, by_name: dict[str, ArtifactReport], torch_parents: dict[str, str] | None = None) -> list[str]:
+    """Names from the root to ``a`` following parent links (cycles cut).
+
+    ``torch_parents`` links a torch model made by a step to the model that step received.
+    """
     chain, seen = [a.name], {a.name}
     parent = a.parent
     while parent and parent not in seen:
         chain.append(parent)
         seen.add(parent)
-        parent = by_name[parent].parent if parent in by_name else None
+        parent = by_name[parent].parent if parent in by_name else (torch_parents or {}).get(parent)
     return chain[::-1]
 
 
@@ -474,11 +478,13 @@ def _lineage_section(r: Report) -> str:
     else:
         parts.append('<p class="muted">No compression steps: the artifacts are exports of the baseline.</p>')
     by_name = {a.name: a for a in r.artifacts}
+    # torch models are not artifacts of the report: the step that made each one names it
+    made_by = {s.output: s.name for s in r.steps if s.output}
     chains = []
     for a in r.artifacts:
         links = []
-        for n in _chain(a, by_name):
-            step = by_name[n].step if n in by_name else None
+        for n in _chain(a, by_name, {s.output: s.input for s in r.steps if s.output and s.input}):
+            step = by_name[n].step if n in by_name else made_by.get(n)
             links.append(f"{_e(n)}" + (f" <span class='muted'>({_e(step)})</span>" if step else ""))
         sha = f" <span class='muted'>sha256 {_e(a.sha256[:12])}</span>" if a.sha256 else ""
         chains.append(f"<li>{' → '.join(links)}{sha}</li>")

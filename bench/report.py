@@ -88,6 +88,8 @@ class StepReport(_Model):
     config: dict[str, Any]
     status: Literal["ok", "failed", "interrupted"] = "ok"
     duration_s: float | None = None
+    input: str | None = Field(None, description="name of the model the step received")
+    output: str | None = Field(None, description="name of the model it made (torch models are named here only)")
     before: ModelFacts | None = None
     after: ModelFacts | None = None
     details: dict[str, Any] = Field(default_factory=dict)

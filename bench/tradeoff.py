@@ -81,13 +81,20 @@ def _device_side(art: Any, wanted: str | None) -> tuple[Side | None, str | None]
 
 def _server_side(art: Any, batch: int) -> tuple[float, float, str] | None:
     """(ms per item, items per second per core, source) from local batched runs."""
-    local = [t for t in art.targets if t.target == "local" and t.latency_ms is not None and t.threads == 1]
-    if not local:
+    timed = [t for t in art.targets if t.target == "local" and t.latency_ms is not None and t.how == "measured"]
+    if not timed:
         return None
+    # One thread stands in for one server core; without a 1-thread run, the fewest threads
+    # measured, counted as that many cores' time (a pessimistic per-core rate).
+    threads = min(t.threads for t in timed)
+    local = [t for t in timed if t.threads == threads]
     best = next((t for t in local if t.batch == batch), None) or max(local, key=lambda t: t.batch)
     per_item = best.latency_ms.p50 / best.batch
-    return per_item, 1e3 / per_item, (f"measured on this host, batch {best.batch}, 1 thread "
-                                      f"({best.latency_ms.runs} runs), standing in for one server core")
+    per_core_items_s = 1e3 / (per_item * threads)
+    src = (f"measured on this host, batch {best.batch}, {threads} thread{'s' if threads > 1 else ''} "
+           f"({best.latency_ms.runs} runs), standing in for "
+           + ("one server core" if threads == 1 else f"{threads} server cores"))
+    return per_item, per_core_items_s, src
 
 
 def _io_specs(art: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -141,8 +148,9 @@ def tradeoff_section(report: Any, recipe: Any) -> dict[str, Any]:
             if budgets.latency_ms is not None:
                 meets = {"device": device.latency_ms <= budgets.latency_ms, "cloud": cloud_ms <= budgets.latency_ms}
             verdict = (
-                f"on device: {device.latency_ms:.2f} ms p50 ({device.how}), {size_mb:.2f} MB; "
-                f"cloud over {net_name}: {cloud_ms:.1f} ms p50, ${cost_per_m:.3g} per 1M; "
+                f"on device: {_ms(device.latency_ms)} ms p50 ({device.how}), {size_mb:.3g} MB"
+                + (f", {energy_note(energy_mj)} per inference" if energy_mj is not None else "") + "; "
+                f"cloud over {net_name}: {_ms(cloud_ms)} ms p50, ${cost_per_m:.3g} per 1M; "
                 f"{wins['latency']} wins on latency, device wins on cost"
                 + ("".join(f"; {n}" for n in notes))
             )
@@ -160,7 +168,7 @@ def tradeoff_section(report: Any, recipe: Any) -> dict[str, Any]:
                 "wins": wins, "meets_latency_budget": meets,
                 "break_even_rtt_ms": break_even_rtt,
                 "break_even_note": (
-                    f"the cloud is faster when the round trip is below {break_even_rtt:.1f} ms"
+                    f"the cloud is faster when the round trip is below {_ms(break_even_rtt)} ms"
                     if break_even_rtt > 0 else
                     "the cloud cannot be faster at any round-trip time: transfer and server time alone exceed the device's latency"
                 ),
@@ -195,8 +203,8 @@ def render_tradeoff_markdown(section: dict[str, Any]) -> str:
     for s in section["scenarios"]:
         d, c = s["device"], s["cloud"]
         lines.append(
-            f"| {s['artifact']} | {s['network']} | {d['latency_ms']:.2f} ms ({d['how']}, {s['device_target']}) "
-            f"| {c['latency_ms']:.1f} ms ({c['rtt_ms']:g} + {c['transfer_ms']:.2f} + {c['server_ms']:.3f}) "
+            f"| {s['artifact']} | {s['network']} | {_ms(d['latency_ms'])} ms ({d['how']}, {s['device_target']}) "
+            f"| {_ms(c['latency_ms'])} ms ({c['rtt_ms']:g} + {_ms(c['transfer_ms'])} + {_ms(c['server_ms'])}) "
             f"| ${c['cost_per_million_usd']:.3g} | {_rtt(s['break_even_rtt_ms'])} | {s['verdict']} |"
         )
     lines += ["", "Assumptions:", ""] + [f"- {a}" for a in section["assumptions"]]
@@ -204,7 +212,12 @@ def render_tradeoff_markdown(section: dict[str, Any]) -> str:
 
 
 def _rtt(ms: float) -> str:
-    return f"{ms:.1f} ms" if ms > 0 else "none (device always faster)"
+    return f"{_ms(ms)} ms" if ms > 0 else "none (device always faster)"
+
+
+def _ms(x: float) -> str:
+    """Milliseconds to three significant figures: a 4 µs model must not print as 0.00 ms."""
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
 def energy_note(energy_mj: float | None) -> str:

@@ -36,6 +36,12 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
@@ -48,10 +54,24 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            # mkstemp creates 0600; a run folder's reports and models get what open() would give
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def zipped_size(path: Path) -> int:
+    """Bytes of ``path`` in a deflate-compressed zip, as in a mobile bundle or APK."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.write(path, arcname=path.name)
+    return buf.getbuffer().nbytes
 
 
 def atomic_write_text(dest: Path, text: str) -> None:
@@ -100,7 +120,11 @@ class Artifact:
         return sha256_file(self.path) if self.path is not None and self.path.is_file() else None
 
     def derive(self, **changes: Any) -> Artifact:
-        """A child artifact: same metadata, this one as parent."""
+        """A child artifact: same metadata, this one as parent.
+
+        Keys starting with ``_`` are the run's private state about this very artifact (its
+        parity, benchmark results, its cached ONNX export) and are not inherited.
+        """
         base = {
             "name": self.name,
             "format": self.format,
@@ -108,7 +132,7 @@ class Artifact:
             "module": None,
             "parent": self.name,
             "precision": self.precision,
-            "metadata": dict(self.metadata),
+            "metadata": {k: v for k, v in self.metadata.items() if not k.startswith("_")},
         }
         base.update(changes)
         return Artifact(**base)

@@ -227,15 +227,24 @@ def count_macs(module: Any, specs: list[InputSpec]) -> int | None:
 
 
 def torch_size_bytes(module: Any) -> int:
-    """Bytes of the state_dict as torch.save writes it."""
+    """Bytes of the state_dict as torch.save writes it.
+
+    For a graph module, only the tensors its graph reads: a pt2e-converted (QAT) model keeps
+    its float weights as dead attributes beside the int8 copies the graph uses.
+    """
     import io
 
     import torch
 
+    state = module.state_dict()
+    if isinstance(module, torch.fx.GraphModule):
+        attrs = {str(n.target) for n in module.graph.nodes if n.op == "get_attr"}
+        subs = tuple(f"{n.target}." for n in module.graph.nodes if n.op == "call_module")
+        used = {k: v for k, v in state.items() if k in attrs or k.startswith(subs)}
+        state = used or state
     buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
+    torch.save(state, buf)
     return buf.getbuffer().nbytes
-
 
 
 def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tuple[Any, ...], str]]:

@@ -13,14 +13,12 @@ on any other number, so the gain is only in the compressed (zipped) size of the 
 from __future__ import annotations
 
 import copy
-import zipfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact
+from compress.artifact import Artifact, zipped_size
 from compress.context import StepContext
 from compress.errors import StepError
 from compress.recipe import PruneConfig, Recipe, step_config, step_kind
@@ -188,16 +186,6 @@ def global_sparsity(layers: dict[str, Any]) -> float:
     zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
     total = sum(m.weight.numel() for m in layers.values())
     return zeros / max(total, 1)
-
-
-def zipped_size(path: Path) -> int:
-    """Bytes of ``path`` in a deflate-compressed zip, as in a mobile bundle or APK."""
-    import io
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        z.write(path, arcname=path.name)
-    return buf.getbuffer().nbytes
 
 
 # --------------------------------------------------------------------------- fine-tuning

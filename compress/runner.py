@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from compress.artifact import Artifact, atomic_write_text, config_hash
+from compress.artifact import Artifact, atomic_write_text, config_hash, zipped_size
 from compress.context import Advisory, StepContext
 from compress.data import Dataset, Split, load_dataset, synthetic_inputs
 from compress.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
@@ -58,6 +58,8 @@ class RunState:
     reference_outputs: np.ndarray | None = None
     outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # params / MACs / size / accuracy by artifact name: torch models (which the report does not
+    # list as artifacts) and the counts their exports inherit
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
 
@@ -75,6 +77,7 @@ class Runner:
         self.data: Dataset | None = None
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self._log_file: Any = None
+        self._steps_done = False  # torch models are final (their outputs may be cached) once True
 
     # ------------------------------------------------------------------ logging
 
@@ -94,11 +97,29 @@ class Runner:
         specs = self.recipe.model.input_specs() or []
         return synthetic_inputs([(s.shape, s.dtype) for s in specs], 64, self.recipe.seed)
 
+    def _outputs_key(self, art: Artifact) -> str | None:
+        """Cache key of an artifact's eval outputs, or None when they may still change.
+
+        A file artifact of this run never changes once written (the key still carries its
+        size and time, to be sure); a torch model is final only once every step has run.
+        """
+        if not any(a is art for a in self.state.artifacts) and not (self._steps_done and art.format == "torch"):
+            return None
+        if art.format == "torch":
+            return f"torch:{art.name}:{id(art.module)}"
+        if art.path is None or not art.path.is_file():
+            return None
+        st = art.path.stat()
+        return f"file:{art.name}:{art.path}:{st.st_size}:{st.st_mtime_ns}"
+
     def outputs_of(self, thing: Any) -> list[np.ndarray]:
-        """Outputs on the eval split of a torch module or a file artifact."""
+        """Outputs on the eval split of a torch module or a file artifact (computed once per artifact)."""
         if isinstance(thing, Artifact):
+            key = self._outputs_key(thing)
+            if key is not None and key in self.state.outputs:
+                return self.state.outputs[key]
             if thing.format == "torch":
-                thing = thing.module
+                outs = self.outputs_of(thing.module)
             else:
                 from bench.runtime import open_model, predict
 
@@ -107,7 +128,9 @@ class Runner:
                     from export.tflite import from_model_layout
 
                     outs = from_model_layout(thing.metadata, outs)
-                return outs
+            if key is not None:
+                self.state.outputs[key] = outs
+            return outs
         from compress.models import set_mode, torch_predict
 
         was_training = getattr(thing, "training", False)
@@ -165,7 +188,8 @@ class Runner:
         return "arm" if arm and len(arm) == len([t for t in targets if t != "local"]) and "local" not in targets else "x86"
 
     def _unique_name(self, name: str) -> str:
-        names = {a.name for a in self.state.artifacts}
+        # torch models (in facts) share the namespace: exports and parity name them as parents
+        names = {a.name for a in self.state.artifacts} | set(self.state.facts)
         if name not in names:
             return name
         i = 2
@@ -213,8 +237,10 @@ class Runner:
             else:
                 raise StepError(name, f"{kind} accepts {', '.join(entry.accepts)} models, got {current.format}")
         self.log(f"[bold]step {name}[/bold]")
+        record["input"] = current.name
         if current.format == "torch":
-            record["before"] = self.torch_facts(current.module)
+            # the previous step's "after" (the module has not changed since)
+            record["before"] = dict(self.state.facts.get(current.name) or self.torch_facts(current.module))
         else:
             record["before"] = self.file_facts(current)
         ctx = self._context(self.run_dir / "steps" / name, name, reference)
@@ -245,19 +271,58 @@ class Runner:
         for extra in ctx.extra_artifacts:
             self.add_artifact(extra)
         if result.format == "torch":
+            if result is not current:
+                result.name = self._unique_name(result.name)  # a second prune's model is not the first's
             record["after"] = self.torch_facts(result.module)
+            self.state.facts[result.name] = dict(record["after"])
         else:
             self.add_artifact(result)
+            # A step that restarts from another file than its input (a second quantize step starts
+            # again from the float ONNX model) is compared with that file, not with its input.
+            parent = self.artifact_named(result.parent)
+            if parent is not None and parent is not current and parent.format != "torch":
+                record["before"] = self.file_facts(parent)
             record["after"] = self.file_facts(result)
+        record["output"] = result.name
         return result
 
+    def artifact_named(self, name: str | None) -> Artifact | None:
+        """The file artifact of this run with that name."""
+        return next((a for a in self.state.artifacts if a.name == name), None) if name else None
+
     def file_facts(self, art: Artifact) -> dict[str, Any]:
-        facts: dict[str, Any] = {"size_bytes": art.size_bytes}
+        """Size and accuracy of a file artifact, with the params / MACs of the model it came from."""
+        counts = self.counts_of(art)
+        facts: dict[str, Any] = {"params": counts.get("params"), "macs": counts.get("macs"), "size_bytes": art.size_bytes}
         try:
-            facts["accuracy"] = self.evaluate(art).get("accuracy")
+            facts["accuracy"] = self.metrics_of(art).get("accuracy")
         except Exception as e:
             self.log(f"cannot evaluate {art.name}: {e}")
         return facts
+
+    def metrics_of(self, art: Artifact) -> dict[str, Any]:
+        """Task metrics of a file artifact, computed once for a registered one."""
+        registered = any(a is art for a in self.state.artifacts)
+        if registered and art.name in self.state.metrics:
+            return self.state.metrics[art.name]
+        metrics = self.evaluate(art)
+        if registered:
+            self.state.metrics[art.name] = metrics
+        return metrics
+
+    def counts_of(self, art: Artifact) -> dict[str, Any]:
+        """Params and MACs of an artifact: a file has those of the torch model it was made from
+        (quantization changes the precision of each multiply-accumulate, not their number)."""
+        seen: set[str] = set()
+        name: str | None = art.name
+        while name and name not in seen:
+            seen.add(name)
+            facts = self.state.facts.get(name)
+            if facts and (facts.get("params") is not None or facts.get("macs") is not None):
+                return {"params": facts.get("params"), "macs": facts.get("macs")}
+            parent = self.artifact_named(name)
+            name = parent.parent if parent is not None else (art.parent if name == art.name else None)
+        return {}
 
     def _log_traceback(self) -> None:
         """Keep the traceback of an unexpected error in log.txt (never on the console)."""
@@ -308,7 +373,6 @@ class Runner:
 
         ref = self.outputs_of(source)[0]
         out = self.outputs_of(art)[0]
-        self.state.outputs[art.name] = [out]
         p = self.recipe.parity
         is_float = art.precision in ("fp32",) and source.precision == "fp32"
         parity = compare_outputs(ref, out, source.name, self.recipe.task.kind,
@@ -357,7 +421,8 @@ class Runner:
                         art.metadata.setdefault("_targets", []).append(res)
                         if res.latency_ms is not None:
                             s = res.latency_ms
-                            self.log(f"  p50 {s.p50:.3f} ms [{s.ci95[0]:.3f}, {s.ci95[1]:.3f}] ({res.how}, {s.runs} runs)")
+                            self.log(f"  p50 {s.p50:.4g} ms [{s.ci95[0]:.4g}, {s.ci95[1]:.4g}] ({res.how}"
+                                     + (f", {s.runs} runs)" if res.how == "measured" else ")"))
         if errors:
             raise TargetsFailed(errors)
 
@@ -382,7 +447,7 @@ class Runner:
                 size_bytes=a.size_bytes, zipped_bytes=a.metadata.get("zipped_bytes"), sha256=a.sha256,
                 precision=a.precision, parent=a.parent, step=a.step, config_hash=a.config_hash,
                 accuracy=metrics.get("accuracy"), metrics=metrics, parity=a.metadata.get("_parity"),
-                params=a.metadata.get("params"), macs=a.metadata.get("macs"),
+                params=self.counts_of(a).get("params"), macs=self.counts_of(a).get("macs"),
                 targets=a.metadata.get("_targets", []),
                 metadata={k: v for k, v in a.metadata.items() if not k.startswith("_")},
             ))
@@ -498,6 +563,7 @@ class Runner:
             self.add_artifact(baseline)
             facts = {"size_bytes": baseline.size_bytes, "accuracy": self.evaluate(baseline).get("accuracy")}
         self.state.baseline = facts
+        self.state.facts[baseline.name] = dict(facts)
         self.log(f"baseline accuracy {facts.get('accuracy')}")
         current = baseline
         reference = baseline.module
@@ -506,6 +572,7 @@ class Runner:
             current = self.run_step(i, step, current, reference)
             if current.format == "torch":
                 last_torch = current
+        self._steps_done = True
         for exp in self.recipe.export:
             kind = step_kind(exp)
             cfg = getattr(exp, kind)
@@ -515,10 +582,13 @@ class Runner:
                 continue
             self.run_export(kind, cfg, last_torch)
         for art in self.state.artifacts:
-            if art.format in ("onnx", "tflite") and art.name not in self.state.metrics:
-                self.state.metrics[art.name] = self.evaluate(art)
+            if art.format in ("onnx", "tflite"):
+                self.metrics_of(art)
                 if art.metadata.get("_parity") is None and art is not baseline:
                     self.check_parity(art, last_torch if last_torch.format == "torch" else baseline)
+                if art.metadata.get("zipped_bytes") is None and art.path is not None and art.path.is_file():
+                    # what the model adds to an app download (APKs and bundles are deflated)
+                    art.metadata["zipped_bytes"] = zipped_size(art.path)
         self.log_artifacts()
         self.benchmark_all()
 

@@ -1,0 +1,100 @@
+"""Review regressions in what the reports say: tradeoff figures for microsecond models and
+multi-thread-only runs, HTML lineage through torch steps, estimated rows, inherited state."""
+
+from __future__ import annotations
+
+from bench.latency import summarize
+from bench.report import ArtifactReport, Report, StepReport, TargetResult
+from bench.tradeoff import tradeoff_section
+from compress.artifact import Artifact
+from compress.recipe_io import parse_recipe_text
+
+RECIPE = """
+version: 1
+name: t
+model: {factory: 'os.path:join', input_shape: [1, 1, 8, 8]}
+task: {kind: classification, labels: [a, b]}
+tradeoff:
+  network: [lab]
+  networks: {lab: {rtt_ms: 0.01, up_mbps: 100000, down_mbps: 100000}}
+  budgets: {latency_ms: 30, size_mb: 1}
+  cloud: {price_per_hour: 3.6, cores: 2, batch: 8}
+"""
+
+
+def _t(target: str, p50: float, batch: int = 1, threads: int = 1, how: str = "measured") -> TargetResult:
+    return TargetResult(target=target, how=how, device="x", threads=threads, batch=batch,
+                        latency_ms=summarize([p50] * 20, threads=threads, batch=batch, how=how))
+
+
+def test_microsecond_latencies_keep_their_digits() -> None:
+    recipe = parse_recipe_text(RECIPE, None).recipe
+    art = ArtifactReport(name="m", format="tflite", path="m.tflite", size_bytes=34_152,
+                         targets=[_t("local", 0.00365), _t("local", 0.028, batch=8), _t("estimate:rpi4", 0.0431,
+                                                                                        how="estimated")])
+    section = tradeoff_section(Report(recipe={"name": "t"}, created="now", artifacts=[art]), recipe)
+    (s,) = section["scenarios"]
+    md = section["markdown"]
+    assert "0.0431 ms (estimated" in md and "0.00 ms" not in md
+    assert s["break_even_rtt_ms"] > 0 and f"{s['break_even_rtt_ms']:.3g} ms" in md
+    assert "0.0 ms" not in md
+
+
+def test_server_side_from_multi_thread_runs_only() -> None:
+    """bench.threads: [2] still gives a cloud side, at two cores' time per item."""
+    recipe = parse_recipe_text(RECIPE, None).recipe
+    art = ArtifactReport(name="m", format="onnx", path="m.onnx", size_bytes=1000,
+                         targets=[_t("local", 2.0, threads=2), _t("local", 8.0, batch=8, threads=2)])
+    section = tradeoff_section(Report(recipe={"name": "t"}, created="now", artifacts=[art]), recipe)
+    (s,) = section["scenarios"]
+    assert s["cloud"]["server_ms"] == 1.0
+    # 1 ms per item on 2 threads = 500 items/s per core; 2 cores at $3.6/h -> $1 per 1M
+    assert abs(s["cloud"]["throughput_items_s"] - 1000.0) < 1e-9
+    assert abs(s["cloud"]["cost_per_million_usd"] - 1.0) < 1e-9
+    assert "2 threads" in s["cloud"]["server_source"]
+
+
+def test_html_lineage_walks_through_torch_steps_and_estimates_show_no_runs() -> None:
+    from bench.html import render_html
+
+    steps = [StepReport(index=1, kind="prune", name="01-prune", config={}, input="baseline", output="pruned"),
+             StepReport(index=2, kind="qat", name="02-qat", config={}, input="pruned", output="qat")]
+    art = ArtifactReport(name="onnx-int8", format="onnx", path=None, size_bytes=1000, parent="qat", step="export:onnx",
+                         targets=[_t("estimate:rpi4", 0.2, how="estimated")])
+    html = render_html(Report(recipe={"name": "t"}, created="now", steps=steps, artifacts=[art]))
+    lineage = html[html.index('class="lineage"'):]
+    chain = lineage[:lineage.index("</li>")]
+    assert "baseline → pruned" in chain
+    for name, step in (("pruned", "01-prune"), ("qat", "02-qat"), ("onnx-int8", "export:onnx")):
+        assert f"{name} <span class='muted'>({step})</span>" in chain
+    assert chain.index("baseline") < chain.index("pruned") < chain.index("qat") < chain.index("onnx-int8")
+    latency = html[html.index('id="latency"'):]
+    assert "0 runs" not in latency and "estimated: no timed runs" in latency
+
+
+def test_derived_artifact_does_not_inherit_run_private_state() -> None:
+    parent = Artifact(name="pruned", format="torch", metadata={"layout": "NCHW", "_onnx_export": object(),
+                                                                "_parity": "x", "_targets": [1]})
+    child = parent.derive(name="qat")
+    assert child.metadata == {"layout": "NCHW"} and child.parent == "pruned"
+
+
+def test_qat_model_size_counts_only_what_its_graph_reads() -> None:
+    """A pt2e-converted model keeps dead float weights beside its int8 ones: they are not its size."""
+    import torch
+    from torch import nn
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from compress.models import torch_size_bytes
+    from compress.qat import capture, make_quantizer
+
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 10)).eval()
+    example = (torch.randn(2, 1, 8, 8),)
+    quantizer, _ = make_quantizer("x86", True)
+    prepared = prepare_qat_pt2e(capture(float_model, example, dynamic_batch=True), quantizer)
+    prepared(*example)
+    converted = convert_pt2e(prepared)
+    float_size = torch_size_bytes(float_model)
+    assert torch_size_bytes(converted) < 0.5 * float_size  # int8 weights: about a quarter
+    assert torch.allclose(converted(*example), converted(*example))  # still a working module
