@@ -199,6 +199,22 @@ class _Reader:
         self._it = iter(self.feeds)
 
 
+def check_exclude(exclude: list[str], path: Path, step: str) -> None:
+    """Refuse an ``exclude`` name that names no node: onnxruntime would silently quantize it all."""
+    if not exclude:
+        return
+    import difflib
+
+    import onnx
+
+    nodes = {n.name for n in onnx.load(str(path), load_external_data=False).graph.node}
+    missing = [e for e in exclude if e not in nodes]
+    if missing:
+        close = difflib.get_close_matches(missing[0], sorted(nodes), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"node names look like {', '.join(sorted(nodes)[:5])}"
+        raise StepError(step, f"exclude: no node named {missing[0]!r} in the model ({hint})")
+
+
 def _quiet_ort_logs() -> None:
     # onnxruntime.quantization warns per tensor and some of its modules call basicConfig(INFO).
     logging.getLogger().setLevel(logging.WARNING)
@@ -422,6 +438,7 @@ def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Ar
     else:
         shutil.copyfile(source.path, pre)
     names, batch = input_names(pre)
+    check_exclude(config.exclude, pre, ctx.step_name)
     calib = None
     if config.method == "static":
         n = config.calibration_samples or len(ctx.data.calib)
@@ -449,8 +466,15 @@ def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Ar
         **({"weight_bits": WEIGHT_ONLY_BITS, "block_size": WEIGHT_ONLY_BLOCK} if config.method == "weight_only" else {}),
         "float_model": str(source.path), "float_name": source.name,
     })
-    return Artifact(name=config.name or f"onnx-{config.method}", format="onnx", path=dest, parent=source.name,
-                    precision=precision_of(chosen_plan, summary.n_conv), metadata=metadata)
+    name = config.name or f"onnx-{config.method}"
+    precision = precision_of(chosen_plan, summary.n_conv)
+    if chosen_plan.method != "fp16" and not summarize(dest).quantized:
+        # e.g. weight_only on a model without MatMul: the file is the float model, and says so
+        precision = "fp32"
+        ctx.advise("nothing_quantized", f"{config.method} quantization changed no operator of this model: the "
+                   f"artifact is the float model ({source.name}) under another name", artifact=name)
+    ctx.details["quantized"] = precision != "fp32"
+    return Artifact(name=name, format="onnx", path=dest, parent=source.name, precision=precision, metadata=metadata)
 
 
 def tune(plan: Plan, run_plan: Any, config: QuantizeConfig, ctx: StepContext, pre: Path, names: list[str],

@@ -229,3 +229,21 @@ def test_duplicate_key_is_an_error_with_its_line(tiny_dir: Path) -> None:
     with pytest.raises(RecipeError, match=r"duplicate key 'bench' \(first at line \d+\)") as exc:
         parse_recipe_text(path.read_text(), path)
     assert exc.value.problems[0].line == len(path.read_text().splitlines())  # the second one, the last line
+
+
+def test_quantize_exclude_must_name_a_node(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.errors import StepError
+    from export.quantize_onnx import check_exclude
+
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc1")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    check_exclude(["fc1"], tmp_path / "m.onnx", "01-quantize")
+    check_exclude([], tmp_path / "nonexistent.onnx", "01-quantize")  # nothing to check, nothing read
+    with pytest.raises(StepError, match="no node named 'fc2'.*did you mean fc1"):
+        check_exclude(["fc1", "fc2"], tmp_path / "m.onnx", "01-quantize")
