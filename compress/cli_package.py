@@ -18,6 +18,7 @@ def package_cmd(
     platform: Annotated[str, typer.Option("--platform", "-p", help="android | ios | generic")] = "generic",
     out: Annotated[Path, typer.Option("--out", "-o", help="bundle.zip to write")] = Path("bundle.zip"),
     golden: Annotated[int, typer.Option(help="number of golden test vectors")] = 4,
+    force: Annotated[bool, typer.Option("--force", help="bundle even from a failed run or a failed parity check")] = False,
 ) -> None:
     """Package one artifact of a run as a bundle an app can ship."""
     if platform not in ("android", "ios", "generic"):
@@ -27,7 +28,7 @@ def package_cmd(
 
     try:
         check_output_file(out, "--out")
-        info = package_run(run_dir, artifact, platform, out, golden=golden)  # type: ignore[arg-type]
+        info = package_run(run_dir, artifact, platform, out, golden=golden, force=force)  # type: ignore[arg-type]
     except EdgepackError as e:
         fail(e)
     _console().print(f"bundle {info['path']}: {len(info['files'])} files under {info['prefix']}")

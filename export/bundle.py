@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compress.artifact import atomic_path
+from compress.artifact import atomic_path, sha256_file
 from compress.errors import InputFileError
 
 Platform = Literal["android", "ios", "generic"]
@@ -185,11 +185,17 @@ def _model_card(report: Any, recipe: Any, art: Any, platform: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, golden: int = 4) -> dict[str, Any]:
+def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, golden: int = 4,
+                force: bool = False) -> dict[str, Any]:
     """Write a bundle zip for one artifact of a finished run; return a summary.
 
+    Args:
+        force: Bundle even from a run that did not finish ``ok`` or an artifact whose
+            parity check failed (the manifest then says so).
+
     Raises:
-        InputFileError: the run, the artifact or its file is missing.
+        InputFileError: the run, the artifact or its file is missing, the file changed since
+            the run, or (without ``force``) the run failed or the artifact failed parity.
     """
     from bench.report import load_report
     from bench.runtime import open_model, predict
@@ -204,6 +210,18 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
     model_path = Path(art.path) if Path(art.path).is_absolute() else run_dir / art.path
     if not model_path.is_file():
         raise InputFileError(f"{model_path}: the artifact's model file is missing")
+    if art.sha256 and sha256_file(model_path) != art.sha256:
+        raise InputFileError(f"{model_path}: the file changed since the run (its sha256 differs from the report's); "
+                             "run the recipe again")
+    warnings = []
+    if report.status != "ok":
+        warnings.append(f"the run's status is {report.status}" + (f" ({report.error})" if report.error else ""))
+    if art.parity is not None and art.parity.passed is False:
+        warnings.append(f"{art.name} failed its parity check against {art.parity.reference} "
+                        f"(max abs diff {art.parity.max_abs_diff:.3g})")
+    if warnings and not force:
+        raise InputFileError(f"refusing to bundle {art.name}: " + "; ".join(warnings)
+                             + ". Fix the run, or pass --force to bundle it anyway (the manifest will say so)")
     recipe = _load_recipe(run_dir)
     session = open_model(model_path)
     xs = _golden_inputs(recipe, session, golden)
@@ -251,6 +269,7 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
         "metrics": {k: v for k, v in (art.metrics or {}).items() if isinstance(v, (int, float))},
         "golden_vectors": {"file": "golden.json", "count": len(golden_doc["vectors"])},
         "tflite_metadata": tflite_metadata,
+        "warnings": warnings,
         "files": {name: _sha(data) for name, data in files.items()},
         "provenance": {"recipe_name": report.recipe.get("name"), "recipe_hash": report.recipe.get("hash"),
                        "run_created": report.created, "lineage": _lineage(report, art.name), "tools": report.tool},
@@ -303,8 +322,7 @@ def verify_bundle(path: Path) -> VerifyResult:
             return res
         manifests = [n for n in names if n.endswith("manifest.json")]
         if len(manifests) != 1:
-            res.problems.append(f"expected one manifest.json, found {len(manifests)}")
-            return res
+            raise InputFileError(f"{path}: not an edgepack bundle (expected one manifest.json, found {len(manifests)})")
         prefix = manifests[0][: -len("manifest.json")]
         try:
             manifest = json.loads(zf.read(manifests[0]))

@@ -134,3 +134,32 @@ def test_quickstart_tradeoff_section(run_dir: Path) -> None:
         c = s["cloud"]
         assert abs(c["latency_ms"] - (c["rtt_ms"] + c["transfer_ms"] + c["server_ms"])) < 1e-9
     assert "Cloud vs device" in (run_dir / "report.md").read_text()
+
+
+def test_package_refuses_failed_parity_and_changed_files(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    report = json.loads((copy / "report.json").read_text())
+    art = next(a for a in report["artifacts"] if a["name"] == "onnx-fp32")
+    art["parity"]["passed"] = False
+    (copy / "report.json").write_text(json.dumps(report))
+    res = compress("package", str(copy), "--artifact", "onnx-fp32", "-o", str(tmp_path / "b.zip"))
+    assert res.returncode == 2 and "failed its parity check" in res.stderr and not (tmp_path / "b.zip").exists()
+    res = compress("package", str(copy), "--artifact", "onnx-fp32", "-o", str(tmp_path / "b.zip"), "--force")
+    assert res.returncode == 0, res.stderr
+    with zipfile.ZipFile(tmp_path / "b.zip") as z:
+        manifest = json.loads(z.read("digits-quickstart/manifest.json"))
+    assert any("parity" in w for w in manifest["warnings"])
+    model = copy / art["path"]
+    model.write_bytes(model.read_bytes() + b"x")
+    res = compress("package", str(copy), "--artifact", "onnx-fp32", "-o", str(tmp_path / "c.zip"), "--force")
+    assert res.returncode == 2 and "changed since the run" in res.stderr
+
+
+def test_verify_a_zip_that_is_not_a_bundle(tmp_path: Path) -> None:
+    other = tmp_path / "other.zip"
+    other.write_bytes(bundle_bytes({"readme.txt": b"hi"}))
+    res = compress("verify", str(other))
+    assert res.returncode == 2 and "not an edgepack bundle" in res.stderr
