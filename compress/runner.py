@@ -150,16 +150,16 @@ class Runner:
             return to_model_layout(art.metadata, self.eval_split.x)
         return self.eval_split.x
 
-    def evaluate(self, thing: Any) -> dict[str, Any]:
-        """Task metrics of a module or artifact on the eval split."""
+    def evaluate(self, thing: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
+        """Task metrics of a module or artifact on the eval split (``outputs``: its primary output, if known)."""
         from bench.accuracy import task_metrics
 
-        out = self.outputs_of(thing)[0]
+        out = self.outputs_of(thing)[0] if outputs is None else outputs
         y = self.eval_split.y
         ncls = len(self.recipe.task.labels) if self.recipe.task.labels else None
         return task_metrics(self.recipe.task.kind, out, y, self.state.reference_outputs, ncls)
 
-    def torch_facts(self, module: Any) -> dict[str, Any]:
+    def torch_facts(self, module: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
         from compress.models import count_macs, count_params, torch_size_bytes
 
         specs = self.recipe.model.input_specs() or []
@@ -168,7 +168,7 @@ class Runner:
             facts["size_bytes"] = torch_size_bytes(module)
         except Exception:
             facts["size_bytes"] = None
-        facts["accuracy"] = self.evaluate(module).get("accuracy")
+        facts["accuracy"] = self.evaluate(module, outputs).get("accuracy")
         return facts
 
     # ------------------------------------------------------------------ stages
@@ -556,11 +556,12 @@ class Runner:
 
     def _pipeline(self, baseline: Artifact) -> None:
         # Baseline: the reference outputs every later artifact is compared with.
+        if baseline.format != "torch":
+            self.add_artifact(baseline)  # registered first: its outputs are computed once
         self.state.reference_outputs = self.outputs_of(baseline)[0]
         if baseline.format == "torch":
-            facts = self.torch_facts(baseline.module)
+            facts = self.torch_facts(baseline.module, self.state.reference_outputs)
         else:
-            self.add_artifact(baseline)
             facts = {"size_bytes": baseline.size_bytes, "accuracy": self.evaluate(baseline).get("accuracy")}
         self.state.baseline = facts
         self.state.facts[baseline.name] = dict(facts)

@@ -98,3 +98,20 @@ def test_qat_model_size_counts_only_what_its_graph_reads() -> None:
     float_size = torch_size_bytes(float_model)
     assert torch_size_bytes(converted) < 0.5 * float_size  # int8 weights: about a quarter
     assert torch.allclose(converted(*example), converted(*example))  # still a working module
+
+
+def test_quantize_that_changes_nothing_says_fp32(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """weight_only on a model without MatMul leaves the float model: not 'mixed' precision."""
+    from tests.unit.test_quantize_onnx import X86_CPUINFO, conv_model, images, op_types, quantize_onnx
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(X86_CPUINFO.format(extra="avx512_vnni"))
+    monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
+    model = conv_model(tmp_path / "conv.onnx")
+    art, ctx = quantize_onnx(tmp_path, model, images(), method="weight_only")
+    assert "MatMulNBits" not in op_types(art.path)
+    assert art.precision == "fp32" and ctx.details["quantized"] is False
+    assert [a.code for a in ctx.advisories if a.code == "nothing_quantized"] == ["nothing_quantized"]
+    static, ctx2 = quantize_onnx(tmp_path / "s", model, images(), method="static")
+    assert static.precision == "int8" and ctx2.details["quantized"] is True
+    assert not [a for a in ctx2.advisories if a.code == "nothing_quantized"]
