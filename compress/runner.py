@@ -50,6 +50,22 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def is_arm_target(target: str) -> bool:
+    """Whether a bench target runs on ARM: emulated aarch64, an Android phone, or a device
+    profile (shipped or the user's own) whose ``arch`` is ARM."""
+    if target.startswith(("emulated:", "adb")):
+        return True
+    if target.startswith("estimate:"):
+        from devices.estimate import load_profile
+
+        try:
+            arch = load_profile(target.split(":", 1)[1]).arch
+        except Exception:  # noqa: BLE001  (an unknown profile is the target's own error, reported when it runs)
+            return False
+        return arch.lower() in ("aarch64", "arm64") or arch.lower().startswith("arm")
+    return False
+
+
 @dataclass
 class RunState:
     artifacts: list[Artifact] = field(default_factory=list)
@@ -184,7 +200,7 @@ class Runner:
     def target_arch(self) -> str:
         """x86 unless every benchmark target is ARM (then int8 defaults follow ARM kernels)."""
         targets = self.recipe.bench.targets
-        arm = [t for t in targets if t.startswith(("emulated:", "adb", "estimate:rpi", "estimate:pixel", "estimate:jetson"))]
+        arm = [t for t in targets if is_arm_target(t)]
         return "arm" if arm and len(arm) == len([t for t in targets if t != "local"]) and "local" not in targets else "x86"
 
     def _unique_name(self, name: str) -> str:

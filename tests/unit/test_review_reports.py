@@ -115,3 +115,21 @@ def test_quantize_that_changes_nothing_says_fp32(tmp_path, monkeypatch) -> None:
     static, ctx2 = quantize_onnx(tmp_path / "s", model, images(), method="static")
     assert static.precision == "int8" and ctx2.details["quantized"] is True
     assert not [a for a in ctx2.advisories if a.code == "nothing_quantized"]
+
+
+def test_arm_targets_follow_the_profile_arch(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A user's own ARM board profile gets ARM int8 defaults, whatever its name."""
+    import yaml
+
+    import devices.estimate as est
+    from compress.runner import is_arm_target
+
+    shipped = est.PROFILES_DIR
+    for src, name in (("rpi4", "myboard"), ("cloud_x86", "rpi-like-name-but-x86")):
+        data = yaml.safe_load((shipped / f"{src}.yaml").read_text())
+        data["name"] = name
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(est, "_user_profiles_dir", lambda: tmp_path)
+    assert is_arm_target("estimate:myboard") and is_arm_target("estimate:rpi4") and is_arm_target("emulated:aarch64")
+    assert not is_arm_target("estimate:rpi-like-name-but-x86") and not is_arm_target("estimate:cloud_x86")
+    assert not is_arm_target("estimate:no-such-profile") and not is_arm_target("local")
