@@ -156,3 +156,15 @@ def test_onnx_export_carries_no_source_paths(tmp_path) -> None:  # noqa: ANN001
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
     out = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(out - module(torch.from_numpy(x)).detach().numpy()).max() < 1e-5
+
+
+def test_parity_cosine_of_zero_outputs_is_zero() -> None:
+    """An artifact that outputs zeros (a broken int8 model) has cosine 0 to a real model, not 1."""
+    import numpy as np
+
+    from export.parity import compare_outputs
+
+    ref = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    broken = np.zeros_like(ref)
+    assert abs(compare_outputs(ref, broken, "m", "embedding").cosine - 1 / 3) < 1e-12  # only the zero row matches
+    assert abs(compare_outputs(ref, ref, "m", "embedding").cosine - 1.0) < 1e-12
