@@ -168,3 +168,13 @@ def test_parity_cosine_of_zero_outputs_is_zero() -> None:
     broken = np.zeros_like(ref)
     assert abs(compare_outputs(ref, broken, "m", "embedding").cosine - 1 / 3) < 1e-12  # only the zero row matches
     assert abs(compare_outputs(ref, ref, "m", "embedding").cosine - 1.0) < 1e-12
+
+
+def test_verdict_shows_energy_when_the_profile_has_power() -> None:
+    text = RECIPE.replace("  cloud:", "  device: estimate:jetson_orin_nano\n  cloud:")
+    recipe = parse_recipe_text(text + "bench: {targets: [local, estimate:jetson_orin_nano]}\n", None).recipe
+    art = ArtifactReport(name="m", format="onnx", path="m.onnx", size_bytes=1000,
+                         targets=[_t("local", 1.0), _t("estimate:jetson_orin_nano", 2.0, how="estimated")])
+    (s,) = tradeoff_section(Report(recipe={"name": "t"}, created="now", artifacts=[art]), recipe)["scenarios"]
+    assert s["device"]["energy_mj"] == 15.0 * 2.0  # 15 W for 2 ms
+    assert "30.00 mJ per inference" in s["verdict"]
