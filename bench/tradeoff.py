@@ -104,8 +104,35 @@ def _io_specs(art: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return art.metadata.get("inputs", []), art.metadata.get("outputs", [])
 
 
-def tradeoff_section(report: Any, recipe: Any) -> dict[str, Any]:
-    """Scenarios per artifact and network, verdicts, break-even points, assumptions."""
+def _profile_server_side(art: Any, profile: str, batch: int, run_dir: Path | None) -> tuple[float, float, str] | None:
+    """(ms per item, items per second per core, source) estimated from a cloud device profile."""
+    from devices.base import BenchSpec
+    from devices.estimate import EstimateTarget
+
+    if not art.path:
+        return None
+    path = Path(art.path)
+    if not path.is_absolute() and run_dir is not None:
+        path = run_dir / path
+    if not path.is_file():
+        return None
+    res = EstimateTarget(profile).benchmark(path, BenchSpec(threads=1, batch=batch))
+    if res.latency_ms is None or res.latency_ms.p50 <= 0:
+        return None
+    per_item = res.latency_ms.p50 / batch
+    lo, hi = res.estimate_band_ms or (res.latency_ms.p50, res.latency_ms.p50)
+    src = (f"estimated from the {profile} profile ({res.device}), batch {batch}, one core; "
+           f"band {_ms(lo)}-{_ms(hi)} ms per batch")
+    return per_item, 1e3 / per_item, src
+
+
+def tradeoff_section(report: Any, recipe: Any, run_dir: Path | None = None) -> dict[str, Any]:
+    """Scenarios per artifact and network, verdicts, break-even points, assumptions.
+
+    Args:
+        run_dir: The run folder, to find artifact files when ``tradeoff.cloud.profile``
+            asks for the server time from a device profile instead of this host.
+    """
     cfg = recipe.tradeoff
     networks = dict(NETWORKS)
     networks.update({k: v.model_dump() for k, v in getattr(cfg, "networks", {}).items()})
@@ -114,7 +141,10 @@ def tradeoff_section(report: Any, recipe: Any) -> dict[str, Any]:
     scenarios: list[dict[str, Any]] = []
     for art in report.artifacts:
         device, device_target = _device_side(art, cfg.device)
-        server = _server_side(art, cfg.cloud.batch)
+        if cfg.cloud.profile is not None:
+            server = _profile_server_side(art, cfg.cloud.profile, cfg.cloud.batch, run_dir)
+        else:
+            server = _server_side(art, cfg.cloud.batch)
         if device is None or server is None:
             continue
         server_ms, per_core_items_s, server_src = server
@@ -176,8 +206,9 @@ def tradeoff_section(report: Any, recipe: Any) -> dict[str, Any]:
                 "verdict": verdict,
             })
     assumptions = [
-        f"cloud instance: ${cfg.cloud.price_per_hour:g}/hour, {cfg.cloud.cores} cores each serving as fast as one core of "
-        f"this host at batch {cfg.cloud.batch}, fully utilised (cost per 1M is a lower bound)",
+        f"cloud instance: ${cfg.cloud.price_per_hour:g}/hour, {cfg.cloud.cores} cores each serving as fast as "
+        + (f"one core of the {cfg.cloud.profile} profile (estimated)" if cfg.cloud.profile else "one core of this host")
+        + f" at batch {cfg.cloud.batch}, fully utilised (cost per 1M is a lower bound)",
         "upload: " + (f"{cfg.raw_input_bytes} bytes of raw input as the recipe states" if cfg.raw_input_bytes
                       else "the model's input tensors as they are (no compression)"),
         "networks: " + "; ".join(f"{n}: RTT {networks[n]['rtt_ms']:g} ms, up {networks[n]['up_mbps']:g} Mbit/s, "

@@ -510,7 +510,7 @@ class Runner:
                 from bench.tradeoff import tradeoff_section
             except ImportError:
                 return extras
-            extras["tradeoff"] = tradeoff_section(report, self.recipe)
+            extras["tradeoff"] = tradeoff_section(report, self.recipe, self.run_dir)
         return extras
 
     # ------------------------------------------------------------------ main

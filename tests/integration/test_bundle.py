@@ -163,3 +163,14 @@ def test_verify_a_zip_that_is_not_a_bundle(tmp_path: Path) -> None:
     other.write_bytes(bundle_bytes({"readme.txt": b"hi"}))
     res = compress("verify", str(other))
     assert res.returncode == 2 and "not an edgepack bundle" in res.stderr
+
+
+def test_cloud_side_from_a_server_profile(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = compress(str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out), "--set", "bench.runs=20", "-q",
+                   "--set", "steps=[]", "--set", "export=[onnx]", "--set", "tradeoff.cloud.profile=cloud_x86")
+    assert res.returncode == 0, res.stderr
+    t = json.loads((out / "report.json").read_text())["tradeoff"]
+    assert t["scenarios"] and all(s["cloud"]["server_source"].startswith("estimated from the cloud_x86 profile")
+                                  for s in t["scenarios"])
+    assert any("cloud_x86 profile (estimated)" in a for a in t["assumptions"])
