@@ -533,6 +533,7 @@ class Runner:
                          f"{len(self.data.eval)} eval")
             baseline = load_model(self.recipe.model)
             self.preflight(baseline)
+            self.check_targets()
             self._seed()
             status, error = "ok", None
             try:
@@ -559,6 +560,25 @@ class Runner:
         finally:
             self._log_file.close()
             self._log_file = None
+
+    def check_targets(self) -> None:
+        """Reach every device target before any work: an unreachable board, a phone that is
+        not there or an emulation root never set up fails now, not after the training."""
+        from devices.base import make_target
+
+        errors = []
+        for name in self.recipe.bench.targets:
+            if name == "local" or name.startswith("estimate:"):
+                continue  # nothing to reach; profiles are checked with the recipe
+            self.log(f"checking target {name}")
+            try:
+                make_target(name, self.recipe.bench).describe()
+            except EdgepackError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise TargetsFailed([str(e) for e in errors])
 
     def _seed(self) -> None:
         import random

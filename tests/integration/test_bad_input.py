@@ -157,4 +157,16 @@ def test_unreachable_device_is_a_failed_target_said_once(tiny_dir: Path) -> None
                    env={"EDGEPACK_CACHE": str(tiny_dir / "empty-cache")})
     refused(res, 1, "compress devices setup aarch64")
     assert res.stderr.count("target emulated:aarch64:") == 1, res.stderr
-    assert json.loads((tiny_dir / "run" / "report.json").read_text())["status"] == "failed"
+    # found before any work: nothing exported, no run folder left that looks like a run
+    assert not (tiny_dir / "run").exists()
+
+
+def test_two_unreachable_targets_are_both_named_before_any_work(tiny_dir: Path) -> None:
+    body = TINY_RECIPE.replace(
+        "bench: {targets: [local], threads: [1], warmup: 2, runs: 5}",
+        "bench:\n  targets: [emulated:aarch64, ssh:board]\n  runs: 5\n"
+        "  ssh: {board: {host: 127.0.0.1, port: 9, user: nobody, timeout_s: 5}}") + "tradeoff: null\n"
+    res = compress(str(write_recipe(tiny_dir, body)), "--out", str(tiny_dir / "run"),
+                   env={"EDGEPACK_CACHE": str(tiny_dir / "empty-cache")})
+    refused(res, 1, "target emulated:aarch64", "target ssh:board")
+    assert not (tiny_dir / "run").exists()
