@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import ArtifactReport, Report, TargetResult
+from bench.report import ArtifactReport, Report, TargetResult, _fmt, _fmt_bytes
 
 # The page may load nothing at all: inline styles and data: images only, no script.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
@@ -48,14 +48,9 @@ def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x), quote=True)
 
 
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def _num(x: float | None, spec: str = ".4f") -> str:
-    return "-" if x is None else format(x, spec)
+# The Markdown report's formatters, so both renderings print the same figures.
+_bytes = _fmt_bytes
+_num = _fmt
 
 
 def _ms(x: float | None) -> str:
