@@ -76,12 +76,77 @@ def resolve_ref(value: str, info: ValidationInfo, what: str) -> str:
 # --------------------------------------------------------------------------- model
 
 
+InputDtype = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
+
+
 class InputSpec(StrictModel):
-    """One model input."""
+    """One model input.
+
+    ``shape`` includes the batch axis (at ``batch_axis``) with the size used for examples;
+    ``-1`` marks a dynamic dimension, resolved from the data (or ``dynamic``) before any work.
+    ``batch_axis: null`` is an input fed as given to every call (a scalar, a recurrent state
+    shared by the batch, a sample rate): it is never sliced or stacked.
+    """
 
     name: str = "input"
-    shape: list[Annotated[int, Field(ge=1)]]
-    dtype: Literal["float32", "int64", "int32"] = "float32"
+    shape: list[Annotated[int, Field(ge=-1)]]
+    dtype: InputDtype = "float32"
+    batch_axis: Literal[0, 1] | None = Field(0, description="axis that indexes samples; null: fed as given")
+    dynamic: dict[int, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="size of a -1 axis when no data resolves it, e.g. {2: 48}"
+    )
+
+    @model_validator(mode="after")
+    def _axes(self) -> InputSpec:
+        if 0 in self.shape:
+            raise ValueError(f"input {self.name!r}: a dimension of size 0 (use -1 for a dynamic one)")
+        if self.batch_axis is not None and self.batch_axis >= len(self.shape):
+            raise ValueError(f"input {self.name!r}: batch_axis {self.batch_axis} but the shape has {len(self.shape)} axes")
+        for axis in self.dynamic:
+            if not 0 <= axis < len(self.shape):
+                raise ValueError(f"input {self.name!r}: dynamic axis {axis} is outside the shape {self.shape}")
+            if self.shape[axis] != -1:
+                raise ValueError(f"input {self.name!r}: dynamic axis {axis} has a fixed size {self.shape[axis]} (write -1)")
+        return self
+
+    @property
+    def dynamic_axes(self) -> list[int]:
+        """Axes still unresolved (-1 and not in ``dynamic``), batch axis excluded."""
+        return [i for i, d in enumerate(self.shape) if d == -1 and i != self.batch_axis and i not in self.dynamic]
+
+    def resolved_shape(self, batch: int | None = None) -> list[int]:
+        """The shape with ``dynamic`` sizes filled in and the batch axis set to ``batch`` (if given)."""
+        shape = [self.dynamic.get(i, d) for i, d in enumerate(self.shape)]
+        if self.batch_axis is not None:
+            shape[self.batch_axis] = batch if batch is not None else (shape[self.batch_axis] if shape[self.batch_axis] > 0 else 1)
+        return shape
+
+
+class DetectionSpec(StrictModel):
+    """Layout of a detector's raw output, e.g. ``[N, 4 + classes, anchors]`` (YOLOv8)."""
+
+    layout: Literal["channels_first", "channels_last"] = Field(
+        "channels_first", description="[N, 4+C, A] (channels_first) or [N, A, 4+C] (channels_last)"
+    )
+    box_format: Literal["xywh", "xyxy"] = "xywh"
+    objectness: bool = Field(False, description="a score column after the box (YOLOv5: 4 + 1 + classes)")
+    score_threshold: float = Field(0.25, gt=0, lt=1)
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU that matches a box to the reference's")
+
+
+OutputTask = Literal["classification", "regression", "detection", "embedding"]
+
+
+class OutputSpec(StrictModel):
+    """One model output: what it is, so that it is scored, protected and trained for what it is."""
+
+    name: str
+    task: OutputTask | None = Field(None, description="default: inferred from task.kind and the output's shape")
+    probabilities: Literal["auto"] | bool = Field(
+        "auto", description="rows already softmaxed (in [0, 1], summing to 1); auto: detected from the outputs"
+    )
+    weight: float = Field(1.0, ge=0, description="weight of this output's loss in distillation and fine-tuning")
+    detection: DetectionSpec | None = None
 
 
 class ModelSpec(StrictModel):
@@ -98,6 +163,9 @@ class ModelSpec(StrictModel):
         None, description="shape of the single float input, batch first"
     )
     inputs: list[InputSpec] | None = Field(None, description="several or non-float inputs")
+    outputs: list[OutputSpec] | None = Field(
+        None, description="what each output is (default: every output, inferred); by position, named as you like"
+    )
 
     @field_validator("factory")
     @classmethod
@@ -166,9 +234,10 @@ class ModelSpec(StrictModel):
 class TaskSpec(StrictModel):
     """What the model does; decides the metrics."""
 
-    kind: Literal["classification", "regression", "embedding"]
+    kind: Literal["classification", "regression", "embedding", "detection"]
     labels: list[str] | None = None
     top_k: int = Field(5, ge=1)
+    detection: DetectionSpec | None = Field(None, description="layout of the detection output (kind: detection)")
 
 
 class NormalizeSpec(StrictModel):
@@ -465,6 +534,52 @@ class ParityConfig(StrictModel):
     fail: bool = Field(True, description="a failed float parity check stops the run")
 
 
+class GateTolerance(StrictModel):
+    """What an artifact must keep of the model it came from (its parent) and of the baseline.
+
+    Unset fields are not checked. Decisions are argmax (classification), the 0.5 / 0 threshold
+    of a one-value output, or detections above the score threshold.
+    """
+
+    min_agreement: float | None = Field(None, ge=0, le=1, description="share of equal decisions, per output, vs the parent")
+    min_sqnr_db: float | None = Field(None, description="signal-to-quantization-noise ratio, per output, vs the parent")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="cosine over the whole output tensor vs the parent")
+    max_dead_fraction: float | None = Field(None, ge=0, le=1, description="share of output values stuck where the reference varies")
+    max_metric_drop: float | None = Field(None, ge=0, description="task metric (e.g. accuracy) loss vs the baseline, absolute")
+    min_detection_f1: float | None = Field(None, ge=0, le=1, description="detections matched to the parent's (IoU and class)")
+
+
+def _tol(**kw: Any) -> Any:
+    return Field(default_factory=lambda: GateTolerance(**kw))
+
+
+class FidelityConfig(StrictModel):
+    """Gates every artifact passes to be ``ok``; a failed gate makes it ``degraded``.
+
+    Tolerances go by the artifact's precision (fp32, fp16, int8 and other integer types);
+    ``artifacts`` overrides them by artifact name (e.g. ``onnx-static: {min_agreement: 0.97}``).
+    ``compressed`` applies to models a torch step changed (distill, prune, QAT) against the baseline.
+    """
+
+    fp32: GateTolerance = _tol(min_agreement=0.99, min_sqnr_db=30.0, max_dead_fraction=0.0, max_metric_drop=0.05)
+    fp16: GateTolerance = _tol(min_agreement=0.99, min_sqnr_db=25.0, max_dead_fraction=0.0, max_metric_drop=0.05,
+                               min_detection_f1=0.9)
+    int8: GateTolerance = _tol(min_agreement=0.99, min_sqnr_db=20.0, max_dead_fraction=0.0, max_metric_drop=0.05,
+                               min_detection_f1=0.8)
+    compressed: GateTolerance = _tol(max_dead_fraction=0.0, max_metric_drop=0.05)
+    artifacts: dict[str, GateTolerance] = Field(default_factory=dict, description="per-artifact overrides, by name")
+
+    def tolerance_for(self, name: str, precision: str) -> GateTolerance:
+        """The tolerances of one artifact: its precision's, with the per-artifact override on top."""
+        base = self.fp32 if precision == "fp32" else self.fp16 if precision == "fp16" else self.int8
+        override = self.artifacts.get(name)
+        if override is None:
+            return base
+        merged = base.model_dump()
+        merged.update(override.model_dump(exclude_unset=True))
+        return GateTolerance(**merged)
+
+
 # --------------------------------------------------------------------------- tradeoff, package
 
 
@@ -521,6 +636,10 @@ class Recipe(StrictModel):
     steps: list[Step] = Field(default_factory=list)
     export: list[ExportItem] = Field(default_factory=lambda: [OnnxExport()])
     parity: ParityConfig = Field(default_factory=ParityConfig)
+    gate: Literal["fail", "warn"] = Field(
+        "fail", description="an artifact that fails its fidelity gate: fail the run (exit 1) or only warn; it is degraded either way"
+    )
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tradeoff: TradeoffConfig | None = Field(default_factory=TradeoffConfig, description="cloud-vs-device section; null to skip")
     package: PackageConfig | None = None
