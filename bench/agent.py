@@ -6,7 +6,9 @@ a board over SSH or run under qemu-user as it is. The local target runs it in a 
 process per artifact, so one model's allocator state never leaks into the next.
 
 Usage: ``python agent.py SPEC.json`` where SPEC has ``model``, ``threads``, ``warmup``,
-``max_warmup``, ``runs``, ``batch``, optional ``inputs`` (.npz with x0, x1, ...),
+``max_warmup``, ``runs``, ``batch``, optional ``inputs`` (.npz with x0, x1, ... and
+``batch_axes``: the axis of each input that holds samples, -1 for a fixed input fed whole),
+optional ``shapes`` (input name -> shape, for random inputs of a model with dynamic dims),
 optional ``outputs`` (.npz to write the model's outputs on those inputs) and optional
 ``cpus`` (CPU affinity).
 """
@@ -37,33 +39,127 @@ def _dtype_name(t: Any) -> str:
     return s
 
 
+class ModelInputs(list):
+    """One array per model input, in the model's order, and the axis along which each holds samples.
+
+    ``batch_axes[i]`` is 0 or 1 for an input whose samples lie along that axis, ``None`` for a
+    fixed input (a scalar, a recurrent state shared by the batch) that is fed whole to every
+    call and never sliced or stacked. A plain list of arrays means every input is batch-first.
+    """
+
+    def __init__(self, arrays: Any = (), batch_axes: list[int | None] | None = None) -> None:
+        super().__init__(arrays)
+        self.batch_axes: list[int | None] = list(batch_axes) if batch_axes is not None else [0] * len(self)
+        if len(self.batch_axes) != len(self):
+            raise ValueError(f"{len(self)} inputs but {len(self.batch_axes)} batch axes")
+
+
+def batch_axes_of(xs: list[np.ndarray]) -> list[int | None]:
+    """The batch axis of each input: carried by a :class:`ModelInputs`, else 0 (0-d arrays: fixed)."""
+    axes = getattr(xs, "batch_axes", None)
+    if axes is not None and len(axes) == len(xs):
+        return list(axes)
+    return [0 if np.ndim(a) > 0 else None for a in xs]
+
+
+def num_samples(xs: list[np.ndarray]) -> int:
+    """Samples in the inputs: the size of the first batched input along its batch axis (1 if none is)."""
+    for a, ax in zip(xs, batch_axes_of(xs)):
+        if ax is not None:
+            return int(np.shape(a)[ax])
+    return 1
+
+
+def take_samples(xs: list[np.ndarray], idx: Any) -> ModelInputs:
+    """Samples ``idx`` (a slice or an index array) of every batched input; fixed inputs whole."""
+    axes = batch_axes_of(xs)
+    out = []
+    for a, ax in zip(xs, axes):
+        if ax is None:
+            out.append(a)
+        elif isinstance(idx, slice):
+            out.append(a[(slice(None),) * ax + (idx,)])
+        else:
+            out.append(np.take(a, np.asarray(idx), axis=ax))
+    return ModelInputs(out, axes)
+
+
+def concat_samples(parts: list[list[np.ndarray]], axes: list[int | None]) -> ModelInputs:
+    """Inputs of several batches joined along their batch axes (fixed inputs: the first batch's)."""
+    return ModelInputs([parts[0][i] if ax is None else np.concatenate([p[i] for p in parts], axis=ax)
+                        for i, ax in enumerate(axes)], axes)
+
+
+def batch_tied(xs: list[np.ndarray]) -> bool:
+    """Whether a fixed input carries a batch of one, so the model can only run one sample at a time.
+
+    The rule: a fixed input (batch axis ``None``) with an axis of size 1, e.g. a recurrent state
+    ``[layers, 1, hidden]`` shared by the batch, ties the model to batch 1. A scalar (``[]``)
+    or a fixed vector without a size-1 axis does not.
+    """
+    return any(ax is None and 1 in np.shape(a) for a, ax in zip(xs, batch_axes_of(xs)))
+
+
 def run_in_fixed_batches(run_one: Any, xs: list[np.ndarray], batch: int | None) -> list[np.ndarray]:
     """Run a model whose batch size is fixed on inputs of any batch size.
 
-    Inputs are fed in slices of the fixed size; the last slice is padded by repeating
-    its last row and the padding is dropped from the outputs.
+    Inputs are fed in slices of the fixed size along each input's batch axis (fixed inputs
+    whole, see :func:`batch_tied`); the last slice is padded by repeating its last sample and
+    the padding is dropped from the outputs, which are batch-first and joined on axis 0.
     """
-    n = int(xs[0].shape[0])
+    n = num_samples(xs)
+    if batch_tied(xs):
+        batch = 1
     if batch is None or batch <= 0 or n == batch:
         return run_one(xs)
     parts = []
     for i, chunk in enumerate(fixed_batch_chunks(xs, batch)):
         m = min(batch, n - i * batch)
-        parts.append([o[:m] for o in run_one(chunk)])
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        parts.append([o[:m] if np.ndim(o) else o for o in run_one(chunk)])
+    return [np.concatenate([p[k] for p in parts]) if np.ndim(parts[0][k]) else parts[0][k]
+            for k in range(len(parts[0]))]
 
 
-def fixed_batch_chunks(xs: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
-    """``xs`` cut into slices of a model's fixed batch, the last padded by repeating its last row."""
-    n = int(xs[0].shape[0])
+def fixed_batch_chunks(xs: list[np.ndarray], batch: int) -> list[ModelInputs]:
+    """``xs`` cut into slices of a model's fixed batch, the last padded by repeating its last sample."""
+    n = num_samples(xs)
+    axes = batch_axes_of(xs)
     chunks = []
     for i in range(0, n, batch):
-        chunk = [x[i : i + batch] for x in xs]
-        m = int(chunk[0].shape[0])
+        chunk = take_samples(xs, slice(i, i + batch))
+        m = num_samples(chunk)
         if m < batch:
-            chunk = [np.concatenate([c, np.repeat(c[-1:], batch - m, axis=0)]) for c in chunk]
+            chunk = ModelInputs([c if ax is None else np.concatenate([c, np.take(c, [-1] * (batch - m), axis=ax)], axis=ax)
+                                 for c, ax in zip(chunk, axes)], axes)
         chunks.append(chunk)
     return chunks
+
+
+def feed_dicts(xs: list[np.ndarray], names: list[str], batch: int | None, n: int, step: int = 8) -> list[dict[str, np.ndarray]]:
+    """Input dicts of the first ``n`` samples, in batches a model accepts (e.g. for calibration).
+
+    Slices run along each input's batch axis; fixed inputs are in every dict whole. A model
+    with a fixed ``batch`` gets slices of that size (the last padded); a batch-tied one
+    (see :func:`batch_tied`) one sample per dict.
+    """
+    if batch_tied(xs):
+        batch = 1
+    xs = take_samples(xs, slice(0, min(n, num_samples(xs))))
+    size = batch or step
+    total = num_samples(xs)
+    chunks = fixed_batch_chunks(xs, size) if batch else [take_samples(xs, slice(i, i + size)) for i in range(0, total, size)]
+    return [dict(zip(names, c)) for c in chunks]
+
+
+def _fixed_batch(declared: list[dict[str, Any]], xs: list[np.ndarray]) -> int | None:
+    """The batch a model fixes: the size of the first batched input's batch axis in the model (None: free)."""
+    if batch_tied(xs):
+        return 1
+    for spec, ax in zip(declared, batch_axes_of(xs)):
+        if ax is not None:
+            shape = spec["shape"]
+            return int(shape[ax]) if ax < len(shape) and shape[ax] > 0 else None
+    return None
 
 
 class OrtSession:
@@ -90,14 +186,12 @@ class OrtSession:
             for o in self._sess.get_outputs()
         ]
         self._names = [i["name"] for i in self.inputs]
-        first = self.inputs[0]["shape"] if self.inputs else []
-        self._batch = first[0] if first and first[0] > 0 else None
 
     def _run_one(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         return self._sess.run(None, dict(zip(self._names, xs)))
 
     def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return run_in_fixed_batches(self._run_one, xs, self._batch)
+        return run_in_fixed_batches(self._run_one, xs, _fixed_batch(self.inputs, xs))
 
     def prepared(self, xs: list[np.ndarray]) -> Any:
         """A zero-argument call that runs the model on ``xs``, with nothing else in the loop.
@@ -105,12 +199,13 @@ class OrtSession:
         The feed dict is built once, so the timed loop measures ``InferenceSession.run``
         and not Python bookkeeping around it.
         """
-        n = int(xs[0].shape[0])
-        if self._batch is None or n == self._batch:
+        n = num_samples(xs)
+        batch = _fixed_batch(self.inputs, xs)
+        if batch is None or n == batch:
             feed = dict(zip(self._names, xs))
             return functools.partial(self._sess.run, None, feed)
-        # A fixed-batch model given more rows: slices prepared once, one run per slice.
-        feeds = [dict(zip(self._names, chunk)) for chunk in fixed_batch_chunks(xs, self._batch)]
+        # A fixed-batch model given more samples: slices prepared once, one run per slice.
+        feeds = [dict(zip(self._names, chunk)) for chunk in fixed_batch_chunks(xs, batch)]
         run = self._sess.run
 
         def call() -> list[list[np.ndarray]]:
@@ -149,7 +244,6 @@ class TfliteSession:
         self._out = self._it.get_output_details()
         self.inputs = [self._spec(d) for d in self._in]
         self.outputs = [self._spec(d) for d in self._out]
-        self._batch = int(self._in[0]["shape"][0]) if len(self._in[0]["shape"]) else 1
 
     @staticmethod
     def _spec(d: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +281,7 @@ class TfliteSession:
         Integer-quantized inputs are quantized and outputs dequantized with the model's
         own parameters, so callers always see float values.
         """
-        return run_in_fixed_batches(self._run_one, xs, self._batch)
+        return run_in_fixed_batches(self._run_one, xs, _fixed_batch(self.inputs, xs))
 
     def prepared(self, xs: list[np.ndarray]) -> Any:
         """A zero-argument call for the timed loop: copy the inputs in, invoke, read outputs.
@@ -195,7 +289,8 @@ class TfliteSession:
         Inputs are quantized once beforehand (an app hands the interpreter ready tensors);
         the copy in and out stays in the loop because every real inference pays it.
         """
-        chunks = fixed_batch_chunks(xs, self._batch) if int(xs[0].shape[0]) != self._batch else [xs]
+        batch = _fixed_batch(self.inputs, xs)
+        chunks = fixed_batch_chunks(xs, batch) if batch is not None and num_samples(xs) != batch else [xs]
         ready = [[(d["index"], self._quantize(x, d)) for x, d in zip(chunk, self._in)] for chunk in chunks]
         outs = [d["index"] for d in self._out]
         it = self._it
@@ -219,31 +314,61 @@ def open_session(path: str, threads: int = 1) -> Any:
     return OrtSession(path, threads)
 
 
-def _inputs_for(session: Any, batch: int, seed: int = 0) -> list[np.ndarray]:
-    """Random inputs of ``batch`` rows (a fixed-batch model is fed slice by slice)."""
+def _inputs_for(session: Any, batch: int, seed: int = 0, shapes: dict[str, list[int]] | None = None) -> ModelInputs:
+    """Random inputs of ``batch`` samples in the model's own shapes.
+
+    Axis 0 is the batch of every input with axes (a 0-d input is fixed). A dynamic dimension
+    other than the batch takes its size from ``shapes`` (input name -> full shape, batch
+    included); without one it is an error, never a guessed size.
+    """
     rng = np.random.default_rng(seed)
-    xs = []
+    xs, axes = [], []
     for spec in session.inputs:
-        shape = [batch if i == 0 else (s if s > 0 else 1) for i, s in enumerate(spec["shape"])]
-        if spec["dtype"].startswith("int") or spec["dtype"].startswith("uint"):
-            if spec.get("quantization"):
-                xs.append(rng.standard_normal(shape).astype(np.float32))
-            else:
-                xs.append(rng.integers(0, 100, size=shape).astype(spec["dtype"]))
+        declared = list((shapes or {}).get(spec["name"], spec["shape"]))
+        unknown = [i for i, s in enumerate(declared) if i > 0 and s <= 0]
+        if unknown:
+            raise ValueError(f"input {spec['name']!r} has dynamic dimension(s) {unknown} in shape {spec['shape']}: "
+                             "give its shape (compress bench --shape NAME=1x3x224x224) or data")
+        shape = [batch if i == 0 else s for i, s in enumerate(declared)]
+        axes.append(0 if shape else None)
+        if spec["dtype"] == "bool":
+            xs.append(rng.random(shape) < 0.5)
+        elif spec["dtype"].startswith(("int", "uint")) and not spec.get("quantization"):
+            xs.append(rng.integers(0, 100, size=shape).astype(spec["dtype"]))
         else:
             xs.append(rng.standard_normal(shape).astype(np.float32))
-    return xs
+    return ModelInputs(xs, axes)
 
 
-def _load_inputs(path: str, rows: int | None = None) -> list[np.ndarray]:
-    """Arrays x0, x1, ... of an .npz, cut or repeated to ``rows`` rows when given."""
+def _load_inputs(path: str, rows: int | None = None) -> ModelInputs:
+    """Arrays x0, x1, ... of an .npz (and their ``batch_axes``, -1 for fixed), cut or repeated to ``rows`` samples."""
     with np.load(path) as z:
-        keys = sorted((k for k in z.files if k.startswith("x")), key=lambda k: int(k[1:] or 0))
+        keys = sorted((k for k in z.files if k.startswith("x") and k[1:].isdigit()), key=lambda k: int(k[1:]))
         data = [z[k] for k in keys]
+        axes = [None if int(a) < 0 else int(a) for a in z["batch_axes"]] if "batch_axes" in z.files else None
+    xs = ModelInputs(data, axes if axes is not None else batch_axes_of(data))
     if rows is None:
-        return data
-    # Fewer real rows than the batch asks for: repeat them rather than time a smaller batch.
-    return [np.take(d, np.arange(rows) % len(d), axis=0) if len(d) else d for d in data]
+        return xs
+    # Fewer real samples than the batch asks for: repeat them rather than time a smaller batch.
+    n = num_samples(xs)
+    return take_samples(xs, np.arange(rows) % n) if n else xs
+
+
+def save_inputs(path: Any, xs: list[np.ndarray]) -> None:
+    """Write inputs for the agent: x0, x1, ... and ``batch_axes`` (-1: fixed)."""
+    axes = [-1 if ax is None else ax for ax in batch_axes_of(xs)]
+    np.savez(path, batch_axes=np.asarray(axes, dtype=np.int64), **{f"x{i}": a for i, a in enumerate(xs)})
+
+
+def per_request(specs: list[dict[str, Any]], arrays: list[np.ndarray], axes: list[int | None]) -> list[dict[str, Any]]:
+    """The declared specs with ``request_shape``: the real shape of one request (batch axis at 1)."""
+    out = []
+    for spec, a, ax in zip(specs, arrays, axes):
+        shape = [int(d) for d in np.shape(a)]
+        if ax is not None and ax < len(shape):
+            shape[ax] = 1
+        out.append(dict(spec, request_shape=shape, batch_axis=ax))
+    return out
 
 
 def device_facts() -> dict[str, Any]:
@@ -393,12 +518,16 @@ def benchmark(spec: dict[str, Any]) -> dict[str, Any]:
     rss0 = _status_kb("VmRSS")
     t0 = time.perf_counter()
     session = open_session(spec["model"], threads)
-    xs = _load_inputs(spec["inputs"], batch) if spec.get("inputs") else _inputs_for(session, batch)
-    session.run(xs)
+    xs = _load_inputs(spec["inputs"], batch) if spec.get("inputs") else _inputs_for(session, batch,
+                                                                                        shapes=spec.get("shapes"))
+    first = session.run(xs)
     load_ms = (time.perf_counter() - t0) * 1e3
+    axes = batch_axes_of(xs)
+    out_axes: list[int | None] = [0 if np.ndim(o) else None for o in first]
     result: dict[str, Any] = {"ok": True, "runtime": session.runtime, "runtime_version": session.version,
-                              "inputs": session.inputs, "outputs": session.outputs, "load_ms": load_ms,
-                              "threads": threads, "batch": int(xs[0].shape[0]),
+                              "inputs": per_request(session.inputs, xs, axes),
+                              "outputs": per_request(session.outputs, first, out_axes), "load_ms": load_ms,
+                              "threads": threads, "batch": num_samples(xs),
                               "input_source": "data" if spec.get("inputs") else "random"}
     if spec.get("inputs") and spec.get("outputs"):
         outs = session.run(_load_inputs(spec["inputs"]))

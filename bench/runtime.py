@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.agent import OrtSession, TfliteSession, open_session  # noqa: F401  (re-exported)
+from bench.agent import (  # noqa: F401  (re-exported)
+    ModelInputs,
+    OrtSession,
+    TfliteSession,
+    num_samples,
+    open_session,
+    take_samples,
+)
 
 
 def open_model(path: Path, threads: int = 1) -> Any:
@@ -26,7 +33,12 @@ def open_model(path: Path, threads: int = 1) -> Any:
 
 
 def predict(session: Any, x: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
-    """All outputs of a session over the inputs, batched."""
-    n = int(x[0].shape[0])
-    outs = [session.run([a[i : i + batch_size] for a in x]) for i in range(0, n, batch_size)]
-    return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
+    """All outputs of a session over the inputs, in batches along each input's batch axis.
+
+    Fixed inputs (batch axis ``None`` in a :class:`~bench.agent.ModelInputs`) are fed whole
+    to every call; when one carries a batch of one (a state ``[2, 1, 128]``), the session
+    runs sample by sample (see :func:`bench.agent.batch_tied`). Outputs are joined on axis 0.
+    """
+    n = num_samples(x)
+    outs = [session.run(take_samples(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)]
+    return [np.concatenate([o[k] for o in outs]) if np.ndim(outs[0][k]) else outs[0][k] for k in range(len(outs[0]))]

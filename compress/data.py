@@ -6,32 +6,49 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.agent import ModelInputs, batch_axes_of, concat_samples, num_samples, take_samples
 from compress.errors import InputFileError
-from compress.recipe import DataSpec
+from compress.recipe import DataSpec, InputSpec
 
 
 @dataclass
 class Split:
-    """Inputs (one array per model input, batch first) and optional targets."""
+    """Inputs (one array per model input) and optional labels.
+
+    ``batch_axes[i]`` is the axis along which input ``i`` holds samples (0 or 1), or ``None``
+    for a fixed input (a scalar, a state shared by the batch) that every call gets whole:
+    ``len``, ``take`` and ``batches`` slice along those axes and never slice or stack a fixed
+    input. ``x`` is a :class:`~bench.agent.ModelInputs`, so the axes travel with the arrays.
+    ``y`` is the primary label array; ``targets`` holds labels by output name (``y_<name>``).
+    """
 
     x: list[np.ndarray]
     y: np.ndarray | None = None
+    batch_axes: list[int | None] | None = None
+    names: list[str] | None = None
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        axes = self.batch_axes if self.batch_axes is not None else batch_axes_of(self.x)
+        self.x = ModelInputs(self.x, axes)
+        self.batch_axes = list(axes)
 
     def __len__(self) -> int:
-        return int(self.x[0].shape[0])
+        return num_samples(self.x)
 
     def take(self, idx: np.ndarray | slice) -> Split:
-        return Split([a[idx] for a in self.x], None if self.y is None else self.y[idx])
+        return Split(take_samples(self.x, idx), None if self.y is None else self.y[idx], self.batch_axes, self.names,
+                     {k: v[idx] for k, v in self.targets.items()})
 
     def batches(self, batch_size: int) -> Iterator[list[np.ndarray]]:
         for i in range(0, len(self), batch_size):
-            yield [a[i : i + batch_size] for a in self.x]
+            yield take_samples(self.x, slice(i, i + batch_size))
 
 
 @dataclass
@@ -42,6 +59,7 @@ class Dataset:
     calib: Split
     eval: Split
     source: str
+    inputs: list[InputSpec] | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -103,92 +121,186 @@ def import_ref(ref: str) -> Any:
     return getattr(module, fn)
 
 
-def _as_arrays(obj: Any, where: str) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Accept (x, y), {'x':..., 'y':...}, an array, or an iterable of (x, y) batches."""
+def _np(t: Any) -> np.ndarray:
+    return np.asarray(t.numpy() if hasattr(t, "numpy") else t)
+
+
+def _as_arrays(obj: Any, where: str, specs: list[InputSpec] | None = None) -> tuple[ModelInputs, np.ndarray | None]:
+    """Accept (x, y), a dict, an array, or an iterable of (x, y) batches; see :func:`_as_split`."""
+    split = _as_split(obj, where, specs)
+    return ModelInputs(split.x, split.batch_axes), split.y
+
+
+def _as_split(obj: Any, where: str, specs: list[InputSpec] | None = None) -> Split:
+    """The data a function returned (or an .npz held), matched to the model's inputs.
+
+    Accepted: ``(x, y)``; a dict with ``x`` (an array, a list by position, or a dict by input
+    name), or with arrays named ``x_<input>`` or by the input names themselves, plus ``y`` and
+    ``y_<output>`` labels; a bare array; or an iterable of ``(x, y)`` batches (a DataLoader).
+    """
+    targets: dict[str, np.ndarray] = {}
     if isinstance(obj, dict):
-        if "x" not in obj:
-            raise InputFileError(f"{where}: a data mapping needs an 'x' entry (got keys {sorted(obj)})")
-        x, y = obj["x"], obj.get("y")
+        named = {k: v for k, v in obj.items() if k not in ("x", "y") and not str(k).startswith("y_")}
+        if "x" not in obj and not named:
+            raise InputFileError(f"{where}: a data mapping needs an 'x' entry or arrays named by the model's inputs "
+                                 f"(got keys {sorted(obj)})")
+        x: Any = obj["x"] if "x" in obj else named
+        if "x" in obj and named and specs is not None:
+            x = {"x": obj["x"], **named}  # an input named x beside others
+        y = obj.get("y")
+        targets = {str(k)[2:]: _np(v) for k, v in obj.items() if str(k).startswith("y_")}
     elif isinstance(obj, tuple) and len(obj) == 2:
         x, y = obj
     elif isinstance(obj, np.ndarray):
         x, y = obj, None
     elif hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes)):
-        xs: list[list[np.ndarray]] = []
-        ys: list[np.ndarray] = []
-        for batch in obj:  # a DataLoader or any iterable of (x, y) batches
-            bx, by = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
-            bxs = list(bx) if isinstance(bx, (tuple, list)) else [bx]
-            xs.append([np.asarray(t.numpy() if hasattr(t, "numpy") else t) for t in bxs])
-            if by is not None:
-                ys.append(np.asarray(by.numpy() if hasattr(by, "numpy") else by))
-        if not xs:
-            raise InputFileError(f"{where}: the data loader yielded no batches")
-        x = [np.concatenate([b[i] for b in xs]) for i in range(len(xs[0]))]
-        y = np.concatenate(ys) if ys else None
+        x, y = _from_batches(obj, where, specs)
     else:
         raise InputFileError(f"{where}: expected (x, y), a dict with x/y, an array or a DataLoader, got {type(obj).__name__}")
-    xl = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
-    if not xl:
+    if isinstance(x, dict):
+        arrays, names = _match_named({str(k): _np(v) for k, v in x.items()}, specs, where)
+    else:
+        arrays = [_np(a) for a in x] if isinstance(x, (list, tuple)) else [_np(x)]
+        names = [s.name for s in specs] if specs is not None and len(specs) == len(arrays) else None
+    if not arrays:
         raise InputFileError(f"{where}: x is an empty list; give one array per model input")
-    for i, a in enumerate(xl):
-        check_numeric_array(a, f"{where}: x" + (f"[{i}]" if len(xl) > 1 else ""))
-        if len(a) != len(xl[0]):
-            raise InputFileError(f"{where}: x[0] has {len(xl[0])} samples but x[{i}] has {len(a)}")
-    xl = [a.astype(np.float32) if a.dtype == np.float64 else a for a in xl]
-    ya = None if y is None else np.asarray(y)
-    if ya is not None:
-        check_numeric_array(ya, f"{where}: y")
-        if len(ya) != len(xl[0]):
-            raise InputFileError(f"{where}: x has {len(xl[0])} samples but y has {len(ya)}")
-    return xl, ya
+    if specs is not None and len(specs) != len(arrays):
+        raise InputFileError(f"{where}: the model takes {len(specs)} input(s) "
+                             f"({', '.join(s.name for s in specs)}), the data gives {len(arrays)}")
+    axes = [s.batch_axis for s in specs] if specs is not None else [0] * len(arrays)
+    for i, (a, ax) in enumerate(zip(arrays, axes)):
+        what = f"{where}: " + (f"input {names[i]!r}" if names else "x" + (f"[{i}]" if len(arrays) > 1 else ""))
+        check_numeric_array(a, what, fixed=ax is None)
+        if ax is not None and a.ndim <= ax:
+            raise InputFileError(f"{what} has shape {a.shape}; its samples lie along axis {ax} (batch_axis)")
+    arrays = [a.astype(np.float32) if a.dtype == np.float64 else a for a in arrays]
+    split = Split(arrays, None, axes, names)
+    n = len(split)
+    for i, (a, ax) in enumerate(zip(arrays, axes)):
+        if ax is not None and a.shape[ax] != n:
+            first = next(j for j, b in enumerate(axes) if b is not None)
+            raise InputFileError(f"{where}: x[{first}] has {n} samples but x[{i}] has {a.shape[ax]}")
+    for what, lab in [("y", y)] + [(f"y_{k}", v) for k, v in targets.items()]:
+        if lab is None:
+            continue
+        lab = _np(lab)
+        check_numeric_array(lab, f"{where}: {what}")
+        if len(lab) != n:
+            raise InputFileError(f"{where}: x has {n} samples but {what} has {len(lab)}")
+    split.y = None if y is None else _np(y)
+    split.targets = targets
+    return split
 
 
-def check_numeric_array(a: np.ndarray, what: str) -> None:
-    """Refuse what no model can take: scalars, strings, objects (batch-first numbers only)."""
-    if a.ndim == 0:
+def _from_batches(obj: Any, where: str, specs: list[InputSpec] | None) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Inputs and labels of a DataLoader (or any iterable of (x, y) batches), joined along each batch axis."""
+    xs: list[list[np.ndarray]] = []
+    ys: list[np.ndarray] = []
+    for batch in obj:
+        bx, by = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
+        xs.append([_np(t) for t in (list(bx) if isinstance(bx, (tuple, list)) else [bx])])
+        if by is not None:
+            ys.append(_np(by))
+    if not xs:
+        raise InputFileError(f"{where}: the data loader yielded no batches")
+    axes = [s.batch_axis for s in specs] if specs is not None and len(specs) == len(xs[0]) else [0] * len(xs[0])
+    return list(concat_samples(xs, axes)), (np.concatenate(ys) if ys else None)
+
+
+def _match_named(found: dict[str, np.ndarray], specs: list[InputSpec] | None, where: str) -> tuple[list[np.ndarray], list[str] | None]:
+    """Arrays for the model's inputs by name: ``x_<name>`` or ``<name>``; else ``x`` / ``x0, x1...`` by position."""
+    if specs is not None and any(f"x_{s.name}" in found or s.name in found for s in specs):
+        arrays = []
+        for i, s in enumerate(specs):
+            key = f"x_{s.name}" if f"x_{s.name}" in found else s.name if s.name in found else None
+            if key is None:
+                raise InputFileError(f"{where}: no array for model input {s.name!r} (model.inputs[{i}]): name it "
+                                     f"x_{s.name} or {s.name}; found {sorted(found)}")
+            arrays.append(found[key])
+        return arrays, [s.name for s in specs]
+    if "x" in found:
+        return [found["x"]], [specs[0].name] if specs is not None and len(specs) == 1 else None
+    positional = sorted((k for k in found if k[:1] == "x" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    if positional:
+        arrays = [found[k] for k in positional]
+        return arrays, [s.name for s in specs] if specs is not None and len(specs) == len(arrays) else None
+    named = sorted(k for k in found if k.startswith("x_"))
+    if specs is None and named:
+        return [found[k] for k in named], [k[2:] for k in named]
+    wanted = ", ".join(f"x_{s.name}" for s in specs) if specs is not None else "x (or x0, x1, ...)"
+    raise InputFileError(f"{where}: no model inputs found: expected {wanted}; found {sorted(found)}")
+
+
+def check_numeric_array(a: np.ndarray, what: str, fixed: bool = False) -> None:
+    """Refuse what no model can take: strings, objects, and (unless ``fixed``) scalars.
+
+    Args:
+        fixed: The array feeds a fixed input (``batch_axis: null``), which may be a scalar.
+    """
+    if a.ndim == 0 and not fixed:
         raise InputFileError(f"{what} is a single value; expected an array with one row per sample")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise InputFileError(f"{what} has dtype {a.dtype}; expected numbers (float32 inputs, integer labels)")
 
 
-def _read_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
+def read_npz(path: Path, specs: list[InputSpec] | None = None) -> Split:
+    """Every array of an .npz matched to the model's inputs (by name or position) and labels."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            if "x" in keys:
-                x = [z["x"]]
-            else:
-                xk = sorted((k for k in keys if k.startswith("x") and k[1:].isdigit()), key=lambda k: int(k[1:]))
-                if not xk:
-                    raise InputFileError(f"{path}: needs an array 'x' (or x0, x1, ...); found {sorted(keys)}")
-                x = [z[k] for k in xk]
-            y = z["y"] if "y" in keys else None
-    except InputFileError:
-        raise
+            found = {k: z[k] for k in z.files}
     except Exception as e:
         raise InputFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
-    return _as_arrays({"x": x, "y": y}, str(path))
+    if not any(k == "x" or k.startswith("x") or (specs is not None and k in {s.name for s in specs}) for k in found):
+        raise InputFileError(f"{path}: needs an array 'x' (or x0, x1, ..., or x_<input name>); found {sorted(found)}")
+    return _as_split(found, str(path), specs)
 
 
-def load_dataset(spec: DataSpec) -> Dataset:
-    """Load the recipe's data and split it into train / calibration / eval by seed."""
+def resolve_dynamic(specs: list[InputSpec], split: Split) -> None:
+    """Fill each spec's ``dynamic`` with the data's size of its -1 axes (batch axis excluded).
+
+    In place, on purpose: the recipe's ``model.inputs`` then describe the real shapes for
+    every later user (export, calibration, bundles, payload sizes). The data's size wins
+    over a ``dynamic`` size the recipe gives.
+    """
+    for spec, a in zip(specs, split.x):
+        if np.ndim(a) != len(spec.shape):
+            raise InputFileError(f"input {spec.name!r}: model.inputs gives {len(spec.shape)} axes {spec.shape}, "
+                                 f"the data has {np.ndim(a)} {tuple(np.shape(a))}")
+        for axis, d in enumerate(spec.shape):
+            if d == -1 and axis != spec.batch_axis:
+                spec.dynamic[axis] = int(np.shape(a)[axis])
+
+
+def load_dataset(spec: DataSpec, inputs: list[InputSpec] | None = None) -> Dataset:
+    """Load the recipe's data and split it into train / calibration / eval by seed.
+
+    Args:
+        spec: The recipe's data section.
+        inputs: The model's inputs: arrays are matched to them by name (or position), fixed
+            inputs (``batch_axis: null``) are never split, and their -1 dims are resolved
+            from the data (see :func:`resolve_dynamic`). None: every array is batch-first.
+    """
     src = spec.source
     if src.startswith("builtin:"):
         x0, y = BUILTINS[src.split(":", 1)[1]]()
-        x = [x0]
+        full = _as_split((x0, y), src, inputs)
     elif src.endswith(".npz"):
-        x, y = _read_npz(Path(src))
+        full = read_npz(Path(src), inputs)
     else:
         fn = import_ref(src)
         try:
             obj = fn()
         except Exception as e:
             raise InputFileError(f"data function {src} raised {type(e).__name__}: {e}") from e
-        x, y = _as_arrays(obj, src)
+        full = _as_split(obj, src, inputs)
     if spec.image_size is not None:
-        x = [_resize(x[0], spec.image_size)] + x[1:]
-    n = len(x[0])
+        first = next(i for i, ax in enumerate(full.batch_axes or []) if ax is not None)
+        xs = list(full.x)
+        xs[first] = _resize(xs[first], spec.image_size)
+        full = Split(xs, full.y, full.batch_axes, full.names, full.targets)
+    if inputs is not None:
+        resolve_dynamic(inputs, full)
+    n = len(full)
     if n < 2:
         raise InputFileError(f"data {src}: need at least 2 samples, got {n}")
     rng = np.random.default_rng(spec.seed)
@@ -197,42 +309,73 @@ def load_dataset(spec: DataSpec) -> Dataset:
     eval_idx, train_idx = order[:n_eval], order[n_eval:]
     if spec.max_eval is not None:
         eval_idx = eval_idx[: spec.max_eval]
-    full = Split(x, y)
     train = full.take(train_idx)
     calib = train.take(np.arange(min(spec.calibration_samples, len(train))))
-    return Dataset(train=train, calib=calib, eval=full.take(eval_idx), source=src)
+    return Dataset(train=train, calib=calib, eval=full.take(eval_idx), source=src, inputs=inputs)
 
 
-def synthetic_inputs(shapes: list[tuple[list[int], str]], n: int, seed: int = 0) -> Split:
-    """Random inputs for a model without data (benchmarks and parity only)."""
-    rng = np.random.default_rng(seed)
-    xs = []
-    for shape, dtype in shapes:
-        full = [n] + list(shape[1:])
-        if dtype.startswith("int"):
-            xs.append(rng.integers(0, 100, size=full).astype(dtype))
-        else:
-            xs.append(rng.standard_normal(full).astype(np.float32))
-    return Split(xs, None)
+def _random_array(rng: np.random.Generator, shape: list[int], dtype: str) -> np.ndarray:
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype.startswith(("int", "uint")):
+        return rng.integers(0, 100, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype if dtype.startswith("float") else np.float32)
 
 
-def input_mismatches(expected: list[tuple[list[int], str | None]], x: list[np.ndarray]) -> list[str]:
-    """Why arrays cannot feed a model's inputs: count, per-sample shape, dtype; empty when they can.
+def synthetic_inputs(specs: list[InputSpec] | list[tuple[list[int], str]], n: int, seed: int = 0) -> Split:
+    """Random inputs for a model without data (benchmarks and parity only).
 
     Args:
-        expected: (shape with batch first, dtype name or None to skip the dtype) per model
+        specs: The model's inputs, or (shape with batch first, dtype) pairs.
+        n: Samples, along each input's batch axis; fixed inputs get their own shape.
+
+    Raises:
+        InputFileError: a dimension is dynamic (-1) and nothing gives its size.
+    """
+    rng = np.random.default_rng(seed)
+    xs, axes, names = [], [], []
+    for i, item in enumerate(specs):
+        spec = item if isinstance(item, InputSpec) else InputSpec(
+            name=f"input{i}", shape=list(item[0]), dtype=item[1], batch_axis=0 if len(item[0]) else None)
+        shape = spec.resolved_shape(n)
+        unknown = [axis for axis, d in enumerate(shape) if d < 0]
+        if unknown:
+            raise InputFileError(f"input {spec.name!r} (model.inputs[{i}]) has dynamic axis {unknown[0]} in shape "
+                                 f"{spec.shape} and no data gives its size: add model.inputs[{i}].dynamic: "
+                                 f"{{{unknown[0]}: SIZE}} or a data section")
+        xs.append(_random_array(rng, shape, spec.dtype))
+        axes.append(spec.batch_axis)
+        names.append(spec.name)
+    return Split(xs, None, axes, names)
+
+
+def input_mismatches(expected: list[tuple[list[int], str | None]] | list[InputSpec], x: list[np.ndarray],
+                     batch_axes: list[int | None] | None = None) -> list[str]:
+    """Why arrays cannot feed a model's inputs: count, shape apart from the batch, dtype; empty when they can.
+
+    Args:
+        expected: The model's inputs, or (shape, dtype name or None to skip the dtype) per
             input; a dim <= 0 is free (dynamic).
-        x: One array per input, batch first.
+        x: One array per input.
+        batch_axes: The batch axis of each input (None: fixed, compared whole); default:
+            the specs' own, else those ``x`` carries, else 0.
     """
     if len(x) != len(expected):
         return [f"the model takes {len(expected)} input(s), the data gives {len(x)}"]
+    pairs = [(e.shape, e.dtype, e.name) if isinstance(e, InputSpec) else (e[0], e[1], None) for e in expected]
+    if batch_axes is None:
+        batch_axes = ([e.batch_axis for e in expected] if all(isinstance(e, InputSpec) for e in expected)
+                      else batch_axes_of(x))
     problems = []
-    for i, ((shape, dtype), a) in enumerate(zip(expected, x)):
-        name = f"input {i}" if len(x) > 1 else "the input"
-        want, got = list(shape[1:]), list(a.shape[1:])
-        if len(want) != len(got) or any(0 < w != g for w, g in zip(want, got)):
+    for i, ((shape, dtype, name), a, ax) in enumerate(zip(pairs, x, batch_axes)):
+        label = f"input {name!r}" if name and len(x) > 1 else f"input {i}" if len(x) > 1 else "the input"
+        want = [d for k, d in enumerate(shape) if k != ax]
+        got = [d for k, d in enumerate(np.shape(a)) if k != ax]
+        if len(shape) != np.ndim(a) or any(0 < w != g for w, g in zip(want, got)):
             shown = "(" + ", ".join(str(w) if w > 0 else "?" for w in want) + ("," if len(want) == 1 else "") + ")"
-            problems.append(f"{name}: the model takes samples of shape {shown}, the data has {tuple(got)} (arrays of shape {tuple(a.shape)})")
+            what = "takes samples of shape" if ax is not None else "takes (fixed) shape"
+            problems.append(f"{label}: the model {what} {shown}, the data has {tuple(got)} "
+                            f"(arrays of shape {tuple(np.shape(a))})")
         if dtype is not None and str(a.dtype) != dtype:
-            problems.append(f"{name}: the model takes {dtype}, the data is {a.dtype}")
+            problems.append(f"{label}: the model takes {dtype}, the data is {a.dtype}")
     return problems

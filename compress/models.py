@@ -158,46 +158,87 @@ def set_mode(module: Any, training: bool) -> None:
         module.training = training
 
 
+def unresolved_inputs(specs: list[InputSpec]) -> list[tuple[int, InputSpec, int]]:
+    """(index, spec, axis) of every dynamic dimension nothing has given a size yet."""
+    return [(i, s, axis) for i, s in enumerate(specs) for axis in s.dynamic_axes]
+
+
+def _check_resolved(specs: list[InputSpec]) -> None:
+    missing = unresolved_inputs(specs)
+    if missing:
+        i, s, axis = missing[0]
+        raise InputFileError(f"input {s.name!r} (model.inputs[{i}]) has dynamic axis {axis} in shape {s.shape} and "
+                             f"nothing gives its size: add model.inputs[{i}].dynamic: {{{axis}: SIZE}} or data")
+
+
+def ties_batch_to_one(specs: list[InputSpec]) -> bool:
+    """Whether a fixed input carries a batch of one (a state ``[2, 1, 128]``), so the model runs one sample at a time.
+
+    Same rule as :func:`bench.agent.batch_tied`: a fixed input (``batch_axis: null``) with an
+    axis of size 1. Such a model is exported with a static batch of 1 and run sample by sample.
+    """
+    return any(s.batch_axis is None and 1 in s.resolved_shape() for s in specs)
+
+
 def example_inputs(specs: list[InputSpec], batch: int = 2, seed: int = 0) -> list[Any]:
-    """Random example tensors for export and tracing (batch 2 exports most reliably)."""
+    """Random example tensors for export and tracing, in the inputs' real shapes and dtypes.
+
+    ``batch`` samples along each input's batch axis (batch 2 exports most reliably); fixed
+    inputs get their own shape. Dynamic dims take the size the data or ``dynamic`` resolved.
+
+    Raises:
+        InputFileError: a dynamic dimension has no size yet.
+    """
     import torch
 
+    _check_resolved(specs)
     g = torch.Generator().manual_seed(seed)
     out = []
     for s in specs:
-        shape = [batch] + list(s.shape[1:])
-        if s.dtype == "float32":
-            out.append(torch.randn(*shape, generator=g))
+        shape = s.resolved_shape(batch)
+        if s.dtype.startswith("float"):
+            out.append(torch.randn(*shape, generator=g).to(getattr(torch, s.dtype)))
+        elif s.dtype == "bool":
+            out.append(torch.randint(0, 2, shape, generator=g).bool())
         else:
             out.append(torch.randint(0, 100, shape, generator=g, dtype=getattr(torch, s.dtype)))
     return out
 
 
 def inputs_from_split(x: list[np.ndarray], n: int) -> list[Any]:
+    """The first ``n`` samples as tensors (fixed inputs whole)."""
     import torch
 
-    return [torch.from_numpy(np.ascontiguousarray(a[:n])) for a in x]
+    from bench.agent import take_samples
+
+    return [torch.from_numpy(np.ascontiguousarray(a)) for a in take_samples(x, slice(0, n))]
 
 
 def torch_predict(module: Any, x: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
-    """Run a torch module over inputs in batches; return every output as numpy."""
+    """Run a torch module over inputs in batches; return every output as numpy.
+
+    Batches run along each input's batch axis (carried by a :class:`~bench.agent.ModelInputs`);
+    fixed inputs are fed whole to every call. A module with a fixed batch, or one whose fixed
+    input carries a batch of one (a state ``[2, 1, 128]``, see :func:`bench.agent.batch_tied`),
+    runs sample by sample. Outputs are joined on axis 0.
+    """
     import torch
 
-    from bench.agent import run_in_fixed_batches
+    from bench.agent import batch_tied, num_samples, run_in_fixed_batches, take_samples
 
     def run_one(xs: list[np.ndarray]) -> list[np.ndarray]:
         y = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in xs])
         ys = list(y.values()) if isinstance(y, dict) else list(y) if isinstance(y, (tuple, list)) else [y]
         return [t.detach().float().numpy() if t.dtype.is_floating_point else t.numpy() for t in ys]
 
-    static = getattr(module, "_edgepack_static_batch", None)
+    static = getattr(module, "_edgepack_static_batch", None) or (1 if batch_tied(x) else None)
     outs: list[list[np.ndarray]] = []
-    n = int(x[0].shape[0])
+    n = num_samples(x)
     step = static or batch_size
     with torch.inference_mode():
         for i in range(0, n, step):
-            outs.append(run_in_fixed_batches(run_one, [a[i : i + step] for a in x], static))
-    return [np.concatenate([b[k] for b in outs]) for k in range(len(outs[0]))]
+            outs.append(run_in_fixed_batches(run_one, take_samples(x, slice(i, i + step)), static))
+    return [np.concatenate([b[k] for b in outs]) if np.ndim(outs[0][k]) else outs[0][k] for k in range(len(outs[0]))]
 
 
 def count_params(module: Any) -> int:
@@ -219,7 +260,7 @@ def count_macs(module: Any, specs: list[InputSpec]) -> int | None:
     try:
         import torch_pruning as tp
 
-        example = example_inputs(specs, batch=1)
+        example = example_inputs(specs, batch=1)  # batch 1 on each batch axis, fixed inputs as given
         macs, _ = tp.utils.count_ops_and_params(module, example[0] if len(example) == 1 else tuple(example))
         return int(macs)
     except Exception:
@@ -247,19 +288,63 @@ def torch_size_bytes(module: Any) -> int:
     return buf.getbuffer().nbytes
 
 
+_ONNX_DTYPES = {"float32", "float16", "int64", "int32", "int8", "uint8", "bool"}
+
+
+def onnx_input_specs(path: Path) -> list[InputSpec]:
+    """The inputs an ONNX file declares, as recipe input specs.
+
+    A symbolic (or unset) first dim is the batch (``batch_axis: 0``, size -1); other symbolic
+    dims stay -1 (dynamic, to be resolved by data or ``dynamic``); a rank-0 input is fixed
+    (``batch_axis: null``). A state input whose batch is not axis 0 must be described in
+    ``model.inputs``.
+
+    Raises:
+        InputFileError: the file cannot be read or an input has a type no recipe can describe.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise InputFileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {_first_line(e)})") from e
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        if dtype not in _ONNX_DTYPES:
+            raise InputFileError(f"{path}: input {inp.name!r} is {dtype}; inputs can be {', '.join(sorted(_ONNX_DTYPES))}")
+        specs.append(InputSpec(name=inp.name, shape=dims, dtype=dtype, batch_axis=0 if dims else None))
+    return specs
+
+
+def input_specs_of(model: ModelSpec) -> list[InputSpec] | None:
+    """The model's inputs: the recipe's (``inputs`` / ``input_shape``), else those an ONNX file declares."""
+    specs = model.input_specs()
+    if specs is not None or model.source_kind != "onnx" or model.onnx is None:
+        return specs
+    return onnx_input_specs(Path(model.onnx))
+
+
 def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tuple[Any, ...], str]]:
     """Does the data fit the model and the task? Checked on two samples before any work starts.
 
     Catches what would otherwise fail deep in a step (or, worse, give wrong metrics without
-    failing): inputs of the wrong shape or dtype, a model that cannot run on them, a label
-    list or class labels that do not match the model's outputs.
+    failing): inputs of the wrong shape or dtype, a dynamic dimension nothing resolves, a
+    model that cannot run on them, a label list or class labels that do not match the
+    model's outputs.
 
     Returns:
         (path in the recipe, message) pairs; empty when everything fits.
     """
+    from bench.agent import take_samples
     from compress.data import input_mismatches, synthetic_inputs
 
-    specs = recipe.model.input_specs()
+    declared = recipe.model.input_specs()
     shape_loc: tuple[Any, ...] = ("model", "inputs") if recipe.model.inputs is not None else ("model", "input_shape")
     session = None
     if baseline.format != "torch":
@@ -269,11 +354,18 @@ def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tu
             session = open_model(baseline.path)
         except Exception as e:  # noqa: BLE001  (the runtime's own words say what is wrong with the file)
             return [(("model", "onnx"), f"onnxruntime cannot load {baseline.path}: {_first_line(e)}")]
+    specs = declared
+    if specs is None and session is not None and baseline.path is not None:
+        try:
+            specs = onnx_input_specs(baseline.path)
+        except InputFileError:
+            specs = None
+        shape_loc = ("model", "onnx")
     if data is not None:
-        x = [a[:2] for a in data.eval.x]
+        x = take_samples(data.eval.x, slice(0, 2))
         where = "the data"
-        if specs is not None:
-            wrong = input_mismatches([(s.shape, s.dtype) for s in specs], x)
+        if declared is not None:
+            wrong = input_mismatches(declared, x)
             if wrong:
                 return [(shape_loc, "does not match data.source: " + "; ".join(wrong))]
         if session is not None:
@@ -281,17 +373,24 @@ def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tu
             if wrong:
                 return [(("data", "source"), f"does not fit {baseline.path.name}: " + "; ".join(wrong))]
     elif specs is not None:
-        x = synthetic_inputs([(s.shape, s.dtype) for s in specs], 2, recipe.seed).x
-        where = "random inputs of model.input_shape"
+        missing = unresolved_inputs(specs)
+        if missing:
+            i, s, axis = missing[0]
+            return [(shape_loc if declared is None else ("model", "inputs", i, "shape"),
+                     f"input {s.name!r} has dynamic axis {axis} in shape {s.shape} and there is no data to resolve "
+                     f"it: add model.inputs[{i}].dynamic: {{{axis}: SIZE}} (model.inputs[{i}] with name, shape, "
+                     "dtype, batch_axis) or a data section")]
+        x = synthetic_inputs(specs, 2, recipe.seed).x
+        where = "random inputs of " + ("the model's declared shapes" if declared is None else "model.input_shape")
     else:
-        return []  # an ONNX model without data: the runner draws inputs from the file itself
+        return []
     try:
         if session is not None:
             outs = session.run(x)
         else:
             outs = torch_predict(baseline.module, x)
     except Exception as e:  # noqa: BLE001  (any failure here means the inputs do not fit the model)
-        shapes = ", ".join(f"{tuple(a.shape)} {a.dtype}" for a in x)
+        shapes = ", ".join(f"{tuple(np.shape(a))} {a.dtype}" for a in x)
         loc = shape_loc if specs is not None else ("data", "source")
         return [(loc, f"the model fails on {where} ({shapes}): {_first_line(e)}")]
     return _task_problems(recipe, data, outs[0] if outs else None)

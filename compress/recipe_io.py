@@ -127,9 +127,7 @@ def semantic_problems(src: RecipeSource) -> list[RecipeProblem]:
     if onnx_model and "tflite" in r.export_kinds():
         idx = r.export_kinds().index("tflite")
         problems.append(src.problem(("export", idx), "tflite export converts a PyTorch model; the model is ONNX"))
-    if onnx_model and r.data is None and r.model.input_specs() is None:
-        problems.append(src.problem(("model",), "an ONNX model without a data section needs input_shape (or inputs): "
-                                                "the run feeds it random inputs of that shape"))
+    problems += _input_problems(src)
     problems += _target_problems(src)
     if r.task.kind == "classification" and r.task.labels is not None and len(set(r.task.labels)) != len(r.task.labels):
         problems.append(src.problem(("task", "labels"), "labels must be unique"))
@@ -140,6 +138,39 @@ def semantic_problems(src: RecipeSource) -> list[RecipeProblem]:
                                                              "ONNX names start with onnx-, TFLite names with tflite- "
                                                              "(a name given to a quantize step also works)"))
     return problems
+
+
+def _input_problems(src: RecipeSource) -> list[RecipeProblem]:
+    """Dynamic dimensions nothing resolves: without data, each -1 (batch apart) needs a ``dynamic`` size.
+
+    An ONNX model without ``model.inputs`` is read for its declared input shapes.
+    """
+    r = src.recipe
+    if r.data is not None:
+        return []
+    specs = r.model.input_specs()
+    if specs is not None:
+        return [src.problem(("model", "inputs", i, "shape"),
+                            f"axis {axis} of input {s.name!r} is dynamic (-1) and there is no data to resolve it: "
+                            f"add model.inputs[{i}].dynamic: {{{axis}: SIZE}} or a data section")
+                for i, s in enumerate(specs) for axis in s.dynamic_axes]
+    if r.model.source_kind != "onnx":
+        return []
+    from compress.errors import InputFileError
+    from compress.models import onnx_input_specs
+
+    try:
+        declared = onnx_input_specs(r.model.onnx) if r.model.onnx is not None and r.model.onnx.is_file() else None
+    except InputFileError:
+        declared = None
+    if not declared:  # unreadable, or no inputs: say what the recipe must give
+        return [src.problem(("model",), "an ONNX model without a data section needs input_shape (or inputs): "
+                                        "the run feeds it random inputs of that shape")]
+    return [src.problem(("model", "onnx"),
+                        f"input {s.name!r} of the ONNX model has dynamic axis {axis} (shape {s.shape}) and there is "
+                        f"no data to resolve it: describe it as model.inputs[{i}] (name, shape, dtype) with "
+                        f"dynamic: {{{axis}: SIZE}}, or add a data section")
+            for i, s in enumerate(declared) for axis in s.dynamic_axes]
 
 
 def _could_be_artifact(r: Recipe, name: str) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.agent import take_samples
 from bench.report import Parity, TargetResult
 from compress.errors import MissingDependencyError, TargetError, TargetNameError
 from devices.base import BenchSpec
@@ -300,7 +301,7 @@ class EmulatedTarget:
         key = (str(model.resolve()), st.st_mtime_ns, spec.threads)
         if key in self._done:  # the verdict does not depend on batch or runs
             return self._done[key].model_copy(update={"batch": spec.batch})
-        xs = [a[: self.parity_samples] for a in inputs] if inputs is not None else _sample_inputs(model, 8)
+        xs = take_samples(inputs, slice(0, self.parity_samples)) if inputs is not None else _sample_inputs(model, 8)
         reference = host_outputs(model, xs)
         quantized = is_quantized(model)
         per_cpu: dict[str, dict[str, Any]] = {}

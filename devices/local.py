@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.agent import take_samples
 from bench.latency import summarize
 from bench.report import TargetResult
 from compress.errors import TargetError
@@ -64,7 +65,10 @@ def result_from_agent(out: dict[str, Any], target: str, how: str, spec: BenchSpe
 
 
 def write_inputs(path: Path, inputs: list[np.ndarray]) -> None:
-    np.savez(path, **{f"x{i}": a for i, a in enumerate(inputs)})
+    """Inputs for the agent, with the batch axis of each (fixed inputs are fed whole)."""
+    from bench.agent import save_inputs
+
+    save_inputs(path, inputs)
 
 
 def read_outputs(path: Path) -> list[np.ndarray]:
@@ -114,7 +118,7 @@ class LocalTarget:
             if inputs is not None:
                 p = Path(tmp) / "inputs.npz"
                 # The agent repeats rows when there are fewer than the batch asks for.
-                write_inputs(p, [a[: spec.batch] for a in inputs])
+                write_inputs(p, take_samples(inputs, slice(0, spec.batch)))
                 d["inputs"] = str(p)
             out = self._agent(d)
         return result_from_agent(out, self.name, self.how, spec)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.agent import take_samples
 from bench.report import TargetResult
 from compress.errors import TargetError
 from compress.recipe import SshDeviceSpec
@@ -250,7 +251,7 @@ class SshTarget:
             p = None
             xs = None
             if inputs is not None:
-                xs = [a[:PARITY_SAMPLES] for a in inputs]
+                xs = take_samples(inputs, slice(0, PARITY_SAMPLES))
                 p = Path(tmp) / "inputs.npz"
                 write_inputs(p, xs)
             out, outputs = self._remote_agent(model, d, p, want_outputs=xs is not None)

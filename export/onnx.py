@@ -43,19 +43,27 @@ def strip_debug_metadata(model) -> None:
 def export_module_to_onnx(module, specs, dest, opset: int | None = None, dynamic_batch: bool = True) -> None:
     """Write ``module`` to ``dest`` as a single ONNX file (no external data).
 
-    A module with a fixed batch size (from a static ``torch.export`` program) is exported
-    at that size.
+    Inputs keep their real shapes and dtypes (dynamic dims at the size the data resolved).
+    With ``dynamic_batch``, only inputs that have a batch axis get a dynamic batch, on that
+    axis; fixed inputs (``batch_axis: null``) stay static. A module with a fixed batch (from
+    a static ``torch.export`` program), or one whose fixed input carries a batch of one (a
+    state ``[2, 1, 128]``: see :func:`compress.models.ties_batch_to_one`), is exported at a
+    static batch.
     """
     import torch
 
+    from compress.models import ties_batch_to_one
+
     static = getattr(module, "_edgepack_static_batch", None)
+    if static is None and ties_batch_to_one(specs):
+        static = 1
     if static is not None:
         dynamic_batch = False
     example = tuple(example_inputs(specs, batch=static or 2))
     dynamic = None
-    if dynamic_batch:
+    if dynamic_batch and any(s.batch_axis is not None for s in specs):
         batch = torch.export.Dim("batch", min=1, max=4096)
-        dynamic = tuple({0: batch} for _ in specs)
+        dynamic = tuple(None if s.batch_axis is None else {s.batch_axis: batch} for s in specs)
     kwargs = {"opset_version": opset} if opset else {}
 
     def write(tmp):

@@ -49,8 +49,11 @@ SATURATION_WARNING_SHARE = 0.05
 
 def to_model_layout(metadata: dict[str, Any], xs: list[np.ndarray]) -> list[np.ndarray]:
     """Inputs in NCHW (as torch takes them) -> the layout the exported model expects."""
+    from bench.agent import ModelInputs, batch_axes_of
+
     idx = set(metadata.get("channels_last_inputs") or [])
-    return [np.ascontiguousarray(np.moveaxis(x, 1, -1)) if i in idx else x for i, x in enumerate(xs)]
+    return ModelInputs([np.ascontiguousarray(np.moveaxis(x, 1, -1)) if i in idx else x for i, x in enumerate(xs)],
+                       batch_axes_of(xs))
 
 
 def from_model_layout(metadata: dict[str, Any], ys: list[np.ndarray]) -> list[np.ndarray]:
@@ -246,15 +249,16 @@ def _pt2e_quant_config() -> Any:
 
 
 def _calibration_inputs(ctx: StepContext, config: TfliteExportConfig, nhwc: list[int]) -> tuple[list[np.ndarray], str]:
+    from bench.agent import take_samples
     from compress.data import synthetic_inputs
 
     if ctx.data is not None and len(ctx.data.calib) > 0:
         n = min(config.calibration_samples or len(ctx.data.calib), len(ctx.data.calib))
-        xs, source = [a[:n] for a in ctx.data.calib.x], "calibration split"
+        xs, source = take_samples(ctx.data.calib.x, slice(0, n)), "calibration split"
     else:
         specs = ctx.recipe.model.input_specs() or []
         n = config.calibration_samples or 64
-        xs = synthetic_inputs([(s.shape, s.dtype) for s in specs], n, ctx.recipe.seed).x
+        xs = synthetic_inputs(specs, n, ctx.recipe.seed).x
         source = "random inputs (the recipe has no data)"
         ctx.advise("tflite_int8_random_calibration",
                    "int8 .tflite calibrated on random inputs because the recipe has no data: its ranges will not "
@@ -271,7 +275,8 @@ def quantize_float_model(float_bytes: bytes, precision: str, calib: list[np.ndar
         float_bytes: The fp32 model.
         precision: fp16 (float16 weights), dynamic_int8 (int8 weights, dynamic activations)
             or int8 (static int8 weights and activations, int8 I/O; needs ``calib``).
-        calib: Calibration inputs (one array per model input, batch first) for int8.
+        calib: Calibration inputs (one array per model input, samples along each input's
+            batch axis, fixed inputs whole) for int8.
         input_names: The signature's input names, in call order.
         signature: The signature key.
         input_dtypes: The model's input dtypes, in call order.
@@ -298,10 +303,11 @@ def quantize_float_model(float_bytes: bytes, precision: str, calib: list[np.ndar
     q.load_quantization_recipe(static)
     names = input_names or [f"args_{i}" for i in range(len(calib))]
     dtypes = input_dtypes or ["float32"] * len(calib)
-    n = int(calib[0].shape[0])
-    # The model has a fixed batch (that of the sample it was traced with): feed one row at a time.
-    samples = [{name: np.asarray(x[i : i + 1], dtype=dt) for name, x, dt in zip(names, calib, dtypes)}
-               for i in range(n)]
+    from bench.agent import num_samples, take_samples
+
+    # The model has a fixed batch (that of the sample it was traced with): feed one sample at a time.
+    samples = [{name: np.asarray(x, dtype=dt) for name, x, dt in zip(names, take_samples(calib, slice(i, i + 1)), dtypes)}
+               for i in range(num_samples(calib))]
     # Quantizer.calibrate keeps a moving average (factor 0.95) of per-sample ranges, which
     # ends well inside the range the calibration data really covers (the quickstart's
     # logits clipped on more than half the eval samples); the global min/max does not clip
@@ -390,15 +396,18 @@ def _eval_inputs(ctx: StepContext) -> list[np.ndarray]:
     if ctx.data is not None:
         return ctx.data.eval.x
     specs = ctx.recipe.model.input_specs() or []
-    return synthetic_inputs([(s.shape, s.dtype) for s in specs], 64, ctx.recipe.seed).x
+    return synthetic_inputs(specs, 64, ctx.recipe.seed).x
 
 
 def _sample_args(module: Any, ctx: StepContext) -> tuple[Any, ...]:
     from compress.models import example_inputs
 
     specs = ctx.recipe.model.input_specs() or []
-    # Apps run one input at a time: the recipe's batch (normally 1) unless the model fixes its own.
-    batch = getattr(module, "_edgepack_static_batch", None) or (specs[0].shape[0] if specs else 1)
+    # Apps run one input at a time: the recipe's batch (normally 1) on each batch axis, unless
+    # the model fixes its own; fixed inputs as given.
+    batched = [s for s in specs if s.batch_axis is not None]
+    declared = batched[0].shape[batched[0].batch_axis] if batched else 1
+    batch = getattr(module, "_edgepack_static_batch", None) or (declared if declared > 0 else 1)
     return tuple(example_inputs(specs, batch=batch, seed=ctx.recipe.seed))
 
 
@@ -422,6 +431,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
         litert_torch = _import_converter()
     import torch
 
+    from bench.agent import num_samples
     from bench.runtime import open_model, predict
     from compress.models import set_mode, torch_predict
     from export.tflite_inspect import inspect_tflite
@@ -496,7 +506,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
                    "int8": "static int8 weights and activations (ai-edge-quantizer static_wi8_ai8)"}[precision]
             extra: dict[str, Any] = {"quantization": how, "quantizer": f"ai-edge-quantizer {versions.get('ai-edge-quantizer', '?')}"}
             if calib is not None:
-                extra.update(calibration_samples=int(calib[0].shape[0]), calibration_source=calib_source)
+                extra.update(calibration_samples=num_samples(calib), calibration_source=calib_source)
             made[precision] = (data, extra)
 
     results: list[Artifact] = []
