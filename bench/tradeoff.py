@@ -41,15 +41,34 @@ class Side:
     source: str
 
 
-def _bytes_of(specs: list[dict[str, Any]], batch: int = 1) -> int:
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+
+
+def _bytes_of(specs: list[dict[str, Any]], batch: int = 1) -> int | None:
+    """Bytes of one request's tensors, every input (or output) counted; None if a size is unknown.
+
+    A spec's ``request_shape`` (the shape the benchmark really fed, batch axis at 1) wins;
+    else its ``shape`` with the batch axis (``batch_axis``, default 0; ``None``: a fixed
+    input) at ``batch``. A dynamic size (-1) elsewhere is unknown, never taken as 1.
+    """
     total = 0
-    sizes = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
     for s in specs or []:
-        n = 1
-        for i, d in enumerate(s.get("shape", [])):
-            n *= batch if i == 0 else max(int(d), 1)
-        total += n * sizes.get(str(s.get("dtype", "float32")), 4)
+        shape = s.get("request_shape")
+        if shape is None:
+            ax = s.get("batch_axis", 0)
+            shape = [batch if i == ax else int(d) for i, d in enumerate(s.get("shape", []))]
+        if any(int(d) < 0 for d in shape):
+            return None
+        total += math.prod(int(d) for d in shape) * _DTYPE_BYTES.get(str(s.get("dtype", "float32")), 4)
     return total
+
+
+def _recipe_input_specs(recipe: Any) -> list[dict[str, Any]]:
+    """The recipe's inputs at their resolved shapes (dynamic dims filled by the data or ``dynamic``)."""
+    out = []
+    for s in recipe.model.input_specs() or []:
+        out.append({"name": s.name, "shape": s.resolved_shape(1), "dtype": s.dtype, "batch_axis": s.batch_axis})
+    return out
 
 
 def _profile_power(target: str) -> float | None:
@@ -137,7 +156,7 @@ def tradeoff_section(report: Any, recipe: Any, run_dir: Path | None = None) -> d
     networks = dict(NETWORKS)
     networks.update({k: v.model_dump() for k, v in getattr(cfg, "networks", {}).items()})
     budgets = cfg.budgets
-    in_specs_default = [s.model_dump() for s in (recipe.model.input_specs() or [])]
+    in_specs_default = _recipe_input_specs(recipe)
     scenarios: list[dict[str, Any]] = []
     for art in report.artifacts:
         device, device_target = _device_side(art, cfg.device)
@@ -149,7 +168,9 @@ def tradeoff_section(report: Any, recipe: Any, run_dir: Path | None = None) -> d
             continue
         server_ms, per_core_items_s, server_src = server
         in_specs, out_specs = _io_specs(art)
-        up_bytes = cfg.raw_input_bytes or _bytes_of(in_specs or in_specs_default)
+        up_bytes = cfg.raw_input_bytes or _bytes_of(in_specs) or _bytes_of(in_specs_default)
+        if up_bytes is None:
+            continue  # a dynamic input size nothing resolved: no honest transfer time
         down_bytes = _bytes_of(out_specs) or 4 * max(len(recipe.task.labels or []), 1)
         throughput = per_core_items_s * cfg.cloud.cores
         cost_per_m = cfg.cloud.price_per_hour / (throughput * 3600) * 1e6

@@ -14,36 +14,82 @@ from compress.cli import app, fail
 from compress.errors import EdgepackError, InputFileError
 
 
-def load_npz_data(path: Path) -> tuple[list[Any], Any]:
-    """Inputs (``x`` or ``x0``, ``x1``...) and optional labels ``y`` of an .npz file."""
-    import numpy as np
+def load_npz_data(path: Path, inputs: list[dict[str, Any]] | None = None) -> tuple[list[Any], Any]:
+    """Inputs and optional labels ``y`` of an .npz file.
+
+    Inputs are ``x`` or ``x0``, ``x1``... by position, or named ``x_<input>`` or by the
+    model's input names (``inputs``: the model's declared inputs, rank-0 ones fixed).
+    """
+    from compress.data import read_npz
+    from compress.recipe import InputSpec
 
     if not path.is_file():
         raise InputFileError(f"{path}: file not found")
-    try:
-        with np.load(path) as z:
-            files = list(z.files)
-            if "x" in files:
-                xs = [z["x"]]
-            else:
-                keys = sorted((k for k in files if k[:1] == "x" and k[1:].isdigit()), key=lambda k: int(k[1:]))
-                xs = [z[k] for k in keys]
-            y = z["y"] if "y" in files else None
-    except (OSError, ValueError) as e:
-        raise InputFileError(f"{path}: not a readable .npz ({e})") from e
-    if not xs:
-        raise InputFileError(f"{path}: no inputs: expected an array 'x' (or x0, x1, ... for several inputs); has {files}")
-    from compress.data import check_numeric_array
+    specs = None
+    if inputs is not None:
+        specs = [InputSpec.model_construct(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"],
+                                           batch_axis=0 if i["shape"] else None, dynamic={}) for i in inputs]
+    split = read_npz(path, specs)
+    return split.x, split.y
 
-    for i, x in enumerate(xs):
-        check_numeric_array(x, f"{path}: x" + (str(i) if len(xs) > 1 else ""))
-    if y is not None:
-        check_numeric_array(y, f"{path}: y")
-    n = len(xs[0])
-    if any(len(x) != n for x in xs) or (y is not None and len(y) != n):
-        raise InputFileError(f"{path}: inputs and labels have different numbers of rows")
-    xs = [x.astype(np.float32) if x.dtype == np.float64 else x for x in xs]
-    return xs, y
+
+def parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    """``--shape name=1x3x48x192`` options -> {name: [1, 3, 48, 192]} (``name=`` alone: a scalar)."""
+    shapes: dict[str, list[int]] = {}
+    for item in items:
+        name, eq, dims = item.partition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")] if dims.strip() else []
+        except ValueError:
+            shape = [-1]
+        if not eq or not name or any(d < 1 for d in shape):
+            raise InputFileError(f"--shape {item!r}: expected NAME=1x3x224x224 (positive sizes, batch first)")
+        shapes[name] = shape
+    return shapes
+
+
+def bench_shapes(inputs: list[dict[str, Any]], shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The shape of each input for random inputs (batch 1): ``--shape`` where given, else the model's own.
+
+    Raises:
+        InputFileError: an unknown name, a shape of the wrong rank or against a fixed size,
+            or a dynamic dimension other than the batch with no ``--shape``.
+    """
+    names = [i["name"] for i in inputs]
+    unknown = [n for n in shapes if n not in names]
+    if unknown:
+        raise InputFileError(f"--shape {unknown[0]}: the model has no input {unknown[0]!r} (its inputs: {', '.join(names)})")
+    used: dict[str, list[int]] = {}
+    for i in inputs:
+        declared = [int(d) for d in i["shape"]]
+        if i["name"] in shapes:
+            given = shapes[i["name"]]
+            if len(given) != len(declared) or any(0 < d != g for k, (d, g) in enumerate(zip(declared, given)) if k > 0):
+                raise InputFileError(f"--shape {i['name']}={'x'.join(map(str, given))} does not fit the model's "
+                                     f"input shape {declared} (-1: any size)")
+            used[i["name"]] = given
+            continue
+        dynamic = [k for k, d in enumerate(declared) if k > 0 and d <= 0]
+        if dynamic:
+            example = "x".join(str(d) if d > 0 else "N" for d in [1] + declared[1:])
+            raise InputFileError(f"input {i['name']!r} has dynamic dimension {dynamic[0]} (shape {declared}) and no data "
+                                 f"gives its size: pass --shape {i['name']}={example} (sizes for every -1) or --data")
+        used[i["name"]] = [1 if k == 0 and d <= 0 else d for k, d in enumerate(declared)]
+    return used
+
+
+def _random_inputs(inputs: list[dict[str, Any]], used: dict[str, list[int]], rows: int) -> list[Any]:
+    """Random inputs of ``rows`` samples in the shapes used (quantized TFLite inputs: floats)."""
+    from compress.data import synthetic_inputs
+    from compress.recipe import InputSpec
+
+    specs = []
+    for i in inputs:
+        shape = used[i["name"]]
+        dtype = "float32" if i.get("quantization") else i["dtype"]
+        specs.append(InputSpec.model_construct(name=i["name"], shape=shape, dtype=dtype,
+                                               batch_axis=0 if shape else None, dynamic={}))
+    return synthetic_inputs(specs, rows).x
 
 
 def guess_precision(path: Path) -> str:
@@ -82,11 +128,18 @@ def bench_report(
     task: str,
     name: str | None,
     log: Any = None,
+    shapes: dict[str, list[int]] | None = None,
 ) -> Any:
-    """Benchmark one model file on one target; return a Report like a recipe run's."""
+    """Benchmark one model file on one target; return a Report like a recipe run's.
+
+    Args:
+        shapes: ``--shape`` sizes by input name (batch first), for a model with dynamic
+            dimensions and no data; the shapes used are logged either way.
+    """
     import numpy as np
 
     from bench.accuracy import task_metrics
+    from bench.agent import num_samples
     from bench.report import ArtifactReport, Report
     from compress.runner import environment, tool_versions
     from devices.base import BenchSpec, make_target
@@ -102,8 +155,23 @@ def bench_report(
     if cpus is not None and target_name == "local":
         _check_cpus(cpus)
     inputs = _model_inputs(model, fmt)
-    xs, y = load_npz_data(data) if data else (None, None)
-    if xs is not None and inputs is not None:
+    if shapes and data:
+        raise InputFileError("--shape and --data: the data gives the shapes; pass one of them")
+    xs, y = load_npz_data(data, inputs) if data else (None, None)
+    if xs is None and inputs is not None:
+        used = bench_shapes(inputs, shapes or {})
+        if log:
+            log("inputs (random): " + ", ".join(f"{n}={'x'.join(map(str, s)) or 'scalar'}" for n, s in used.items()))
+        if any(s != [1 if k == 0 and d <= 0 else d for k, d in enumerate(i["shape"])]
+               for i, s in zip(inputs, used.values())) or shapes:
+            xs = _random_inputs(inputs, used, max(batches))
+    elif xs is not None and log:
+        from bench.agent import batch_axes_of
+
+        per = [[1 if k == ax else d for k, d in enumerate(np.shape(a))] for a, ax in zip(xs, batch_axes_of(xs))]
+        names = [i["name"] for i in inputs] if inputs is not None else [f"x{k}" for k in range(len(xs))]
+        log("inputs (data): " + ", ".join(f"{n}={'x'.join(map(str, s)) or 'scalar'}" for n, s in zip(names, per)))
+    if data and xs is not None and inputs is not None:
         from compress.data import input_mismatches
 
         # a TFLite session quantizes float inputs itself, so only ONNX dtypes must match exactly
@@ -134,7 +202,7 @@ def bench_report(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         env=environment(),
         task={"kind": kind} if kind else {},
-        data={"source": str(data) if data else "random inputs", "eval": len(xs[0]) if xs else None},
+        data={"source": str(data) if data else "random inputs", "eval": num_samples(xs) if data and xs else None},
         artifacts=[art],
     )
 
@@ -180,7 +248,9 @@ def _parse_cpus(text: str | None) -> tuple[int, ...] | None:
 @app.command("bench")
 def bench_cmd(
     model: Annotated[Path, typer.Argument(help="MODEL.onnx or MODEL.tflite")],
-    data: Annotated[Path | None, typer.Option("--data", help=".npz with x (or x0, x1...) and optional labels y")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help=".npz with x (or x0, x1..., or x_<input>) and optional labels y")] = None,
+    shape: Annotated[list[str] | None, typer.Option(
+        "--shape", help="NAME=1x3x48x192: an input's shape for random inputs (dynamic dims); repeatable")] = None,
     threads: Annotated[list[int] | None, typer.Option("--threads", min=1, help="repeat for several")] = None,
     batch: Annotated[list[int] | None, typer.Option("--batch", min=1, help="items per run; repeat for several")] = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs")] = 200,
@@ -208,7 +278,7 @@ def bench_cmd(
             if path is not None:
                 check_output_file(path, option)
         report = bench_report(model, target, threads or [1], batch or [1], runs, warmup, _parse_cpus(cpus), data, task,
-                              name, log=lambda m: err.print(m, markup=False))
+                              name, log=lambda m: err.print(m, markup=False), shapes=parse_shapes(shape or []))
     except EdgepackError as e:
         fail(e)
     sys.stdout.write(render_markdown(report))

@@ -360,7 +360,7 @@ class EstimateTarget:
     def benchmark(self, model: Path, spec: BenchSpec, inputs: list[Any] | None = None) -> TargetResult:
         """Estimated latency of the model on the profile's device, with its band."""
         try:
-            layers = model_layers(Path(model), spec.batch)
+            layers = model_layers(Path(model), spec.batch, _input_shapes(Path(model), inputs))
         except Exception as e:
             raise TargetError(self.name, f"cannot read the graph of {Path(model).name}: {type(e).__name__}: {e}") from e
         if not layers:
@@ -393,3 +393,15 @@ class EstimateTarget:
             throughput_items_s=1e3 * spec.batch / est if est > 0 else None,
             runtime=p.runtime or None, details=details,
         )
+
+
+def _input_shapes(model: Path, inputs: list[Any] | None) -> dict[str, list[int]] | None:
+    """The real shapes of the inputs given (by the ONNX model's input names), for its dynamic dims."""
+    if not inputs or model.suffix != ".onnx":
+        return None
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in inits]
+    return {n: [int(d) for d in getattr(a, "shape", ())] for n, a in zip(names, inputs)}

@@ -63,8 +63,13 @@ def _prod(shape: list[int] | tuple[int, ...]) -> int:
 # ---------------------------------------------------------------------------- ONNX
 
 
-def _onnx_shapes(path: Path, batch: int) -> tuple[Any, dict[str, tuple[list[int], int]]]:
-    """The graph and, per tensor name, (shape, element size in bytes) after shape inference."""
+def _onnx_shapes(path: Path, batch: int, shapes: dict[str, list[int]] | None = None) -> tuple[Any, dict[str, tuple[list[int], int]]]:
+    """The graph and, per tensor name, (shape, element size in bytes) after shape inference.
+
+    Args:
+        shapes: Real shapes of the inputs by name (one request, batch axis first); a dynamic
+            dim they do not give is the batch on axis 0, else 1.
+    """
     import onnx
     from onnx import TensorProto, helper, shape_inference
 
@@ -73,9 +78,10 @@ def _onnx_shapes(path: Path, batch: int) -> tuple[Any, dict[str, tuple[list[int]
     for inp in model.graph.input:
         if inp.name in init_names:
             continue
+        given = (shapes or {}).get(inp.name)
         for i, d in enumerate(inp.type.tensor_type.shape.dim):
             if not d.HasField("dim_value"):
-                d.dim_value = batch if i == 0 else 1
+                d.dim_value = batch if i == 0 else (given[i] if given is not None and i < len(given) else 1)
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except (shape_inference.InferenceError, ValueError, RuntimeError):
@@ -106,9 +112,9 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def onnx_layers(path: Path, batch: int = 1) -> list[Layer]:
-    """The work of every costly node of an ONNX model at a given batch size."""
-    graph, table = _onnx_shapes(path, batch)
+def onnx_layers(path: Path, batch: int = 1, shapes: dict[str, list[int]] | None = None) -> list[Layer]:
+    """The work of every costly node of an ONNX model at a given batch size (inputs' real ``shapes`` by name)."""
+    graph, table = _onnx_shapes(path, batch, shapes)
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, int] = {}
     for n in graph.node:
@@ -217,10 +223,10 @@ def tflite_layers(path: Path, batch: int = 1) -> list[Layer]:
     return layers
 
 
-def model_layers(path: Path, batch: int = 1) -> list[Layer]:
-    """Layers of an ONNX or TFLite file."""
+def model_layers(path: Path, batch: int = 1, shapes: dict[str, list[int]] | None = None) -> list[Layer]:
+    """Layers of an ONNX or TFLite file (``shapes``: the inputs' real shapes by name, for dynamic dims)."""
     path = Path(path)
-    return tflite_layers(path, batch) if path.suffix == ".tflite" else onnx_layers(path, batch)
+    return tflite_layers(path, batch) if path.suffix == ".tflite" else onnx_layers(path, batch, shapes)
 
 
 def summarize_layers(layers: list[Layer]) -> dict[str, Any]:

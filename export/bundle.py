@@ -56,17 +56,53 @@ def _load_recipe(run_dir: Path) -> Any:
 
 
 def _golden_inputs(recipe: Any, session: Any, n: int) -> list[np.ndarray]:
+    """``n`` samples for the golden vectors: the recipe's eval data, else random inputs in the real shapes."""
+    from bench.agent import take_samples
+
+    specs = None
+    if recipe is not None:
+        from compress.models import input_specs_of
+
+        try:
+            specs = input_specs_of(recipe.model)
+        except Exception:  # noqa: BLE001  (a model file gone since the run: the session's own shapes follow)
+            specs = None
     if recipe is not None and recipe.data is not None:
         try:
             from compress.data import load_dataset
 
-            split = load_dataset(recipe.data).eval
-            return [a[:n] for a in split.x]
+            split = load_dataset(recipe.data, specs).eval
+            return take_samples(split.x, slice(0, n))
         except Exception:  # data gone since the run: fall back to random inputs
             pass
+    if specs is not None and len(specs) == len(session.inputs):
+        from compress.data import synthetic_inputs
+
+        return synthetic_inputs(specs, n, recipe.seed).x
     from bench.agent import _inputs_for
 
-    return [np.repeat(x, n, axis=0)[:n] if x.shape[0] == 1 else x[:n] for x in _inputs_for(session, n)]
+    return _inputs_for(session, n)
+
+
+def manifest_inputs(session: Any, xs: list[np.ndarray], layout: str) -> list[dict[str, Any]]:
+    """The model's inputs as an app feeds them: the real shape of one request, the dynamic axes named apart.
+
+    ``shape`` is what the golden vectors were made with (batch 1 on the batch axis);
+    ``dynamic_axes`` maps each axis the model leaves free to a name (``batch`` or ``dim<N>``),
+    and ``batch_axis`` is None for a fixed input (fed whole to every call).
+    """
+    from bench.agent import batch_axes_of
+
+    out = []
+    for spec, a, ax in zip(session.inputs, xs, batch_axes_of(xs)):
+        shape = [int(d) for d in np.shape(a)]
+        if ax is not None:
+            shape[ax] = 1
+        declared = spec["shape"]
+        dynamic = {str(k): ("batch" if k == ax else f"dim{k}") for k, d in enumerate(declared) if d <= 0}
+        out.append(dict(spec, shape=shape, declared_shape=list(declared), dynamic_axes=dynamic, batch_axis=ax,
+                        layout=layout if len(shape) == 4 else None))
+    return out
 
 
 def _lineage(report: Any, name: str) -> list[dict[str, Any]]:
@@ -197,6 +233,7 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
         InputFileError: the run, the artifact or its file is missing, the file changed since
             the run, or (without ``force``) the run failed or the artifact failed parity.
     """
+    from bench.agent import num_samples, take_samples
     from bench.report import load_report
     from bench.runtime import open_model, predict
 
@@ -246,9 +283,9 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
         "outputs_are": "float values (int8 outputs dequantized: (q - zero_point) * scale)",
         "tolerance": {"atol": atol, "rtol": 1e-3},
         "top1_must_match": (recipe.task.kind == "classification") if recipe is not None else False,
-        "vectors": [{"inputs": {s["name"]: _array_json(x[i : i + 1]) for s, x in zip(session.inputs, xs)},
-                     "outputs": {s["name"]: _array_json(y[i : i + 1]) for s, y in zip(session.outputs, ys)}}
-                    for i in range(int(xs[0].shape[0]))],
+        "vectors": [{"inputs": {s["name"]: _array_json(x) for s, x in zip(session.inputs, take_samples(xs, slice(i, i + 1)))},
+                     "outputs": {s["name"]: _array_json(y[i : i + 1] if np.ndim(y) else y) for s, y in zip(session.outputs, ys)}}
+                    for i in range(num_samples(xs))],
     }
     files["golden.json"] = json.dumps(golden_doc).encode()
     files["MODEL_CARD.md"] = _model_card(report, recipe, art, platform).encode()
@@ -261,7 +298,7 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
         "precision": art.precision,
         "model_file": model_name,
         "runtime": "onnxruntime" if art.format == "onnx" else "LiteRT (ai-edge-litert / TensorFlow Lite)",
-        "inputs": [dict(s, layout=layout if len(s["shape"]) == 4 else None) for s in session.inputs],
+        "inputs": manifest_inputs(session, xs, layout),
         "outputs": session.outputs,
         "preprocessing": _preprocessing(recipe, layout),
         "postprocessing": _postprocessing(recipe, labels is not None),
