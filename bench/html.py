@@ -28,7 +28,7 @@ h1{font-size:1.55rem;margin:.2rem 0 .4rem}h2{font-size:1.2rem;margin:1.8rem 0 .6
 padding-bottom:.2rem}h3{font-size:1rem;margin:1rem 0 .4rem}
 table{border-collapse:collapse;font-size:.86rem;margin:.4rem 0 .8rem}th,td{border:1px solid #dde3ea;padding:.25rem .5rem;
 text-align:left;vertical-align:top}th{background:#f3f6f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.status-ok{color:#17803d;font-weight:600}.status-failed,.status-interrupted{color:#b42318;font-weight:600}
+.status-ok{color:#17803d;font-weight:600}.status-degraded{color:#b54708;font-weight:600}.status-failed,.status-interrupted{color:#b42318;font-weight:600}
 .muted{color:#5f6b7a}.pill{display:inline-block;border-radius:.6rem;padding:0 .45rem;font-size:.75rem;
 background:#eef2f6;margin-right:.25rem}.noisy{background:#fff1d6;color:#8a5300}.bad{background:#fde2e1;color:#9b1c1c}
 .good{background:#e0f4e8;color:#17603a}.plot svg{max-width:100%;height:auto}.plots{display:flex;flex-wrap:wrap;gap:1rem}
@@ -208,7 +208,13 @@ def scatter_plot(report: Report, plotter: _Plotter) -> str | None:
         for (a, _), x, y in zip(pts, xs, ys):
             ax.annotate(a.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5, color="#1d2430")
         # Lower latency is better; so is higher accuracy, or lower size when there is no accuracy.
-        front = pareto_front([(x, y if use_acc else -y) for x, y in zip(xs, ys)])
+        # A degraded artifact (failed its fidelity gate) is drawn hollow and never on the front.
+        ok = [i for i, (a, _) in enumerate(pts) if a.status != "degraded"]
+        bad = [i for i in range(len(pts)) if i not in ok]
+        if bad:
+            ax.scatter([xs[i] for i in bad], [ys[i] for i in bad], s=60, marker="x", color="#b42318", zorder=5,
+                       label="degraded (failed its gate)" if k == 0 else None)
+        front = [ok[i] for i in pareto_front([(xs[i], ys[i] if use_acc else -ys[i]) for i in ok])]
         fx, fy = [xs[i] for i in front], [ys[i] for i in front]
         ax.plot(fx, fy, linestyle="--", drawstyle="steps-post" if use_acc else "default", color=color, linewidth=1, zorder=2)
         ax.scatter(fx, fy, s=150, facecolors="none", edgecolors=color, linewidths=1.4, zorder=4,

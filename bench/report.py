@@ -71,7 +71,14 @@ class ArtifactReport(_Model):
     params: int | None = None
     macs: int | None = None
     targets: list[TargetResult] = Field(default_factory=list)
+    status: Literal["ok", "degraded"] = Field("ok", description="degraded: failed its fidelity gate (see gate)")
+    fidelity: dict[str, Any] | None = Field(None, description="per-output fidelity vs_parent and vs_baseline")
+    gate: dict[str, Any] | None = Field(None, description="passed, reasons, fixes")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        return self.status == "degraded"
 
 
 class ModelFacts(_Model):
@@ -86,7 +93,7 @@ class StepReport(_Model):
     kind: str
     name: str
     config: dict[str, Any]
-    status: Literal["ok", "failed", "interrupted"] = "ok"
+    status: Literal["ok", "degraded", "failed", "interrupted"] = "ok"
     duration_s: float | None = None
     input: str | None = Field(None, description="name of the model the step received")
     output: str | None = Field(None, description="name of the model it made (torch models are named here only)")
@@ -94,6 +101,8 @@ class StepReport(_Model):
     after: ModelFacts | None = None
     details: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    fidelity: dict[str, Any] | None = Field(None, description="a torch step's model vs the baseline, per output")
+    gate: dict[str, Any] | None = None
 
 
 class AdvisoryReport(_Model):
@@ -109,7 +118,8 @@ class Report(_Model):
     tool: dict[str, str] = Field(default_factory=dict)
     recipe: dict[str, Any]
     created: str
-    status: Literal["ok", "failed", "interrupted"] = "ok"
+    status: Literal["ok", "degraded", "failed", "interrupted"] = Field(
+        "ok", description="degraded: every step ran, but an artifact failed its fidelity gate")
     error: str | None = None
     env: dict[str, Any] = Field(default_factory=dict)
     task: dict[str, Any] = Field(default_factory=dict)
@@ -179,6 +189,49 @@ def _fmt_ms(x: float) -> str:
     return f"{x:.4g}" if x < 1000 else f"{x:.0f}"
 
 
+FIDELITY_COLUMNS = (("agreement", "agreement", ".4f"), ("sqnr_db", "SQNR dB", ".1f"), ("cosine", "cosine", ".5f"),
+                    ("dead_fraction", "dead", ".3f"), ("detection_f1", "det. F1", ".3f"))
+
+
+def fidelity_rows(name: str, fid: dict[str, Any] | None, gate: dict[str, Any] | None) -> list[list[str]]:
+    """Cells of the fidelity table: one row per output of one comparison."""
+    rows = []
+    for o in (fid or {}).get("outputs", []):
+        cells = [name, str(fid.get("reference", "-")), f"{o.get('name', '-')} ({o.get('task', '-')})"]
+        for key, _, spec in FIDELITY_COLUMNS:
+            v = o.get(key)
+            cells.append("-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v))
+        rows.append(cells)
+    return rows
+
+
+def fidelity_markdown(r: Report) -> list[str]:
+    """The per-output fidelity of every gated artifact and step model, and the reasons of a failed gate."""
+    rows: list[list[str]] = []
+    reasons: list[str] = []
+    for s in r.steps:
+        if s.fidelity:
+            rows += fidelity_rows(s.output or s.name, s.fidelity, s.gate)
+        if s.gate and not s.gate.get("passed", True):
+            reasons += [f"- {s.output or s.name}: {x}" for x in s.gate.get("reasons", [])]
+    for a in r.artifacts:
+        fid = a.fidelity or {}
+        for key in ("vs_parent", "vs_baseline"):
+            if fid.get(key) and (key == "vs_parent" or fid[key].get("reference") != (fid.get("vs_parent") or {}).get("reference")):
+                rows += fidelity_rows(a.name, fid[key], a.gate)
+        if a.gate and not a.gate.get("passed", True):
+            reasons += [f"- {a.name}: {x}" for x in a.gate.get("reasons", [])]
+            reasons += [f"  - fix: {x}" for x in a.gate.get("fixes", [])]
+    if not rows:
+        return []
+    head = ["model", "vs", "output"] + [label for _, label, _ in FIDELITY_COLUMNS]
+    out = ["", "## Fidelity (per output)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(c) + " |" for c in rows]
+    if reasons:
+        out += ["", "Failed gates (the artifact is kept, marked degraded, never recommended):", "", *reasons]
+    return out
+
+
 def render_markdown(report: Report) -> str:
     """A Markdown summary fit for a pull-request comment."""
     r = report
@@ -209,17 +262,19 @@ def render_markdown(report: Report) -> str:
                 f"| {_fmt(s.duration_s, '.1f')} s |"
             )
         lines.append("")
-    lines += ["## Artifacts", "", "| artifact | format | precision | size | zipped | accuracy | parity (max abs diff / agreement) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["## Artifacts", "", "| artifact | status | format | precision | size | zipped | accuracy | parity (max abs diff / agreement) |",
+              "|---|---|---|---|---|---|---|---|"]
     for a in r.artifacts:
         par = "-" if a.parity is None else (
             f"{a.parity.max_abs_diff:.2e} / {_fmt(a.parity.agreement, '.3f')}"
             + ("" if a.parity.passed is None else (" ✓" if a.parity.passed else " ✗"))
         )
+        status = "**degraded**" if a.status == "degraded" else ("ok" if a.gate is not None else "-")
         lines.append(
-            f"| {a.name} | {a.format} | {a.precision} | {_fmt_bytes(a.size_bytes)} | {_fmt_bytes(a.zipped_bytes)} "
+            f"| {a.name} | {status} | {a.format} | {a.precision} | {_fmt_bytes(a.size_bytes)} | {_fmt_bytes(a.zipped_bytes)} "
             f"| {_fmt(a.accuracy)} | {par} |"
         )
+    lines += fidelity_markdown(r)
     lines += ["", "## Latency", "",
               "| artifact | target | threads | batch | p50 [95% CI] and tail | throughput | memory | load |",
               "|---|---|---|---|---|---|---|---|"]

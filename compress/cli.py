@@ -105,6 +105,14 @@ def run_cmd(
         raise typer.Exit(1)
     c = _console()
     c.print(f"report: {runner.run_dir / 'report.md'}")
+    if report.status == "degraded":
+        from rich.markup import escape
+
+        warn = source.recipe.gate == "warn"
+        _console(stderr=True).print(f"[{'yellow' if warn else 'red'}]degraded:[/] {escape(report.error or '')}"
+                                    + ("" if warn else "; see the report's gate reasons (gate: warn accepts them)"))
+        if not warn:
+            raise typer.Exit(1)
     failed_goal = any(s.details.get("goal_met") is False and s.details.get("require_goal") for s in report.steps)
     if failed_goal:
         raise typer.Exit(1)

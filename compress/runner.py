@@ -78,6 +78,8 @@ class RunState:
     # list as artifacts) and the counts their exports inherit
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
+    # torch models by name (the baseline and every step's result): parents of exports, by lineage
+    torch_models: dict[str, Artifact] = field(default_factory=dict)
 
 
 class Runner:
@@ -94,6 +96,7 @@ class Runner:
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self._log_file: Any = None
         self._steps_done = False  # torch models are final (their outputs may be cached) once True
+        self.gatekeeper: Any = None  # compress.gates.Gatekeeper, once the baseline's outputs are known
 
     # ------------------------------------------------------------------ logging
 
@@ -291,6 +294,8 @@ class Runner:
                 result.name = self._unique_name(result.name)  # a second prune's model is not the first's
             record["after"] = self.torch_facts(result.module)
             self.state.facts[result.name] = dict(record["after"])
+            self.state.torch_models[result.name] = result
+            self.gate_torch_step(record, result)
         else:
             self.add_artifact(result)
             # A step that restarts from another file than its input (a second quantize step starts
@@ -305,6 +310,94 @@ class Runner:
     def artifact_named(self, name: str | None) -> Artifact | None:
         """The file artifact of this run with that name."""
         return next((a for a in self.state.artifacts if a.name == name), None) if name else None
+
+    # ------------------------------------------------------------------ fidelity gates
+
+    def start_gates(self, baseline: Artifact, baseline_outputs: list[np.ndarray]) -> None:
+        """Resolve what each output is and set up the gates (every later artifact is gated)."""
+        from bench.outputs import resolve_outputs
+        from compress.gates import Gatekeeper
+
+        m, t = self.recipe.model, self.recipe.task
+        try:
+            specs = resolve_outputs(baseline_outputs, m.outputs, t.kind, t.detection, self.output_names(baseline))
+        except ValueError as e:
+            raise self.source.error([self.source.problem(("model", "outputs"), str(e))]) from e
+        labels: dict[int, np.ndarray] = {}
+        split = self.eval_split
+        targets = getattr(split, "targets", None) or {}
+        for spec in specs:
+            if spec.name in targets:
+                labels[spec.index] = targets[spec.name]
+        primary = next((s.index for s in specs if s.task == t.kind), 0)
+        if split.y is not None and primary not in labels:
+            labels[primary] = split.y
+        self.gatekeeper = Gatekeeper(self.recipe, specs, baseline.name, baseline_outputs, labels, self.log)
+        shown = ", ".join(f"{s.name} ({s.task}{', probabilities' if s.probabilities else ''})" for s in specs)
+        self.log(f"outputs: {shown}")
+
+    @staticmethod
+    def output_names(art: Artifact) -> list[str] | None:
+        """The model's own output names (ONNX), when it has them."""
+        if art.format != "onnx" or art.path is None:
+            return None
+        try:
+            import onnx
+
+            return [o.name for o in onnx.load(str(art.path), load_external_data=False).graph.output]
+        except Exception:  # noqa: BLE001  (names are a nicety; the model loaded already)
+            return None
+
+    def gate_torch_step(self, record: dict[str, Any], result: Artifact) -> None:
+        """A torch step's model against the baseline, with ``fidelity.compressed``."""
+        if self.gatekeeper is None:
+            return
+        g = self.gatekeeper.gate(result.name, "fp32", self.outputs_of(result.module), None,
+                                 tolerance=self.recipe.fidelity.artifacts.get(result.name) or self.recipe.fidelity.compressed)
+        record["fidelity"] = g["vs_baseline"].model_dump(mode="json")
+        record["gate"] = g["gate"].model_dump(mode="json")
+        if not g["gate"].passed:
+            record["status"] = "degraded"
+            self.state.advisories.append(Advisory(
+                "gate_failed", f"{result.name} (step {record['name']}): " + "; ".join(g["gate"].reasons)
+                + (" Fix: " + "; ".join(g["gate"].fixes) if g["gate"].fixes else ""), "error", step=record["name"]))
+
+    def parent_of(self, art: Artifact) -> Artifact | None:
+        """The model an artifact was made from, by lineage (a file or a torch model of this run)."""
+        if not art.parent:
+            return None
+        return self.artifact_named(art.parent) or self.state.torch_models.get(art.parent)
+
+    def gate_artifacts(self) -> None:
+        """Gate every file artifact against its parent and the baseline."""
+        if self.gatekeeper is None:
+            return
+        for art in self.state.artifacts:
+            if art.format not in ("onnx", "tflite") or art.step == "input" or "_gate" in art.metadata:
+                continue
+            parent = self.parent_of(art)
+            try:
+                outs = self.outputs_of(art)
+                ref = (parent.name, self.outputs_of(parent)) if parent is not None else None
+                g = self.gatekeeper.gate(art.name, art.precision, outs, ref)
+            except ValueError as e:
+                from bench.fidelity import GateResult
+
+                g = {"vs_parent": None, "vs_baseline": None,
+                     "gate": GateResult(passed=False, reasons=[f"outputs cannot be compared: {e}"], fixes=[])}
+                self.log(f"  fidelity {art.name}: {e}")
+            art.metadata["_fidelity"] = g
+            art.metadata["_gate"] = g["gate"]
+            if not g["gate"].passed:
+                self.state.advisories.append(Advisory(
+                    "gate_failed", f"{art.name} is degraded: " + "; ".join(g["gate"].reasons)
+                    + (" Fix: " + "; ".join(g["gate"].fixes) if g["gate"].fixes else ""), "error", art.name))
+
+    def degraded(self) -> list[str]:
+        """Names of the artifacts (and torch step models) that failed their gates."""
+        names = [a.name for a in self.state.artifacts if (g := a.metadata.get("_gate")) is not None and not g.passed]
+        names += [s["output"] for s in self.state.steps if s.get("status") == "degraded" and s.get("output")]
+        return names
 
     def file_facts(self, art: Artifact) -> dict[str, Any]:
         """Size and accuracy of a file artifact, with the params / MACs of the model it came from."""
@@ -465,6 +558,10 @@ class Runner:
                 accuracy=metrics.get("accuracy"), metrics=metrics, parity=a.metadata.get("_parity"),
                 params=self.counts_of(a).get("params"), macs=self.counts_of(a).get("macs"),
                 targets=a.metadata.get("_targets", []),
+                status="degraded" if (g := a.metadata.get("_gate")) is not None and not g.passed else "ok",
+                fidelity={k: v.model_dump(mode="json") for k, v in (a.metadata.get("_fidelity") or {}).items()
+                          if k != "gate" and v is not None} or None,
+                gate=g.model_dump(mode="json") if g is not None else None,
                 metadata={k: v for k, v in a.metadata.items() if not k.startswith("_")},
             ))
         r = self.recipe
@@ -505,7 +602,7 @@ class Runner:
     def report_extras(self, report: Any) -> dict[str, Any]:
         """Sections later modules add (cloud-vs-device trade-off)."""
         extras: dict[str, Any] = {}
-        if report.status == "ok" and self.recipe.tradeoff is not None:
+        if report.status in ("ok", "degraded") and self.recipe.tradeoff is not None:
             try:
                 from bench.tradeoff import tradeoff_section
             except ImportError:
@@ -550,6 +647,11 @@ class Runner:
                 self._log_traceback()
                 self.write_report("failed", f"internal error: {type(e).__name__}: {e}")
                 raise
+            degraded = self.degraded()
+            if degraded:
+                status = "degraded"
+                error = (f"{len(degraded)} artifact(s) failed their fidelity gate: {', '.join(degraded)}"
+                         + (" (gate: warn)" if self.recipe.gate == "warn" else ""))
             report = self.write_report(status, error)
             try:
                 self.package_if_asked(report)
@@ -594,7 +696,11 @@ class Runner:
         # Baseline: the reference outputs every later artifact is compared with.
         if baseline.format != "torch":
             self.add_artifact(baseline)  # registered first: its outputs are computed once
-        self.state.reference_outputs = self.outputs_of(baseline)[0]
+        baseline_outputs = self.outputs_of(baseline)
+        self.state.reference_outputs = baseline_outputs[0]
+        if baseline.format == "torch":
+            self.state.torch_models[baseline.name] = baseline
+        self.start_gates(baseline, baseline_outputs)
         if baseline.format == "torch":
             facts = self.torch_facts(baseline.module, self.state.reference_outputs)
         else:
@@ -626,6 +732,7 @@ class Runner:
                 if art.metadata.get("zipped_bytes") is None and art.path is not None and art.path.is_file():
                     # what the model adds to an app download (APKs and bundles are deflated)
                     art.metadata["zipped_bytes"] = zipped_size(art.path)
+        self.gate_artifacts()
         self.log_artifacts()
         self.benchmark_all()
 
