@@ -119,4 +119,4 @@ def test_compress_bench_rejects_bad_input(tmp_path: Path) -> None:
     model = linear_onnx(tmp_path / "m.onnx")
     np.savez(tmp_path / "bad.npz", z=np.zeros(3))
     res = runner.invoke(app, ["bench", str(model), "--data", str(tmp_path / "bad.npz")])
-    assert res.exit_code == 2 and "expected an array 'x'" in res.stderr
+    assert res.exit_code == 2 and "needs an array 'x'" in res.stderr
