@@ -9,14 +9,24 @@ quantizers into quantize/dequantize pairs. The result exports to ONNX as a QDQ m
 into integer kernels.
 
 Quantizers: x86 uses ``X86InductorQuantizer`` (uint8 activations, int8 per-channel
-weights: the combination onnxruntime fuses on x86). ARM uses the XNNPACK quantizer
+weights: the combination onnxruntime fuses on x86). On an x86 CPU without VNNI the weights
+are 7-bit (quant_min/max -64..63), what post-training quantization's ``reduce_range``
+does: onnxruntime's u8s8 kernels there sum pairs of uint8 x int8 products into int16
+(``vpmaddubsw``), which saturates for full-range weights (measured: mobilenet-digits' QAT
+ONNX at accuracy 0.538 against 0.944 for its torch model). ARM uses the XNNPACK quantizer
 (symmetric int8), which torchao 0.18 ships only as a deprecated test copy
 (``torchao.testing.pt2e._xnnpack_quantizer``); it is the one pt2e quantizer for ARM there.
+
+The step then exports the QAT model to ONNX and measures it as onnxruntime runs it on this
+CPU: its accuracy against the torch QAT model, and its int8 kernels against the same QDQ
+model computed in float; an advisory says when the int8 kernels cost accuracy. That export
+is the run's ONNX export of the QAT model (made once).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any
 
 from compress.artifact import Artifact
@@ -27,8 +37,20 @@ from compress.recipe import QatConfig, Recipe
 Problems = list[tuple[tuple[Any, ...], str]]
 
 
-def make_quantizer(target: str, per_channel: bool) -> tuple[Any, str]:
-    """The pt2e quantizer for ``target`` (x86 or arm) in QAT mode, and its name."""
+# Weights of 7 bits: u8 x s7 pair sums (2 x 255 x 64) fit int16, as onnxruntime's reduce_range.
+REDUCED_WEIGHT_RANGE = (-64, 63)
+# The QAT ONNX in onnxruntime may lose this much accuracy against its torch model before an advisory.
+ONNX_LOSS_ADVISORY = 0.015
+
+
+def make_quantizer(target: str, per_channel: bool, reduce_range: bool = False) -> tuple[Any, str]:
+    """The pt2e quantizer for ``target`` (x86 or arm) in QAT mode, and its name.
+
+    Args:
+        target: ``x86`` or ``arm``.
+        per_channel: Per-channel weights (the x86 quantizer always uses them).
+        reduce_range: 7-bit weights (x86 without VNNI; see the module docstring).
+    """
     try:
         if target == "arm":
             with warnings.catch_warnings():
@@ -51,8 +73,12 @@ def make_quantizer(target: str, per_channel: bool) -> tuple[Any, str]:
     q = X86InductorQuantizer()
     if not per_channel:
         warnings.warn("the x86 quantizer always quantizes weights per channel", stacklevel=2)
-    q.set_global(get_default_x86_inductor_quantization_config(is_qat=True))
-    return q, "X86InductorQuantizer"
+    cfg = get_default_x86_inductor_quantization_config(is_qat=True)
+    if reduce_range:
+        lo, hi = REDUCED_WEIGHT_RANGE
+        cfg = replace(cfg, weight=replace(cfg.weight, quant_min=lo, quant_max=hi))
+    q.set_global(cfg)
+    return q, "X86InductorQuantizer" + (" (7-bit weights)" if reduce_range else "")
 
 
 def capture(module: Any, example: list[Any], dynamic_batch: bool = True) -> Any:
@@ -90,6 +116,13 @@ def _freeze_bn(prepared: Any) -> None:
 
 def qat(artifact: Artifact, config: QatConfig, ctx: StepContext) -> Artifact:
     """Fine-tune the incoming float module with fake quantization; return the int8 module."""
+    from export.cpu import detect_cpu
+
+    return qat_for(artifact, config, ctx, detect_cpu(ctx.target_arch if config.target == "auto" else config.target))
+
+
+def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -> Artifact:
+    """The ``qat`` step with the target CPU's features (:class:`export.cpu.CpuFeatures`) given explicitly."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from compress.distill import distill_loss, supervised_loss
@@ -99,8 +132,9 @@ def qat(artifact: Artifact, config: QatConfig, ctx: StepContext) -> Artifact:
 
     if ctx.data is None:
         raise StepError(ctx.step_name, "quantization-aware training needs training data")
-    target = ctx.target_arch if config.target == "auto" else config.target
-    quantizer, qname = make_quantizer(target, config.per_channel)
+    target = cpu.arch
+    reduce_range = target == "x86" and cpu.u8s8_saturates
+    quantizer, qname = make_quantizer(target, config.per_channel, reduce_range)
     float_module = artifact.module
     example = model_example(float_module, ctx.recipe)
     static = getattr(float_module, "_edgepack_static_batch", None)
@@ -136,12 +170,63 @@ def qat(artifact: Artifact, config: QatConfig, ctx: StepContext) -> Artifact:
     if not ops:
         raise StepError(ctx.step_name, f"{qname} inserted no quantize ops: the model has no layer it quantizes")
     ctx.details.update({"quantizer": qname, "target": target, "training": result.as_dict(), "quant_ops": ops,
-                        "freeze_bn_epoch": config.freeze_bn_epoch})
+                        "freeze_bn_epoch": config.freeze_bn_epoch, "reduce_range": reduce_range,
+                        "cpu": cpu.as_dict()})
     if target == "arm":
         ctx.advise("qat_xnnpack_deprecated", "the ARM (XNNPACK) pt2e quantizer is a deprecated test copy in "
                    "torchao 0.18; its QDQ model is fine, but pin torchao when you depend on it", severity="info")
     ctx.log(f"  {qname}: {sum(ops.values())} quantize/dequantize ops")
-    return artifact.derive(name="qat", module=converted, precision="int8")
+    out = artifact.derive(name="qat", module=converted, precision="int8")
+    measure_onnx(out, ctx)
+    return out
+
+
+def measure_onnx(out: Artifact, ctx: StepContext) -> None:
+    """Export the QAT model to ONNX and measure it in onnxruntime on this CPU.
+
+    The export is offered to the runner as the QAT model's ONNX export when the recipe
+    exports ONNX (so it is made once and benchmarked); otherwise it is removed after
+    measuring.
+    """
+    import shutil
+
+    from compress.recipe import OnnxExportConfig
+    from export.cpu import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, describe_cpu, detect_cpu, kernel_fidelity
+    from export.onnx import export_onnx
+    from export.quantize_onnx import feeds_of, input_names
+
+    wanted = ctx.recipe.export_config("onnx")
+    export_ctx = ctx if wanted is not None else replace(ctx, step_dir=ctx.step_dir / "measure")
+    export_ctx.step_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        art = export_onnx(out, wanted or OnnxExportConfig(), export_ctx)
+    except Exception as e:  # noqa: BLE001  the runner's own export reports the failure where it belongs
+        ctx.details["onnx"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        return
+    torch_acc = ctx.evaluate(out.module).get("accuracy")
+    onnx_acc = ctx.evaluate(art).get("accuracy")
+    names, batch = input_names(art.path)
+    fid = kernel_fidelity(art.path, feeds_of(ctx.data.eval.x, names, batch, 512, step=64))
+    here = describe_cpu(detect_cpu())
+    facts = {"cpu": here, "onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc,
+             "int8_kernels_vs_qdq_float": fid}
+    ctx.details["onnx"] = facts
+    loss = (torch_acc - onnx_acc) if torch_acc is not None and onnx_acc is not None else None
+    ctx.log(f"  QAT ONNX in onnxruntime on this {here}: accuracy {onnx_acc} (torch {torch_acc})")
+    kernels_off = (fid["agreement"] is not None and fid["agreement"] < MIN_KERNEL_AGREEMENT) \
+        or fid["cosine"] < MIN_KERNEL_COSINE
+    if (loss is not None and loss > ONNX_LOSS_ADVISORY) or kernels_off:
+        ctx.advise("int8_kernels_lose_accuracy",
+                   f"on this {here}, the QAT model's ONNX export runs at accuracy {onnx_acc} in onnxruntime against "
+                   f"{torch_acc} for the torch QAT model; its int8 kernels agree with the same QDQ model computed "
+                   f"in float on {fid['agreement'] if fid['agreement'] is not None else fid['cosine']:.1%} of samples"
+                   ". The int8 arithmetic of this CPU loses accuracy: measure on the target CPU, or quantize with "
+                   "qat target settings for it", artifact=art.name)
+    if wanted is None:
+        shutil.rmtree(export_ctx.step_dir, ignore_errors=True)
+        return
+    ctx.extra_artifacts.append(art)
+    out.metadata["_onnx_export"] = art  # the runner's export cache: no second export
 
 
 def check(config: QatConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:

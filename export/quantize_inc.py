@@ -6,6 +6,12 @@ calibrated on the recipe's calibration samples, and the result exported to ONNX 
 any other model. Only static quantization: neural-compressor 3.10's ``DynamicQuantConfig``
 collapses accuracy and ``RTNConfig`` needs accelerate (measured; see
 ``/work/shared/notes/measured-facts.md``).
+
+The goal is verified on the exported ONNX artifact as onnxruntime runs it on this CPU, not
+on the torch model autotune scored: ``goal_met`` is the artifact's. On an x86 CPU without
+VNNI the candidates use int8 activations (s8s8): neural-compressor's uint8 activations with
+full-range int8 weights saturate in onnxruntime's u8s8 kernels there, and it has no 7-bit
+weight option.
 """
 
 from __future__ import annotations
@@ -30,8 +36,18 @@ def _import_inc() -> dict[str, Any]:
             "autotune": autotune}
 
 
-def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
-    """Tune and quantize the torch model with neural-compressor, then export it to ONNX."""
+def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, cpu: Any = None) -> Artifact:
+    """Tune and quantize the torch model with neural-compressor, then export it to ONNX.
+
+    Args:
+        artifact: The torch model.
+        config: The step's configuration (``engine: inc``).
+        ctx: The step context.
+        cpu: The target CPU's :class:`export.cpu.CpuFeatures` (detected when None).
+    """
+    from export.cpu import detect_cpu
+
+    cpu = cpu or detect_cpu(ctx.target_arch if config.target == "auto" else config.target)
     inc = _import_inc()
     if artifact.format != "torch":
         raise StepError(ctx.step_name, "engine: inc quantizes a torch model; use engine: ort for ONNX models")
@@ -64,8 +80,11 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
         exported = inc["export"](artifact.module, example, dynamic_shapes=tuple({0: batch} for _ in specs))
     except Exception as e:
         raise StepError(ctx.step_name, f"neural-compressor could not capture the model: {type(e).__name__}: {e}") from e
-    candidates = [inc["StaticQuantConfig"](w_granularity="per_channel" if config.per_channel else "per_tensor"),
-                  inc["StaticQuantConfig"](w_granularity="per_tensor" if config.per_channel else "per_channel")]
+    act_dtype = "int8" if cpu.u8s8_saturates else "uint8"
+    candidates = [inc["StaticQuantConfig"](act_dtype=act_dtype,
+                                           w_granularity="per_channel" if config.per_channel else "per_tensor"),
+                  inc["StaticQuantConfig"](act_dtype=act_dtype,
+                                           w_granularity="per_tensor" if config.per_channel else "per_channel")]
     tolerable = config.tolerable_loss if config.tolerable_loss is not None else 0.01
     tune_cfg = inc["TuningConfig"](config_set=candidates, tolerable_loss=tolerable, max_trials=config.max_trials)
     ctx.log(f"  neural-compressor autotune: {len(candidates)} candidate configs, tolerable_loss {tolerable}")
@@ -74,10 +93,10 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
     except Exception as e:
         raise StepError(ctx.step_name, f"neural-compressor autotune failed: {type(e).__name__}: {e}") from e
     baseline = trials[0]["accuracy"] if trials else None
-    goal_met = q_model is not None
     ctx.details.update({"engine": "inc", "trials": trials[1:], "baseline_accuracy": baseline,
-                        "goal_met": goal_met, "require_goal": config.require_goal})
+                        "activation_type": act_dtype, "cpu": cpu.as_dict(), "require_goal": config.require_goal})
     if q_model is None:
+        ctx.details["goal_met"] = False
         raise StepError(ctx.step_name, f"neural-compressor found no configuration within tolerable_loss {tolerable}")
     from compress.artifact import atomic_write_with
     from compress.models import set_mode
@@ -96,9 +115,37 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
     atomic_write_with(dest, lambda tmp: onnx.save(model, str(tmp)))
     raw.unlink()
     ctx.details["folded_weight_quantizers"] = folded
-    return Artifact(name=config.name or "onnx-inc-static", format="onnx", path=dest, parent=artifact.name,
-                    precision="int8", metadata={"quantization": {"engine": "neural-compressor", "method": "static",
-                                                                 "per_channel": config.per_channel}})
+    name = config.name or "onnx-inc-static"
+    art = Artifact(name=name, format="onnx", path=dest, parent=artifact.name, precision="int8",
+                   metadata={"quantization": {"engine": "neural-compressor", "method": "static",
+                                              "per_channel": config.per_channel, "activation_type": act_dtype}})
+    verify_goal_on_artifact(art, baseline, tolerable, config, trials, ctx)
+    return art
+
+
+def verify_goal_on_artifact(art: Artifact, baseline: float | None, tolerable: float, config: QuantizeConfig,
+                            trials: list[dict[str, Any]], ctx: StepContext) -> None:
+    """``goal_met`` from the ONNX artifact's accuracy in onnxruntime, with an advisory when it misses."""
+    accuracy = ctx.evaluate(art).get("accuracy")
+    torch_accuracy = max((t["accuracy"] for t in trials[1:]), default=None)
+    if accuracy is None or baseline is None:
+        ctx.details.update({"goal_met": None, "artifact_accuracy": accuracy})
+        return
+    allowed = tolerable * abs(baseline) if config.loss_kind == "relative" else tolerable
+    loss = baseline - float(accuracy)
+    met = loss <= allowed + 1e-9
+    ctx.details.update({"goal_met": met, "artifact_accuracy": float(accuracy), "artifact_loss": loss,
+                        "torch_quantized_accuracy": torch_accuracy, "allowed_loss": allowed,
+                        "goal_measured_on": "onnx artifact (onnxruntime, this CPU)"})
+    ctx.log(f"  {art.name} in onnxruntime: accuracy {accuracy:.4f} (loss {loss:+.4f}, allowed {allowed:.4f})"
+            + ("" if met else " goal missed"))
+    if not met:
+        ctx.advise("tuning_goal_unmet",
+                   f"neural-compressor's tuned model met tolerable_loss {tolerable} in torch"
+                   + (f" ({torch_accuracy:.4f})" if torch_accuracy is not None else "")
+                   + f", but its ONNX export runs at accuracy {accuracy:.4f} in onnxruntime on this CPU (loss "
+                   f"{loss:+.4f}); use engine: ort with tolerable_loss, or quantization-aware training (qat)",
+                   severity="error" if config.require_goal else "warning", artifact=art.name)
 
 
 def fold_weight_quantize(model: Any) -> int:

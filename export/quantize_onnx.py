@@ -21,8 +21,9 @@ import contextlib
 import io
 import logging
 import os
-import platform
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,18 @@ from compress.artifact import Artifact, atomic_write_with
 from compress.context import StepContext
 from compress.errors import StepError
 from compress.recipe import QuantizeConfig
-from export.quantize_tuning import Goal, Plan, Search, Trial, describe
+from export.cpu import (  # noqa: F401  (re-exported: the names this module has always offered)
+    ARM_DOT_FLAGS,
+    CPUINFO_ENV,
+    X86_DOT_FLAGS,
+    CpuFeatures,
+    detect_cpu,
+    has_int8_dot,
+    host_arch,
+    read_cpu_flags,
+)
+from export.quantize_tuning import Plan, describe
 
-CPUINFO_ENV = "EDGEPACK_CPUINFO"
-X86_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-ARM_DOT_FLAGS = ("asimddp",)
 # Dynamic quantization touches only these: ConvInteger (dynamic Conv) is several times
 # slower than float Conv in onnxruntime, so convolutions stay float (and an advisory says so).
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "Gather")
@@ -51,43 +59,12 @@ SPARSITY_ADVISORY = 0.3
 # --------------------------------------------------------------------------- target
 
 
-def read_cpu_flags(path: str | Path | None = None) -> set[str]:
-    """CPU feature flags from a cpuinfo file (``flags`` on x86, ``Features`` on ARM).
-
-    ``path`` defaults to ``$EDGEPACK_CPUINFO`` or ``/proc/cpuinfo``; an unreadable file gives
-    an empty set.
-    """
-    src = Path(path or os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
-    try:
-        text = src.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return flags
-
-
-def host_arch() -> str:
-    m = platform.machine().lower()
-    return "arm" if m in ("aarch64", "arm64") or m.startswith("armv") else "x86"
-
-
 def target_flags(arch: str) -> set[str] | None:
     """Flags of the CPU the model will run on, when known: ``$EDGEPACK_CPUINFO`` describes
     the target; otherwise this machine's, if it has the target's architecture."""
     if os.environ.get(CPUINFO_ENV):
         return read_cpu_flags()
     return read_cpu_flags() if host_arch() == arch else None
-
-
-def has_int8_dot(arch: str, flags: set[str] | None) -> bool | None:
-    """Whether the CPU has int8 dot-product instructions (None when unknown)."""
-    if flags is None or not flags:
-        return None
-    return any(f in flags for f in (X86_DOT_FLAGS if arch == "x86" else ARM_DOT_FLAGS))
 
 
 def resolve_arch(config: QuantizeConfig, ctx: StepContext) -> str:
@@ -411,53 +388,173 @@ def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext) 
 
 
 def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
-    """The ``quantize`` step (see the module docstring)."""
+    """The ``quantize`` step (see the module docstring), for the CPU the model will run on."""
+    return quantize_for(artifact, config, ctx, detect_cpu(resolve_arch(config, ctx)))
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path) -> Iterator[Path]:
+    """A folder inside ``parent``, removed afterwards, that is also the working directory and
+    ``tempfile``'s folder meanwhile.
+
+    onnxruntime's quantization tools write scratch files into the working directory
+    (``sym_shape_infer_temp.onnx`` and its external data when symbolic shape inference is
+    incomplete) and into the temp folder (pre-processing, augmented calibration models):
+    with this, every file of a quantize run stays in its step folder.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="work-", dir=parent)).resolve()
+    old_cwd, old_tmp = os.getcwd(), tempfile.tempdir
+    os.chdir(path)
+    tempfile.tempdir = str(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old_cwd)
+        tempfile.tempdir = old_tmp
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def upgrade_if_old(src: Path, work: Path, plan: Plan, calib_x: list[np.ndarray] | None,
+                   ctx: StepContext) -> tuple[Path, Plan]:
+    """Opset < 13: the upgraded model (parity-checked), or per-tensor weights when that fails."""
+    from dataclasses import replace
+
+    from export.opset import PER_CHANNEL_OPSET, UpgradeParityError, upgrade_opset
+
+    names, batch = input_names(src)
+    feeds = feeds_of(calib_x, names, batch, 32) if calib_x is not None else []
+    dst = work / "upgraded.onnx"
+    try:
+        up = upgrade_opset(src, dst, feeds)
+    except UpgradeParityError as e:
+        raise StepError(ctx.step_name, str(e)) from e
+    if up.from_opset >= PER_CHANNEL_OPSET:
+        return src, plan
+    ctx.details["opset_upgrade"] = {**up.as_dict(), "parity_inputs": sum(len(next(iter(f.values()))) for f in feeds)}
+    if up.upgraded:
+        ctx.log(f"  opset {up.from_opset} -> {up.to_opset} (onnx.version_converter), max output difference "
+                + (f"{up.max_abs_diff:.2e}" if up.max_abs_diff is not None else "not checked (no data)"))
+        return dst, plan
+    if plan.per_channel and plan.method in ("static", "dynamic"):
+        ctx.advise("opset_upgrade_failed",
+                   f"the model's opset {up.from_opset} has no per-channel DequantizeLinear (opset 13+), and "
+                   f"onnx.version_converter could not upgrade it ({up.error}): weights are quantized per tensor, "
+                   "which can cost accuracy. Re-export the model with opset 13 or newer for per-channel weights")
+        plan = replace(plan, per_channel=False)
+    return src, plan
+
+
+def verify_loads(path: Path, step: str) -> None:
+    """A quantized model onnxruntime cannot open is this step's failure, said plainly."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StepError(step, f"onnxruntime cannot load the quantized model ({first[:300]}); try per_channel: "
+                              "false, or exclude the node it names") from e
+
+
+def measure_on_artifact(dest: Path, float_path: Path, cpu: CpuFeatures, feeds: list[dict[str, np.ndarray]],
+                        name: str, ctx: StepContext) -> None:
+    """Advisories from the artifact on this CPU: int8 kernels vs QDQ in float, int8 vs fp32 speed."""
+    from export.cpu import (
+        MIN_KERNEL_AGREEMENT,
+        MIN_KERNEL_COSINE,
+        SLOWER_RATIO,
+        describe_cpu,
+        kernel_fidelity,
+        relative_speed,
+    )
+
+    here = describe_cpu(cpu)
+    fid = kernel_fidelity(dest, feeds)
+    speed = relative_speed(float_path, dest, {k: v[:1] for k, v in feeds[0].items()})
+    ctx.details["on_this_cpu"] = {"cpu": here, "int8_kernels_vs_qdq_float": fid, **speed}
+    agreement = fid["agreement"]
+    if (agreement is not None and agreement < MIN_KERNEL_AGREEMENT) or fid["cosine"] < MIN_KERNEL_COSINE:
+        figure = f"agreement {agreement:.1%}" if agreement is not None else f"mean cosine {fid['cosine']:.4f}"
+        ctx.advise("int8_kernels_lose_accuracy",
+                   f"on this {here}, onnxruntime's int8 kernels disagree with the same QDQ model computed in float "
+                   f"({figure} over {fid['samples']} samples): the int8 arithmetic itself loses accuracy here "
+                   "(without VNNI, u8s8 products saturate unless weights are 7-bit). Use reduce_range / "
+                   "activation_type: int8, or measure on the target CPU", artifact=name)
+    if speed["int8_ms"] > SLOWER_RATIO * speed["fp32_ms"]:
+        ctx.advise("int8_slower_than_fp32",
+                   f"on this {here}, {name} ran {speed['int8_ms']:.3f} ms against {speed['fp32_ms']:.3f} ms for the "
+                   "float model (single thread, batch 1, measured in the step): per-operator quantize/dequantize "
+                   "overhead outweighs the int8 arithmetic on a model this small; keep fp32 unless size matters",
+                   artifact=name)
+
+
+def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, cpu: CpuFeatures) -> Artifact:
+    """The ``quantize`` step with the target CPU's features given explicitly.
+
+    Args:
+        artifact: The model to quantize (ONNX, or torch: exported here).
+        config: The step's configuration.
+        ctx: The step context.
+        cpu: The target CPU's features (:func:`export.cpu.detect_cpu` for the real one).
+    """
     if config.engine == "inc":
         from export.quantize_inc import quantize_inc
 
-        return quantize_inc(artifact, config, ctx)
+        return quantize_inc(artifact, config, ctx, cpu)
     from export.onnx_inspect import io_quant_params, summarize
 
     source = float_source(artifact, config, ctx)
-    arch = resolve_arch(config, ctx)
-    flags = target_flags(arch)
-    dot = has_int8_dot(arch, flags)
+    arch, dot = cpu.arch, cpu.has_int8_dot
     summary = summarize(source.path)
     if summary.quantized:
         raise StepError(ctx.step_name, f"{source.name} is already quantized; quantize a float model")
     advise(config, artifact, summary, arch, dot, ctx)
     plan = base_plan(config, arch, dot, transformer=is_transformer(summary))
-    ctx.details.update({"method": config.method, "target": arch, "int8_dot_product": dot,
+    ctx.details.update({"method": config.method, "target": arch, "int8_dot_product": dot, "cpu": cpu.as_dict(),
                         "model": summary.as_dict(), "source": source.name})
+    step_dir = ctx.step_dir.resolve()
+    dest = step_dir / "model.onnx"
+    float_path = source.path.resolve()
+    calib_x = ctx.data.calib.x if ctx.data is not None else None
+    name = config.name or f"onnx-{config.method}"
+    with scratch_dir(step_dir) as work:
+        src = float_path
+        if config.method in ("static", "dynamic"):
+            src, plan = upgrade_if_old(float_path, work, plan, calib_x, ctx)
+        pre = work / "preprocessed.onnx"
+        if config.method in ("static", "dynamic"):
+            ctx.details["preprocess"] = preprocess(src, pre, ctx.log)
+        else:
+            shutil.copyfile(src, pre)
+        names, batch = input_names(pre)
+        check_exclude(config.exclude, pre, ctx.step_name)
+        calib = None
+        if config.method == "static":
+            n = config.calibration_samples or len(ctx.data.calib)
+            calib = feeds_of(ctx.data.calib.x, names, batch, n)
+            ctx.details["calibration_samples"] = min(n, len(ctx.data.calib))
+        if config.tolerable_loss is None:
+            ctx.log(f"  {describe(plan)}")
+            try:
+                quantize_plan(plan, pre, dest, calib)
+            except StepError:
+                raise
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise StepError(ctx.step_name, f"onnxruntime quantization failed: {type(e).__name__}: {first[:300]} "
+                                               "(try per_channel: false, or exclude the node it names)") from e
+            chosen_plan = plan
+        else:
+            from export.quantize_tuning import tune
 
-    work = ctx.step_dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    pre = work / "preprocessed.onnx"
-    if config.method in ("static", "dynamic"):
-        ctx.details["preprocess"] = preprocess(source.path, pre, ctx.log)
-    else:
-        shutil.copyfile(source.path, pre)
-    names, batch = input_names(pre)
-    check_exclude(config.exclude, pre, ctx.step_name)
-    calib = None
-    if config.method == "static":
-        n = config.calibration_samples or len(ctx.data.calib)
-        calib = feeds_of(ctx.data.calib.x, names, batch, n)
-        ctx.details["calibration_samples"] = min(n, len(ctx.data.calib))
-
-    def run_plan(p: Plan, dst: Path) -> None:
-        quantize_plan(p, pre, dst, calib)
-
-    dest = ctx.step_dir / "model.onnx"
-    if config.tolerable_loss is None:
-        ctx.log(f"  {describe(plan)}")
-        run_plan(plan, dest)
-        chosen_plan = plan
-    else:
-        chosen = tune(plan, run_plan, config, ctx, pre, names, batch, calib, work)
-        chosen_plan = chosen.plan
-        atomic_write_with(dest, lambda tmp: shutil.copyfile(chosen.path, tmp))
-    shutil.rmtree(work, ignore_errors=True)  # trials and the pre-processed copy; the chosen model is saved
+            chosen = tune(plan, config, ctx, pre, names, batch, calib, work)
+            chosen_plan = chosen.plan
+            atomic_write_with(dest, lambda tmp: shutil.copyfile(chosen.path, tmp))
+        verify_loads(dest, ctx.step_name)
+        if config.method in ("static", "dynamic") and ctx.data is not None and cpu.arch == detect_cpu().arch:
+            eval_x = ctx.data.eval.x
+            measure_on_artifact(dest, pre, detect_cpu(), feeds_of(eval_x, names, batch, 256, step=64), name, ctx)
     metadata = {k: v for k, v in artifact.metadata.items() if not k.startswith("_")}
     metadata.update({
         "quantization": {**chosen_plan.as_dict(), "engine": "onnxruntime", "format": "QDQ" if chosen_plan.method ==
@@ -466,7 +563,6 @@ def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Ar
         **({"weight_bits": WEIGHT_ONLY_BITS, "block_size": WEIGHT_ONLY_BLOCK} if config.method == "weight_only" else {}),
         "float_model": str(source.path), "float_name": source.name,
     })
-    name = config.name or f"onnx-{config.method}"
     precision = precision_of(chosen_plan, summary.n_conv)
     if chosen_plan.method != "fp16" and not summarize(dest).quantized:
         # e.g. weight_only on a model without MatMul: the file is the float model, and says so
@@ -475,54 +571,3 @@ def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Ar
                    f"artifact is the float model ({source.name}) under another name", artifact=name)
     ctx.details["quantized"] = precision != "fp32"
     return Artifact(name=name, format="onnx", path=dest, parent=source.name, precision=precision, metadata=metadata)
-
-
-def tune(plan: Plan, run_plan: Any, config: QuantizeConfig, ctx: StepContext, pre: Path, names: list[str],
-         batch: int | None, calib: list[dict[str, np.ndarray]] | None, work: Path) -> Trial:
-    """Accuracy-aware search; records every trial in ``ctx.details``."""
-    import onnx
-
-    from export.quantize_tuning import collect, exclusion_unit, node_sensitivity
-
-    def evaluate(path: Path) -> float:
-        acc = ctx.evaluate(Artifact(name=path.stem, format="onnx", path=path)).get("accuracy")
-        if acc is None:
-            raise StepError(ctx.step_name, "the task has no accuracy metric to tune against")
-        return float(acc)
-
-    baseline = evaluate(pre)
-    goal = Goal(baseline=baseline, tolerable_loss=float(config.tolerable_loss or 0.0), kind=config.loss_kind)
-    ctx.log(f"  tuning: float accuracy {baseline:.4f}, allowed loss {goal.allowed:.4f} ({config.loss_kind})")
-    sens_x = ctx.data.calib.x if ctx.data is not None else None
-    sens_feeds = feeds_of(sens_x, names, batch, 16) if sens_x is not None else []
-    float_model = onnx.load(str(pre))
-    float_acts: dict[str, Any] = {}
-
-    def sensitivity(qpath: Path) -> list[tuple[str, list[str], float]]:
-        if not float_acts:
-            float_acts.update(collect(pre, work, sens_feeds))
-        quant_acts = collect(qpath, work, sens_feeds)
-        quant_nodes = {n.name for n in onnx.load(str(qpath), load_external_data=False).graph.node}
-        ranked = node_sensitivity(float_model, float_acts, quant_acts, quant_nodes, plan.op_types)
-        return [(n, exclusion_unit(float_model, n), s) for n, s in ranked if s > 0]
-
-    feed = feeds_of(ctx.data.eval.x if ctx.data is not None else [], names, batch, 1, step=1)[0]
-    search = Search(base=plan, quantize=run_plan, evaluate=evaluate, goal=goal, work=work, feed=feed,
-                    sensitivity=sensitivity if plan.method in ("static", "dynamic") else None,
-                    max_trials=config.max_trials, log=ctx.log)
-    chosen = search.run()
-    met = chosen.goal_met
-    ctx.details.update({
-        "baseline_accuracy": baseline, "tolerable_loss": config.tolerable_loss, "loss_kind": config.loss_kind,
-        "allowed_loss": goal.allowed, "goal_met": met, "require_goal": config.require_goal,
-        "chosen_trial": chosen.index, "trials": [t.as_dict() for t in search.trials],
-        "sensitivity": search.ranking,
-    })
-    if met:
-        ctx.log(f"  goal met by trial {chosen.index}: {describe(chosen.plan)}, loss {chosen.loss:+.4f}")
-    else:
-        msg = (f"no trial met tolerable_loss {config.tolerable_loss} ({config.loss_kind}) in {len(search.trials)} "
-               f"trials; kept the most accurate (trial {chosen.index}: accuracy {chosen.accuracy:.4f}, loss "
-               f"{chosen.loss:+.4f}). Raise max_trials or tolerable_loss, or try quantization-aware training (qat)")
-        ctx.advise("tuning_goal_unmet", msg, severity="error" if config.require_goal else "warning")
-    return chosen
