@@ -501,7 +501,8 @@ class BenchConfig(StrictModel):
     targets: list[str] = Field(default_factory=lambda: ["local"])
     threads: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1])
     warmup: int = Field(20, ge=0, description="minimum warmup runs; warmup goes on until stable")
-    runs: int = Field(200, ge=1)
+    runs: int = Field(200, ge=1, description="timed runs in each process")
+    repeats: int = Field(3, ge=1, le=100, description="fresh processes per measured latency, interleaved across artifacts")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1])
     fresh_process: bool = True
     ssh: dict[str, SshDeviceSpec] = Field(default_factory=dict)
