@@ -188,7 +188,8 @@ def tflite_layers(path: Path, batch: int = 1) -> list[Layer]:
     session = open_model(path)
     it = session._it
     tensors = {t["index"]: t for t in it.get_tensor_details()}
-    model_batch = int(session._batch or 1)
+    shaped = [i["shape"] for i in session.inputs if i["shape"]]
+    model_batch = int(shaped[0][0]) if shaped and shaped[0][0] > 0 else 1
     scale = max(1, batch) / model_batch if model_batch else 1.0
     layers: list[Layer] = []
     for op in it._get_ops_details():
