@@ -1,9 +1,12 @@
 """The ``distill`` step: train a smaller student to imitate the teacher.
 
-Classification and regression use the standard knowledge-distillation objective (Hinton
-et al. 2015): the KL divergence between temperature-softened teacher and student outputs,
-scaled by T^2 so its gradients keep their size as T changes, blended by ``alpha`` with the
-loss on the true labels. Embedding models match the teacher's embeddings (cosine or MSE).
+Every model output is distilled by its own loss (:func:`compress.training.multi_output_loss`).
+Class outputs use the standard knowledge-distillation objective (Hinton et al. 2015): the KL
+divergence between temperature-softened teacher and student outputs, scaled by T^2 so its
+gradients keep their size as T changes, blended by ``alpha`` with the loss on the true
+labels; outputs that are already probabilities are compared as probabilities. Regression
+and detection outputs match the teacher's by MSE over its variance, embeddings by cosine or
+MSE.
 Intermediate layers can be matched too; where their widths differ, a learned 1x1
 convolution (or linear map) projects the student's features onto the teacher's, and is
 dropped after training.
@@ -23,7 +26,7 @@ from compress.artifact import Artifact
 from compress.context import StepContext
 from compress.errors import StepError
 from compress.recipe import DistillConfig, FeaturePair, Recipe
-from compress.training import primary_output
+from compress.training import model_outputs, primary_output
 
 Problems = list[tuple[tuple[Any, ...], str]]
 LossFn = Callable[[list[Any], Any], Any]
@@ -57,46 +60,28 @@ def embedding_loss(student_emb: Any, teacher_emb: Any, kind: str) -> Any:
     return (1.0 - F.cosine_similarity(s, t, dim=1)).mean()
 
 
-def regression_kd_loss(student_out: Any, teacher_out: Any, targets: Any | None, alpha: float) -> Any:
-    import torch.nn.functional as F
-
-    soft = F.mse_loss(student_out, teacher_out)
-    if targets is None or alpha >= 1.0:
-        return soft
-    return alpha * soft + (1.0 - alpha) * F.mse_loss(student_out, targets.reshape(student_out.shape).to(student_out.dtype))
-
-
 def supervised_loss(model: Any, task: str) -> LossFn:
-    """Plain fine-tuning on the labels: cross-entropy (classification) or MSE (regression)."""
-    import torch.nn.functional as F
+    """Fine-tuning on the labels alone, every output by its own loss (resolved on the first batch).
 
-    def loss(xs: list[Any], y: Any) -> Any:
-        if y is None:
-            raise StepError("train", f"fine-tuning a {task} model without a teacher needs labels (data y)")
-        out = primary_output(model(*xs))
-        if task == "classification":
-            return F.cross_entropy(out, y)
-        return F.mse_loss(out, y.reshape(out.shape).to(out.dtype))
+    Kept for callers without an output plan; :func:`compress.training.multi_output_loss`
+    with :func:`compress.training.plan_outputs` is the full form (declared outputs, labels
+    of every head, a teacher for heads without labels).
+    """
+    from compress.training import multi_output_loss
 
-    return loss
+    return multi_output_loss(model, None, None, task_kind=task)
 
 
 def distill_loss(student: Any, teacher: Any, task: str, temperature: float, alpha: float,
                  embedding: str = "cosine") -> LossFn:
-    """The output-matching loss for ``task``; the teacher runs without gradients."""
-    import torch
+    """The output-matching loss of every output; the teacher runs without gradients.
 
-    def loss(xs: list[Any], y: Any) -> Any:
-        with torch.no_grad():
-            t_out = primary_output(teacher(*xs))
-        s_out = primary_output(student(*xs))
-        if task == "embedding":
-            return embedding_loss(s_out, t_out, embedding)
-        if task == "regression":
-            return regression_kd_loss(s_out, t_out, y, alpha)
-        return kd_loss(s_out, t_out, y, temperature, alpha)
+    Outputs are resolved on the first batch (see :func:`supervised_loss` for the full form).
+    """
+    from compress.training import multi_output_loss
 
-    return loss
+    return multi_output_loss(student, teacher, None, temperature=temperature, alpha=alpha, embedding=embedding,
+                             task_kind=task)
 
 
 # --------------------------------------------------------------------------- feature matching
@@ -188,7 +173,11 @@ class FeatureMatcher:
 
 
 def derive_student(teacher: Any, width: float, example: list[Any]) -> Any:
-    """The teacher with its channels pruned to ``width`` (magnitude, uniform; output layer kept)."""
+    """The teacher with its channels pruned to ``width`` (magnitude, uniform).
+
+    Every output's head layer is kept whole (:func:`compress.prune.head_layers`), so each
+    output keeps its shape and every head starts from the teacher's own weights.
+    """
     from compress.models import set_mode
     from compress.prune import structured_prune
 
@@ -217,21 +206,33 @@ def build_student(config: DistillConfig, teacher: Any, example: list[Any], seed:
 
 
 def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Artifact:
-    """Train a student from the incoming model (the teacher); return the student."""
+    """Train a student from the incoming model (the teacher); return the student.
+
+    Every output is distilled by its own loss (:func:`compress.training.multi_output_loss`):
+    class logits by KL at the temperature, probability outputs as probabilities, one-value
+    scores by a Bernoulli KL, regression and detection outputs by MSE over the teacher's
+    variance, embeddings by ``embedding_loss``; outputs with labels blend in their label
+    loss by ``1 - alpha``; ``model.outputs[].weight`` weighs each output.
+    """
     from compress.models import count_params, set_mode
     from compress.prune import channel_counts, model_example
-    from compress.training import fit
+    from compress.training import fit, multi_output_loss, plan_outputs
 
     if ctx.data is None:
         raise StepError(ctx.step_name, "distillation needs training data")
     teacher = artifact.module
     example = model_example(teacher, ctx.recipe)
+    try:
+        plan = plan_outputs(teacher, ctx.recipe, ctx.data.train)
+    except ValueError as e:
+        raise StepError(ctx.step_name, str(e)) from e
     student = build_student(config, teacher, example, ctx.recipe.seed)
     set_mode(student, False)
     for p in teacher.parameters():
         p.requires_grad_(False)
     task = ctx.recipe.task.kind
-    output_loss = distill_loss(student, teacher, task, config.temperature, config.alpha, config.embedding_loss)
+    output_loss = multi_output_loss(student, teacher, plan, temperature=config.temperature, alpha=config.alpha,
+                                    embedding=config.embedding_loss, task_kind=task)
     matcher = FeatureMatcher(student, teacher, config.features, example) if config.features else None
 
     def loss(xs: list[Any], y: Any) -> Any:
@@ -242,7 +243,8 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
             f"{count_params(student)} parameters (teacher {count_params(teacher)})")
     try:
         result = fit(student, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, desc="distill",
-                     extra_params=matcher.adapters.parameters() if matcher is not None else ())
+                     extra_params=matcher.adapters.parameters() if matcher is not None else (),
+                     targets=plan.targets)
     finally:
         if matcher is not None:
             matcher.remove()
@@ -252,6 +254,8 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
     ctx.details.update({
         "student": config.student or f"width {config.width}",
         "loss": "embedding-" + config.embedding_loss if task == "embedding" else f"kd(T={config.temperature}, alpha={config.alpha})",
+        "outputs": plan.describe(True, config.alpha),
+        "output_losses": output_loss.summary(),
         "training": result.as_dict(),
         "features": matcher.shapes if matcher is not None else [],
         "student_channels": sum(channel_counts(student).values()),
@@ -281,11 +285,15 @@ def check(config: DistillConfig, baseline: Artifact, recipe: Recipe, data: Any) 
     student.eval()
     try:
         with torch.no_grad():
-            s_shape = tuple(primary_output(student(*example)).shape)
-            t_shape = tuple(primary_output(teacher(*example)).shape)
-        if s_shape != t_shape:
-            problems.append((("student",), (f"the student's output shape {list(s_shape[1:])} differs from the "
-                                            f"teacher's {list(t_shape[1:])} (batch dimension left out)")))
+            s_shapes = [list(t.shape[1:]) for t in model_outputs(student(*example))]
+            t_shapes = [list(t.shape[1:]) for t in model_outputs(teacher(*example))]
+        if len(s_shapes) != len(t_shapes):
+            problems.append((("student",), f"the student returns {len(s_shapes)} outputs, the teacher {len(t_shapes)}"))
+        elif s_shapes != t_shapes:
+            i = next(k for k, (a, b) in enumerate(zip(s_shapes, t_shapes)) if a != b)
+            which = f"output {i}'s" if len(t_shapes) > 1 else "output"
+            problems.append((("student",), (f"the student's {which} shape {s_shapes[i]} differs from the "
+                                            f"teacher's {t_shapes[i]} (batch dimension left out)")))
     except Exception as e:  # noqa: BLE001 - user code may raise anything; it becomes a recipe problem
         problems.append((("student",), f"the student fails on the model's inputs: {type(e).__name__}: {e}"))
     s_names = {n for n, _ in student.named_modules() if n}
@@ -295,7 +303,8 @@ def check(config: DistillConfig, baseline: Artifact, recipe: Recipe, data: Any) 
             problems.append((("features", i, "student"), f"no layer named {pair.student!r} in the student"))
         if pair.teacher not in t_names:
             problems.append((("features", i, "teacher"), f"no layer named {pair.teacher!r} in the teacher"))
-    if recipe.task.kind != "embedding" and config.alpha < 1.0 and data is not None and data.train.y is None:
+    labels = data is not None and (data.train.y is not None or bool(getattr(data.train, "targets", {}) or {}))
+    if recipe.task.kind not in ("embedding", "detection") and config.alpha < 1.0 and data is not None and not labels:
         problems.append((("alpha",), ("alpha < 1 blends in the label loss, but the data has no labels: "
                                       "set alpha: 1.0 or add labels")))
     return problems

@@ -22,6 +22,7 @@ from compress.artifact import Artifact, zipped_size
 from compress.context import StepContext
 from compress.errors import StepError
 from compress.recipe import PruneConfig, Recipe, step_config, step_kind
+from compress.training import OutputPlan, model_outputs
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
@@ -61,9 +62,90 @@ def execution_order(module: Any, example: list[Any]) -> list[str]:
 
 
 def final_layer(module: Any, example: list[Any]) -> str | None:
-    """The last conv / linear layer run: the classifier (or embedding head) kept whole."""
+    """The last conv / linear layer run: the fallback head when the graph walk finds none."""
     order = execution_order(module, example)
     return order[-1] if order else None
+
+
+def _weight_below(node: Any, owners: dict[int, str], depth: int = 4) -> str | None:
+    """The layer whose weight ``node`` consumes directly (through a chain of one-input ops).
+
+    A linear layer's ``AddmmBackward`` reaches its weight through ``TBackward``; a
+    convolution's ``ConvolutionBackward`` reaches it at once.
+    """
+    for child, _ in node.next_functions:
+        hops = 0
+        while child is not None and hops < depth:
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                name = owners.get(id(variable))
+                if name is not None:
+                    return name
+                break
+            nexts = [c for c, _ in child.next_functions if c is not None]
+            if len(nexts) != 1:
+                break
+            child, hops = nexts[0], hops + 1
+    return None
+
+
+def _heads_of(tensor: Any, owners: dict[int, str]) -> list[str]:
+    """Walk the autograd graph back from one output; stop at the first layer on every path."""
+    found: list[str] = []
+    seen: set[int] = set()
+    stack = [tensor.grad_fn] if tensor.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        layer = _weight_below(node, owners)
+        if layer is not None:
+            if layer not in found:
+                found.append(layer)
+            continue
+        # reversed: the first input is walked first, so heads come out in the order the model uses them
+        stack.extend(child for child, _ in reversed(node.next_functions) if child is not None)
+    return found
+
+
+def head_layers_by_output(module: Any, example: list[Any]) -> list[list[str]]:
+    """For each model output, the conv / linear layers that compute it last.
+
+    Runs one forward pass with gradients and walks every output's autograd graph backwards
+    (``grad_fn.next_functions``) through reshapes, concatenations, activations, softmax and
+    normalisation, stopping on each path at the first node that consumes a conv / linear
+    weight. A detector whose box conv and class conv are concatenated yields both.
+    Frozen parameters are made trainable for the pass (and restored), so they show up too.
+    """
+    import torch
+
+    owners = {id(m.weight): name for name, m in module.named_modules()
+              if isinstance(m, _prunable_types()) and isinstance(getattr(m, "weight", None), torch.nn.Parameter)}
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            outs = model_outputs(module(*example))
+        return [_heads_of(t, owners) for t in outs]
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def head_layers(module: Any, example: list[Any]) -> list[str]:
+    """The last conv / linear layers feeding each model output, once each, in output order.
+
+    Pruning leaves these whole so that no output changes shape and no head loses channels.
+    Falls back to the last layer executed when the graph walk finds nothing (an output
+    computed without any conv / linear weight, or a model run without autograd).
+    """
+    names = [n for per_output in head_layers_by_output(module, example) for n in per_output]
+    if names:
+        return list(dict.fromkeys(names))
+    last = final_layer(module, example)
+    return [last] if last else []
 
 
 def model_example(module: Any, recipe: Recipe) -> list[Any]:
@@ -107,16 +189,23 @@ def structured_prune(
         scope: ``uniform`` (each layer by ``ratio``) or ``global`` (ranked across layers).
         importance: ``magnitude`` (L2 of the group's weights) or ``taylor`` (needs gradients).
         round_to: Keep channel counts multiples of this, for kernel-friendly widths.
-        ignore: Layer names left whole; the final layer is always added.
+        ignore: Layer names left whole; every output's head layer (:func:`head_layers`) is
+            always added.
         iterative_steps: Prune in this many equal steps.
         gradient_fn: For Taylor importance: fills ``.grad`` of the model's weights.
         between_steps: Called after each pruning step with its index (fine-tuning).
+
+    Raises:
+        StepError: When an output's shape changed all the same (a head coupled to a pruned
+            layer, e.g. through a residual add).
     """
+    import torch
     import torch_pruning as tp
 
     names = dict(module.named_modules())
-    last = final_layer(module, example)
-    ignored = list(dict.fromkeys(list(ignore or []) + ([last] if last else [])))
+    ignored = list(dict.fromkeys(list(ignore or []) + head_layers(module, example)))
+    with torch.no_grad():
+        shapes = [tuple(t.shape) for t in model_outputs(module(*example))]
     pruner = tp.pruner.BasePruner(
         module, tuple(example) if len(example) > 1 else example[0],
         importance=_importance(importance),
@@ -136,6 +225,11 @@ def structured_prune(
             gradient_fn(module)
         pruner.step()
         module.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            now = [tuple(t.shape) for t in model_outputs(module(*example))]
+        if now != shapes:
+            raise StepError("prune", f"pruning changed the model's output shapes {shapes} -> {now}, although "
+                            f"{', '.join(ignored)} were kept whole: add the layers that feed the outputs to ignore")
         if between_steps is not None:
             between_steps(i)
     return ignored
@@ -191,40 +285,61 @@ def global_sparsity(layers: dict[str, Any]) -> float:
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def _fine_tune_loss(student: Any, teacher: Any | None, cfg: PruneConfig, task: str) -> Callable[[list[Any], Any], Any]:
-    from compress.distill import distill_loss, supervised_loss
+def _fine_tune_loss(student: Any, teacher: Any | None, cfg: PruneConfig, plan: OutputPlan) -> Any:
+    """Every output trained: on its labels, and on the unpruned model where it has none.
 
-    if teacher is not None:
-        return distill_loss(student, teacher, task, cfg.temperature, cfg.alpha)
-    return supervised_loss(student, task)
+    Outputs with labels learn from them alone unless ``distill_from_unpruned`` blends in the
+    unpruned model (``alpha``); outputs without labels (a second head, an embedding, a
+    detector) always imitate the unpruned model, so no head drifts while the others train.
+    """
+    from compress.training import multi_output_loss
+
+    return multi_output_loss(student, teacher, plan, temperature=cfg.temperature,
+                             alpha=cfg.alpha if cfg.distill_from_unpruned else 0.0)
 
 
-def _fine_tune(module: Any, teacher: Any | None, cfg: PruneConfig, ctx: StepContext, label: str) -> dict[str, Any]:
+def _fine_tune(module: Any, teacher: Any | None, cfg: PruneConfig, ctx: StepContext, plan: OutputPlan | None,
+               label: str) -> dict[str, Any]:
     from compress.training import fit
 
-    if cfg.epochs <= 0 or ctx.data is None:
+    if cfg.epochs <= 0 or ctx.data is None or plan is None:
         return {}
-    loss = _fine_tune_loss(module, teacher, cfg, ctx.recipe.task.kind)
-    result = fit(module, loss, ctx.data.train, cfg, seed=ctx.recipe.seed, log=ctx.log, desc=label)
-    return result.as_dict()
+    loss = _fine_tune_loss(module, teacher, cfg, plan)
+    result = fit(module, loss, ctx.data.train, cfg, seed=ctx.recipe.seed, log=ctx.log, desc=label,
+                 targets=plan.targets)
+    return {**result.as_dict(), "output_losses": loss.summary()}
 
 
-def _taylor_gradients(teacher: Any | None, cfg: PruneConfig, ctx: StepContext) -> Callable[[Any], None]:
+def _taylor_gradients(teacher: Any | None, cfg: PruneConfig, ctx: StepContext,
+                      plan: OutputPlan | None) -> Callable[[Any], None]:
     """Accumulate gradients of the task loss over a few training batches (Taylor importance)."""
     import torch
 
     def fill(module: Any) -> None:
-        if ctx.data is None:
+        if ctx.data is None or plan is None:
             raise StepError(ctx.step_name, "Taylor importance needs training data for its gradients")
-        loss_fn = _fine_tune_loss(module, teacher, cfg, ctx.recipe.task.kind)
+        loss_fn = _fine_tune_loss(module, teacher, cfg, plan)
         split = ctx.data.train
         for i, xs in enumerate(split.batches(cfg.batch_size)):
             if i >= 8:
                 break
-            y = None if split.y is None else torch.from_numpy(split.y[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-            loss_fn([torch.from_numpy(np.ascontiguousarray(a)) for a in xs], y).backward()
+            rows = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+            targets = {k: torch.from_numpy(np.ascontiguousarray(a[rows])) for k, a in plan.targets.items()}
+            loss_fn([torch.from_numpy(np.ascontiguousarray(a)) for a in xs], targets).backward()
 
     return fill
+
+
+def _plan(module: Any, ctx: StepContext) -> OutputPlan | None:
+    """What each output of the unpruned model is, and its labels (None without data)."""
+    from compress.training import plan_outputs
+
+    if ctx.data is None:
+        return None
+    try:
+        return plan_outputs(module, ctx.recipe, ctx.data.train)
+    except ValueError as e:
+        raise StepError(ctx.step_name, str(e)) from e
 
 
 # --------------------------------------------------------------------------- the step
@@ -237,11 +352,11 @@ def prune(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Artifact
     return _structured(artifact, config, ctx)
 
 
-def _teacher_copy(module: Any, config: PruneConfig, ctx: StepContext) -> Any | None:
+def _teacher_copy(module: Any, config: PruneConfig, plan: OutputPlan | None) -> Any | None:
+    """A frozen copy of the unpruned model, when some output learns from it."""
     from compress.models import set_mode
 
-    needs_teacher = config.distill_from_unpruned or ctx.recipe.task.kind == "embedding"
-    if not needs_teacher or ctx.data is None:
+    if plan is None or not (config.distill_from_unpruned or plan.needs_teacher()):
         return None
     teacher = copy.deepcopy(module)
     set_mode(teacher, False)
@@ -253,7 +368,8 @@ def _teacher_copy(module: Any, config: PruneConfig, ctx: StepContext) -> Any | N
 def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Artifact:
     module = copy.deepcopy(artifact.module)
     example = model_example(module, ctx.recipe)
-    teacher = _teacher_copy(artifact.module, config, ctx)
+    plan = _plan(artifact.module, ctx) if config.epochs > 0 or config.importance == "taylor" else None
+    teacher = _teacher_copy(artifact.module, config, plan)
     before = channel_counts(module)
     history: list[dict[str, Any]] = []
 
@@ -261,7 +377,8 @@ def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Ar
         from compress.models import count_macs
 
         entry: dict[str, Any] = {"step": i + 1, "macs": count_macs(module, ctx.recipe.model.input_specs() or [])}
-        entry["fine_tune"] = _fine_tune(module, teacher, config, ctx, f"fine-tune {i + 1}/{config.iterative_steps}")
+        entry["fine_tune"] = _fine_tune(module, teacher, config, ctx, plan,
+                                        f"fine-tune {i + 1}/{config.iterative_steps}")
         if ctx.data is not None:
             entry["accuracy"] = ctx.evaluate(module).get("accuracy")
         history.append(entry)
@@ -271,12 +388,14 @@ def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Ar
     ignored = structured_prune(
         module, example, config.ratio, scope=config.scope, importance=config.importance, round_to=config.round_to,
         ignore=config.ignore, iterative_steps=config.iterative_steps,
-        gradient_fn=_taylor_gradients(teacher, config, ctx), between_steps=between,
+        gradient_fn=_taylor_gradients(teacher, config, ctx, plan), between_steps=between,
     )
     after = channel_counts(module)
     removed = sum(before.values()) - sum(after.values())
     ctx.details.update({
         "method": "structured", "ignored_layers": ignored, "channels_removed": removed,
+        "outputs": plan.describe(teacher is not None, config.alpha if config.distill_from_unpruned else 0.0)
+        if plan is not None else [],
         "channels": {n: {"before": before[n], "after": after.get(n)} for n in before},
         "steps": history,
     })
@@ -292,7 +411,8 @@ def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> 
     from compress.models import set_mode
 
     set_mode(module, False)
-    teacher = _teacher_copy(artifact.module, config, ctx)
+    plan = _plan(artifact.module, ctx) if config.epochs > 0 else None
+    teacher = _teacher_copy(artifact.module, config, plan)
     layers = _sparse_targets(module, config.ignore)
     history: list[dict[str, Any]] = []
     masks: dict[str, Any] = {}
@@ -302,7 +422,7 @@ def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> 
         apply_masks(layers, masks)
         entry: dict[str, Any] = {"step": i + 1, "target_sparsity": round(target, 4)}
         # Fine-tuning would regrow pruned weights: re-apply the masks after every update.
-        entry["fine_tune"] = _fine_tune_masked(module, teacher, config, ctx, layers, masks, i)
+        entry["fine_tune"] = _fine_tune_masked(module, teacher, config, ctx, plan, layers, masks, i)
         entry["sparsity"] = round(global_sparsity(layers), 4)
         if ctx.data is not None:
             entry["accuracy"] = ctx.evaluate(module).get("accuracy")
@@ -325,15 +445,16 @@ def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> 
 
 
 def _fine_tune_masked(module: Any, teacher: Any | None, config: PruneConfig, ctx: StepContext,
-                      layers: dict[str, Any], masks: dict[str, Any], i: int) -> dict[str, Any]:
+                      plan: OutputPlan | None, layers: dict[str, Any], masks: dict[str, Any], i: int) -> dict[str, Any]:
     from compress.training import fit
 
-    if config.epochs <= 0 or ctx.data is None:
+    if config.epochs <= 0 or ctx.data is None or plan is None:
         return {}
-    loss = _fine_tune_loss(module, teacher, config, ctx.recipe.task.kind)
+    loss = _fine_tune_loss(module, teacher, config, plan)
     result = fit(module, loss, ctx.data.train, config, seed=ctx.recipe.seed + i, log=ctx.log,
-                 desc=f"fine-tune {i + 1}/{config.iterative_steps}", after_step=lambda: apply_masks(layers, masks))
-    return result.as_dict()
+                 desc=f"fine-tune {i + 1}/{config.iterative_steps}", after_step=lambda: apply_masks(layers, masks),
+                 targets=plan.targets)
+    return {**result.as_dict(), "output_losses": loss.summary()}
 
 
 def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:

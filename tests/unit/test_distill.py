@@ -42,6 +42,8 @@ def test_width_student_is_pruned_teacher_and_learns(tmp_path: Path) -> None:
     assert s_ch["features.0"] == t_ch["features.0"] // 2 and s_ch["features.3"] == t_ch["features.3"] // 2
     assert s_ch["classifier"] == t_ch["classifier"] == 10
     assert runner.evaluate(student)["accuracy"] >= 0.9
+    (out_row,) = ctx.details["outputs"]
+    assert out_row["loss"] == "kl on logits" and out_row["trained_by"] == "teacher+labels"
     losses = ctx.details["training"]["epoch_losses"]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert all(p.requires_grad for p in teacher.parameters())  # the teacher is given back trainable

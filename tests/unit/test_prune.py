@@ -31,6 +31,7 @@ def test_structured_removes_channels_and_keeps_output(tmp_path: Path) -> None:
     assert count_macs(pruned, SPECS) < count_macs(teacher, SPECS) / 3
     assert ctx.details["channels_removed"] == sum(before.values()) - sum(after.values()) > 0
     assert ctx.details["ignored_layers"] == ["classifier"]
+    assert [o["trained_by"] for o in ctx.details["outputs"]] == ["labels"]  # no teacher needed
     assert pruned(torch.randn(3, 1, 8, 8)).shape == (3, 10)
     assert runner.evaluate(pruned)["accuracy"] >= 0.9  # fine-tuned back
     assert channel_counts(teacher) == before  # the input module is untouched
