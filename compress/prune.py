@@ -479,7 +479,7 @@ def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:
     ctx.details["files"] = sizes
     ctx.log(f"  zipped ONNX: dense {sizes['dense_zipped_bytes']} bytes, sparse {sizes['sparse_zipped_bytes']} bytes "
             f"({sizes['zipped_ratio']}x smaller); unzipped both {sizes['sparse_onnx_bytes']} bytes")
-    x = ctx.data.eval.x if ctx.data is not None else synthetic_inputs([(s.shape, s.dtype) for s in specs], 64).x
+    x = ctx.data.eval.x if ctx.data is not None else synthetic_inputs(specs, 64).x
     ref = torch_predict(artifact.module, x)[0]
     out = predict(open_model(dense_path), x)[0]
     p = ctx.recipe.parity

@@ -113,8 +113,9 @@ class Runner:
     def eval_split(self) -> Split:
         if self.data is not None:
             return self.data.eval
-        specs = self.recipe.model.input_specs() or []
-        return synthetic_inputs([(s.shape, s.dtype) for s in specs], 64, self.recipe.seed)
+        from compress.models import input_specs_of
+
+        return synthetic_inputs(input_specs_of(self.recipe.model) or [], 64, self.recipe.seed)
 
     def _outputs_key(self, art: Artifact) -> str | None:
         """Cache key of an artifact's eval outputs, or None when they may still change.
@@ -625,7 +626,9 @@ class Runner:
             atomic_write_text(self.run_dir / "env.json", json.dumps(self.env, indent=2))
             self.log(f"run folder: {self.run_dir}")
             if self.recipe.data is not None:
-                self.data = load_dataset(self.recipe.data)
+                from compress.models import input_specs_of
+
+                self.data = load_dataset(self.recipe.data, input_specs_of(self.recipe.model))
                 self.log(f"data {self.data.source}: {len(self.data.train)} train, {len(self.data.calib)} calibration, "
                          f"{len(self.data.eval)} eval")
             baseline = load_model(self.recipe.model)

@@ -251,8 +251,12 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
         raise InputFileError(f"{model_path}: the file changed since the run (its sha256 differs from the report's); "
                              "run the recipe again")
     warnings = []
-    if report.status != "ok":
+    # A degraded run (some artifact failed its fidelity gate) may still bundle an artifact that passed its own.
+    if report.status not in ("ok", "degraded"):
         warnings.append(f"the run's status is {report.status}" + (f" ({report.error})" if report.error else ""))
+    if art.status == "degraded":
+        reasons = (art.gate or {}).get("reasons") or []
+        warnings.append(f"{art.name} failed its fidelity gate" + (f" ({'; '.join(reasons)})" if reasons else ""))
     if art.parity is not None and art.parity.passed is False:
         warnings.append(f"{art.name} failed its parity check against {art.parity.reference} "
                         f"(max abs diff {art.parity.max_abs_diff:.3g})")
