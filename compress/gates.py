@@ -78,6 +78,11 @@ class Gatekeeper:
         vs_baseline = (vs_parent if parent is not None and parent[0] == self.baseline_name
                        else self.measure(outputs, self.baseline_outputs, self.baseline_name))
         result = evaluate_gate(vs_parent, vs_baseline, tol, precision, baseline=self.baseline_fidelity)
+        inherited = self.results.get(parent[0]) if parent is not None else None
+        if not result.passed and inherited is not None and not inherited["gate"].passed:
+            # the loss comes from the model it was made from, not from this conversion
+            result.fixes = [f"{parent[0]} failed its own gate already; fix that step: "
+                            + "; ".join(inherited["gate"].fixes)]
         shown = vs_parent if vs_parent is not None else vs_baseline
         self.log(f"  fidelity {name} {summary_line(shown)}"
                  + ("" if result.passed else " DEGRADED"))

@@ -147,3 +147,95 @@ def test_no_ok_run_holds_a_failed_gate(detector_run: tuple[Path, int, str, dict]
     report = detector_run[3]
     failed = [a["name"] for a in report["artifacts"] if a.get("gate") and not a["gate"]["passed"]]
     assert failed and report["status"] != "ok"
+
+
+THREE_HEADS = textwrap.dedent(
+    '''
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+
+    class ThreeHeads(nn.Module):
+        """Digit logits, P(digit >= 5) as a probability, and the ink of each image quadrant."""
+
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                      nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+            self.digit = nn.Linear(128, 10)
+            self.high = nn.Linear(128, 1)
+            self.quadrants = nn.Linear(128, 4)
+
+        def forward(self, x):
+            f = self.body(x)
+            return self.digit(f), torch.sigmoid(self.high(f)), self.quadrants(f)
+
+
+    def data():
+        d = load_digits()
+        x = (d.images / 16.0).astype("float32")[:, None]
+        quads = np.stack([x[:, 0, :4, :4].mean((1, 2)), x[:, 0, :4, 4:].mean((1, 2)),
+                          x[:, 0, 4:, :4].mean((1, 2)), x[:, 0, 4:, 4:].mean((1, 2))], 1).astype("float32")
+        return {"x": x, "y": d.target.astype("int64"), "y_high": (d.target >= 5).astype("float32")[:, None],
+                "y_quadrants": quads}
+
+
+    def trained():
+        torch.manual_seed(0)
+        m = ThreeHeads()
+        d = data()
+        x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
+        hi, q = torch.from_numpy(d["y_high"]), torch.from_numpy(d["y_quadrants"])
+        opt = torch.optim.Adam(m.parameters(), 3e-3)
+        for _ in range(20):
+            for idx in torch.randperm(len(x)).split(64):
+                a, b, c = m(x[idx])
+                loss = (nn.functional.cross_entropy(a, y[idx]) + nn.functional.binary_cross_entropy(b, hi[idx])
+                        + 10 * nn.functional.mse_loss(c, q[idx]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return m.eval()
+    '''
+)
+
+THREE_HEAD_RECIPE = """
+version: 1
+name: three-heads
+model:
+  factory: heads.py:trained
+  input_shape: [1, 1, 8, 8]
+  outputs:
+    - {name: digit, task: classification}
+    - {name: high, task: classification}
+    - {name: quadrants, task: regression}
+task: {kind: classification}
+data: {source: heads.py:data, eval_fraction: 0.25, calibration_samples: 64}
+steps:
+  - distill: {width: 0.5, epochs: 8, lr: 0.003}
+  - prune: {ratio: 0.3, epochs: 8, lr: 0.003}
+export: [onnx]
+bench: {targets: [local], warmup: 1, runs: 3, repeats: 1}
+tradeoff: null
+"""
+
+
+def test_three_output_cnn_distilled_and_pruned_keeps_and_trains_every_head(tmp_path: Path) -> None:
+    (tmp_path / "heads.py").write_text(THREE_HEADS)
+    code, output, report = _run(tmp_path, write_recipe(tmp_path, THREE_HEAD_RECIPE))
+    assert code == 0, output + json.dumps(report.get("advisories"), indent=1)
+    assert report["status"] == "ok"
+    for step in report["steps"]:
+        rows = {o["name"]: o for o in step["fidelity"]["outputs"]}
+        assert set(rows) == {"digit", "high", "quadrants"}, step["kind"]
+        assert step["gate"]["passed"], step["gate"]["reasons"]
+        # every head was trained, none collapsed: decisions kept and the probability head still ranks
+        assert rows["digit"]["agreement"] >= 0.9 and rows["high"]["agreement"] >= 0.9
+        assert rows["high"]["probabilities"] is True
+        assert rows["high"]["metrics"]["roc_auc"] > 0.9
+        assert rows["quadrants"]["r2"] > 0.5
+    onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
+    assert onnx["status"] == "ok"
+    assert [o["name"] for o in onnx["fidelity"]["vs_parent"]["outputs"]] == ["digit", "high", "quadrants"]
