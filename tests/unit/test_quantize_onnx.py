@@ -1,5 +1,10 @@
 """The quantize step on tiny ONNX graphs built in-process: methods, target defaults,
-advisories, fp16 conversion, model inspection and accuracy-aware tuning."""
+advisories, fp16 conversion, model inspection, older opsets, scratch files and
+accuracy-aware tuning.
+
+The default path runs for real on the CPU that runs the tests (its own features, detected);
+the VNNI and AVX2-without-VNNI choices are explicit parametrised cases that inject the CPU
+(``quantize_for(..., cpu)``), never a faked default."""
 
 from __future__ import annotations
 
@@ -113,21 +118,17 @@ def make_ctx(tmp_path: Path, x: np.ndarray, float_path: Path, target_arch: str =
                        data=data, reference=None, log=lambda msg: None, evaluate=evaluate, target_arch=target_arch)
 
 
-@pytest.fixture()
-def vnni(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Pretend the target is an x86 CPU with VNNI, whatever runs the tests."""
-    info = tmp_path / "cpuinfo"
-    info.write_text(X86_CPUINFO.format(extra="avx512_vnni"))
-    monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
-    return info
-
-
-def quantize_onnx(tmp_path: Path, model: Path, x: np.ndarray, arch: str = "x86", **cfg: Any) -> tuple[Artifact, StepContext]:
-    from export.quantize_onnx import quantize
+def quantize_onnx(tmp_path: Path, model: Path, x: np.ndarray, arch: str = "x86", cpu: str | None = None,
+                  **cfg: Any) -> tuple[Artifact, StepContext]:
+    """Quantize on this machine's own CPU, or on an explicitly named one (``vnni``, ``avx2``)."""
+    from export.cpu import NAMED_CPUS
+    from export.quantize_onnx import quantize, quantize_for
 
     ctx = make_ctx(tmp_path, x, model, arch)
-    art = quantize(Artifact(name="onnx-fp32", format="onnx", path=model), QuantizeConfig(**cfg), ctx)
-    return art, ctx
+    source = Artifact(name="onnx-fp32", format="onnx", path=model)
+    if cpu is None:
+        return quantize(source, QuantizeConfig(**cfg), ctx), ctx
+    return quantize_for(source, QuantizeConfig(**cfg), ctx, NAMED_CPUS[cpu]), ctx
 
 
 def images(n: int = 160) -> np.ndarray:
@@ -171,7 +172,7 @@ def test_target_aware_defaults() -> None:
     assert base_plan(QuantizeConfig(method="dynamic"), "x86", True).activation_type is None
 
 
-def test_target_config_overrides_the_run_target(tmp_path: Path, vnni: Path) -> None:
+def test_target_config_overrides_the_run_target(tmp_path: Path) -> None:
     model = conv_model(tmp_path / "conv.onnx")
     art, ctx = quantize_onnx(tmp_path, model, images(), arch="x86", method="static", target="arm")
     assert art.metadata["quantization"]["activation_type"] == "int8"
@@ -195,13 +196,18 @@ def test_check_reports_config_problems() -> None:
 # --------------------------------------------------------------------------- methods
 
 
-def test_static_is_u8s8_qdq_per_channel_on_x86(tmp_path: Path, vnni: Path) -> None:
+@pytest.mark.parametrize("cpu", ["this-cpu", "vnni", "avx2"])
+def test_static_is_u8s8_qdq_per_channel_on_x86(tmp_path: Path, cpu: str) -> None:
+    """u8s8 QDQ with per-channel weights; 7-bit weights exactly where the CPU lacks VNNI."""
     import onnx
     from onnx import TensorProto
 
+    from export.cpu import NAMED_CPUS, detect_cpu
+
     model = conv_model(tmp_path / "conv.onnx")
     x = images()
-    art, ctx = quantize_onnx(tmp_path, model, x, method="static")
+    art, ctx = quantize_onnx(tmp_path, model, x, method="static", cpu=None if cpu == "this-cpu" else cpu)
+    features = detect_cpu("x86") if cpu == "this-cpu" else NAMED_CPUS[cpu]
     assert art.format == "onnx" and art.precision == "int8" and art.name == "onnx-static"
     q = onnx.load(str(art.path))
     zero_points = {i.name: i.data_type for i in q.graph.initializer if i.name.endswith("zero_point")}
@@ -211,21 +217,26 @@ def test_static_is_u8s8_qdq_per_channel_on_x86(tmp_path: Path, vnni: Path) -> No
     assert scales and scales[0].dims == [8]
     meta = art.metadata["quantization"]
     assert (meta["activation_type"], meta["weight_type"], meta["format"]) == ("uint8", "int8", "QDQ")
+    assert meta["reduce_range"] is features.u8s8_saturates
+    assert ctx.details["cpu"]["int8_dot_product"] == features.int8_dot_product
     assert art.metadata["io_quantization"]["inputs"]["x"]["dtype"] == "uint8"
     cos = ctx.evaluate(art)["cosine_mean"]
     assert cos > 0.99, cos
-    assert not list(ctx.step_dir.glob("work")), "trial files are cleaned up"
+    # measured on the artifact on the CPU running the tests: int8 kernels vs the QDQ model in float
+    on_cpu = ctx.details["on_this_cpu"]
+    assert on_cpu["int8_kernels_vs_qdq_float"]["cosine"] > 0.99 and on_cpu["fp32_ms"] > 0
+    assert sorted(p.name for p in ctx.step_dir.iterdir()) == ["model.onnx"], "scratch files are removed"
 
 
 @pytest.mark.parametrize("calibration", ["entropy", "percentile"])
-def test_static_calibration_methods(tmp_path: Path, vnni: Path, calibration: str) -> None:
+def test_static_calibration_methods(tmp_path: Path, calibration: str) -> None:
     art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="static",
                              calibration=calibration)
     assert art.metadata["quantization"]["calibration"] == calibration
     assert ctx.evaluate(art)["cosine_mean"] > 0.95
 
 
-def test_dynamic_quantizes_matmuls(tmp_path: Path, vnni: Path) -> None:
+def test_dynamic_quantizes_matmuls(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "mm.onnx", outliers=0)
     art, ctx = quantize_onnx(tmp_path, model, vectors(), method="dynamic")
     ops = op_types(art.path)
@@ -234,7 +245,7 @@ def test_dynamic_quantizes_matmuls(tmp_path: Path, vnni: Path) -> None:
     assert ctx.evaluate(art)["cosine_mean"] > 0.99
 
 
-def test_fp16_keeps_float32_io(tmp_path: Path, vnni: Path) -> None:
+def test_fp16_keeps_float32_io(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto
 
@@ -276,7 +287,7 @@ def test_fp16_clamps_mask_constants_to_finite(tmp_path: Path) -> None:
     assert np.isfinite(out).all() and np.abs(out - ref).max() < 1e-3
 
 
-def test_weight_only_uses_matmulnbits(tmp_path: Path, vnni: Path) -> None:
+def test_weight_only_uses_matmulnbits(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "mm.onnx", outliers=0)
     art, ctx = quantize_onnx(tmp_path, model, vectors(), method="weight_only")
     assert "MatMulNBits" in op_types(art.path)
@@ -284,7 +295,7 @@ def test_weight_only_uses_matmulnbits(tmp_path: Path, vnni: Path) -> None:
     assert ctx.evaluate(art)["cosine_mean"] > 0.999
 
 
-def test_a_second_quantize_step_starts_from_the_float_model(tmp_path: Path, vnni: Path) -> None:
+def test_a_second_quantize_step_starts_from_the_float_model(tmp_path: Path) -> None:
     from export.quantize_onnx import quantize
 
     model = conv_model(tmp_path / "conv.onnx")
@@ -317,7 +328,7 @@ def codes(ctx: StepContext) -> set[str]:
     return {a.code for a in ctx.advisories}
 
 
-def test_advisory_dynamic_on_conv(tmp_path: Path, vnni: Path) -> None:
+def test_advisory_dynamic_on_conv(tmp_path: Path) -> None:
     art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="dynamic")
     assert "dynamic_on_conv" in codes(ctx)
     assert "ConvInteger" not in op_types(art.path), "convolutions stay float under dynamic quantization"
@@ -325,7 +336,7 @@ def test_advisory_dynamic_on_conv(tmp_path: Path, vnni: Path) -> None:
     assert "dynamic_on_conv" not in codes(ctx2)
 
 
-def test_advisory_sparsity_on_dense_runtime(tmp_path: Path, vnni: Path) -> None:
+def test_advisory_sparsity_on_dense_runtime(tmp_path: Path) -> None:
     _, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "sparse.onnx", sparsity=0.6), images(), method="static")
     assert "sparsity_on_dense_runtime" in codes(ctx)
     assert ctx.details["model"]["weight_sparsity"] > 0.3
@@ -333,7 +344,7 @@ def test_advisory_sparsity_on_dense_runtime(tmp_path: Path, vnni: Path) -> None:
     assert "sparsity_on_dense_runtime" not in codes(dense)
 
 
-def test_advisory_sparsity_from_parent_metadata(tmp_path: Path, vnni: Path) -> None:
+def test_advisory_sparsity_from_parent_metadata(tmp_path: Path) -> None:
     from export.quantize_onnx import quantize
 
     model = conv_model(tmp_path / "conv.onnx")
@@ -350,19 +361,36 @@ def test_advisory_sparsity_from_parent_metadata(tmp_path: Path, vnni: Path) -> N
     ("arm", ARM_CPUINFO.format(extra=""), True),
     ("arm", ARM_CPUINFO.format(extra="asimddp"), False),
 ])
-def test_advisory_int8_without_dot_product(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str,
-                                           cpuinfo: str, expect: bool) -> None:
+def test_advisory_int8_without_dot_product(tmp_path: Path, arch: str, cpuinfo: str, expect: bool) -> None:
+    from export.cpu import features_from_flags, read_cpu_flags
+    from export.quantize_onnx import quantize_for
+
     info = tmp_path / "cpuinfo"
     info.write_text(cpuinfo)
-    monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
-    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), arch=arch, method="static")
+    cpu = features_from_flags(arch, read_cpu_flags(info))
+    model = conv_model(tmp_path / "conv.onnx")
+    ctx = make_ctx(tmp_path, images(), model, arch)
+    art = quantize_for(Artifact(name="onnx-fp32", format="onnx", path=model), QuantizeConfig(method="static"), ctx, cpu)
     assert ("int8_without_dot_product" in codes(ctx)) is expect
     assert ctx.details["int8_dot_product"] is (not expect)
     if arch == "x86":
         assert art.metadata["quantization"]["reduce_range"] is expect
 
 
-def test_advisories_fp16_on_x86_and_weight_only_on_conv(tmp_path: Path, vnni: Path) -> None:
+def test_cpuinfo_env_describes_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$EDGEPACK_CPUINFO`` names the target CPU's cpuinfo: the default path follows it."""
+    from export.cpu import detect_cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(X86_CPUINFO.format(extra=""))
+    monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
+    assert detect_cpu("x86").u8s8_saturates and detect_cpu("x86").int8_dot_product is None
+    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="static")
+    assert art.metadata["quantization"]["reduce_range"] is True
+    assert "int8_without_dot_product" in codes(ctx)
+
+
+def test_advisories_fp16_on_x86_and_weight_only_on_conv(tmp_path: Path) -> None:
     _, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="fp16")
     assert "fp16_on_x86_cpu" in codes(ctx)
     _, ctx2 = quantize_onnx(tmp_path / "w", conv_model(tmp_path / "conv.onnx"), images(), method="weight_only")
@@ -383,7 +411,7 @@ def test_engine_inc_without_neural_compressor(tmp_path: Path, monkeypatch: pytes
 # --------------------------------------------------------------------------- tuning
 
 
-def test_tuning_meets_tolerable_loss_where_full_int8_misses(tmp_path: Path, vnni: Path) -> None:
+def test_tuning_meets_tolerable_loss_where_full_int8_misses(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "outlier.onnx")
     art, ctx = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.01)
     d = ctx.details
@@ -401,7 +429,7 @@ def test_tuning_meets_tolerable_loss_where_full_int8_misses(tmp_path: Path, vnni
     assert not codes(ctx) & {"tuning_goal_unmet"}
 
 
-def test_tuning_relative_loss(tmp_path: Path, vnni: Path) -> None:
+def test_tuning_relative_loss(tmp_path: Path) -> None:
     from export.quantize_tuning import Goal
 
     assert Goal(baseline=0.8, tolerable_loss=0.01, kind="relative").allowed == pytest.approx(0.008)
@@ -410,7 +438,7 @@ def test_tuning_relative_loss(tmp_path: Path, vnni: Path) -> None:
     assert ctx.details["goal_met"] is True and ctx.details["allowed_loss"] == pytest.approx(0.01 * 1.0, abs=1e-3)
 
 
-def test_tuning_unmet_goal_keeps_best_and_says_so(tmp_path: Path, vnni: Path) -> None:
+def test_tuning_unmet_goal_keeps_best_and_says_so(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "outlier.onnx")
     art, ctx = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.0, max_trials=2,
                              require_goal=True)
@@ -443,7 +471,7 @@ def attention_like_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-def test_static_on_a_transformer_quantizes_only_weight_operators(tmp_path: Path, vnni: Path) -> None:
+def test_static_on_a_transformer_quantizes_only_weight_operators(tmp_path: Path) -> None:
     import onnx
 
     from export.onnx_inspect import summarize
@@ -487,3 +515,153 @@ def test_fold_weight_quantize_keeps_outputs_and_shrinks_the_file(tmp_path: Path)
     x = images(1)
     assert np.array_equal(run_onnx(path, x), run_onnx(folded, x))
     assert folded.stat().st_size < path.stat().st_size
+
+
+# --------------------------------------------------------------------------- the CPU
+
+
+def test_detect_cpu_reads_this_machine() -> None:
+    from export.cpu import detect_cpu, host_arch, read_cpu_flags
+
+    cpu = detect_cpu()
+    flags = read_cpu_flags("/proc/cpuinfo")
+    assert cpu.arch == host_arch() and cpu.known is bool(flags)
+    if cpu.arch == "x86" and flags:
+        assert cpu.vnni is bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+        assert cpu.avx2 is ("avx2" in flags) and cpu.avx512 is ("avx512f" in flags)
+        assert cpu.int8_dot_product == ("vnni" if cpu.vnni else None)
+    assert detect_cpu() is cpu, "detected once"
+    assert set(cpu.as_dict()) >= {"arch", "avx2", "avx512", "vnni", "asimddp", "int8_dot_product"}
+    other = "arm" if cpu.arch == "x86" else "x86"
+    assert detect_cpu(other).known is False and detect_cpu(other).has_int8_dot is None
+
+
+# --------------------------------------------------------------------------- older opsets
+
+
+def opset11_model(path: Path) -> Path:
+    """Conv(1->8) + Relu + Conv(8->16) + Relu + GlobalAveragePool + Flatten + Gemm(16->10) + Squeeze-free,
+    saved as opset 11 (no per-channel DequantizeLinear there), real weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 1, 3, 3)) / 3).astype(np.float32)
+    b1 = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((16, 8, 3, 3)) / np.sqrt(72)).astype(np.float32)
+    b2 = (rng.standard_normal(16) * 0.1).astype(np.float32)
+    fc = (rng.standard_normal((10, 16)) / 4).astype(np.float32)
+    fcb = np.zeros(10, np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (fc, "fc"),
+                                                       (fcb, "fcb"))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    return next(i.version for i in onnx.load(str(path)).opset_import if i.domain in ("", "ai.onnx"))
+
+
+def test_opset11_model_is_upgraded_and_quantized_per_channel(tmp_path: Path) -> None:
+    import onnx
+
+    model = opset11_model(tmp_path / "old.onnx")
+    assert _opset(model) == 11
+    art, ctx = quantize_onnx(tmp_path, model, images(), method="static")
+    up = ctx.details["opset_upgrade"]
+    assert (up["from_opset"], up["to_opset"], up["upgraded"]) == (11, 13, True)
+    assert up["max_rel_diff"] <= 1e-4 and up["parity_inputs"] > 0
+    q = onnx.load(str(art.path))
+    assert _opset(art.path) >= 13
+    assert any(a.name == "axis" for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+    assert art.metadata["quantization"]["per_channel"] is True
+    cos = ctx.evaluate(art)["cosine_mean"]  # int8 artifact vs the opset-11 fp32 model, in onnxruntime
+    assert cos > 0.99, cos
+    assert "opset_upgrade_failed" not in codes(ctx)
+
+
+def test_opset11_model_falls_back_to_per_tensor_when_conversion_fails(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx.version_converter
+
+    def broken(model: Any, target: int) -> Any:
+        raise RuntimeError("no adapter for this op")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", broken)
+    model = opset11_model(tmp_path / "old.onnx")
+    art, ctx = quantize_onnx(tmp_path, model, images(), method="static")
+    assert ctx.details["opset_upgrade"]["upgraded"] is False and "no adapter" in ctx.details["opset_upgrade"]["error"]
+    assert art.metadata["quantization"]["per_channel"] is False
+    assert "opset_upgrade_failed" in codes(ctx)
+    assert ctx.evaluate(art)["cosine_mean"] > 0.98  # onnxruntime loads and runs it
+
+
+def test_opset_upgrade_that_changes_outputs_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx.version_converter
+    from onnx import numpy_helper
+
+    from compress.errors import StepError
+
+    real = onnx.version_converter.convert_version
+
+    def wrong(model: Any, target: int) -> Any:
+        out = real(model, target)
+        w = out.graph.initializer[0]
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))
+        return out
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", wrong)
+    with pytest.raises(StepError, match=r"upgraded from opset 11 to 13 differs"):
+        quantize_onnx(tmp_path, opset11_model(tmp_path / "old.onnx"), images(), method="static")
+
+
+# --------------------------------------------------------------------------- scratch files
+
+
+def test_scratch_files_stay_in_the_step_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime writes ``sym_shape_infer_temp.onnx`` (+ external data) into the working directory
+    and its temp folders into ``tempfile``'s: during the step both are inside the step folder."""
+    import tempfile
+
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    models = tmp_path / "models"
+    models.mkdir()
+    model = conv_model(models / "conv.onnx")
+    (models / "conv.onnx.data").write_bytes(b"not touched")
+    before = sorted((p.name, p.stat().st_size) for p in models.iterdir())
+    monkeypatch.chdir(models)  # the recipe's folder as the working directory
+    seen: dict[str, str] = {}
+    real = shape_inference.quant_pre_process
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"scratch")
+        Path("sym_shape_infer_temp.onnx.data").write_bytes(b"\0" * 1024)
+        seen["cwd"] = str(Path.cwd())
+        seen["tmp"] = tempfile.gettempdir()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", spy)
+    art, ctx = quantize_onnx(tmp_path / "run", model, images(), method="static")
+    step = ctx.step_dir.resolve()
+    assert Path(seen["cwd"]).parent == step and Path(seen["tmp"]).parent == step
+    assert sorted((p.name, p.stat().st_size) for p in models.iterdir()) == before
+    assert Path.cwd() == models and tempfile.gettempdir() != seen["tmp"]
+    assert sorted(p.name for p in step.iterdir()) == ["model.onnx"]
+    assert art.path.is_file()
