@@ -1,20 +1,28 @@
 """Compare two or more reports: deltas, whether a latency change is real, and CI gates.
 
 Artifacts are matched by name; timing results within an artifact by (target, threads,
-batch). A latency difference counts as real only when it is both statistically clear
-(the bootstrap 95% CIs of the statistic do not overlap, and a Mann-Whitney U test on the
-kept per-run times gives p < alpha) and large enough to matter (at least ``min_effect``
-relative). The effect-size floor is not optional decoration: two fresh processes timing
-the same model on the same quiet machine differ by a few percent (memory placement,
-frequency), and with hundreds of runs any such offset is "significant". When either run
-was flagged noisy (busy machine, preemption, wide CI) the floor is ``noisy_min_effect``:
-a neighbour on the sibling hyperthread slowed every run of one process by a quarter on a
-2-vCPU host, uniformly, so no within-run test can tell it from a regression.
+batch). Most of the variance of a latency lies *between* processes (CPU frequency and boost
+state, memory placement, cache alignment, neighbours), so runs within one process are not
+independent evidence: a Mann-Whitney test on them gave p=2e-26 for a +22% difference that a
+rerun erased. The median latency is therefore judged with the variance between processes
+(each latency comes from ``bench.repeats`` fresh processes), and a change is *real* only when
+
+1. the 95% CI of the ratio B/A, by hierarchical bootstrap (resampling the processes of both
+   runs, then runs within each: :func:`bench.repeats.ratio_ci`), excludes 1, and
+2. the change is at least the larger of the two runs' minimum detectable effects
+   (``LatencyStats.mde_rel``) and at least ``min_effect``.
+
+When either run was flagged noisy (busy machine, preemption), or either report comes from a
+single process (reports from before repeated processes: their MDE is unknown and their CI
+holds only within-process variance), a change that passes both tests but is below
+``noisy_min_effect`` is *unclear*, never a gate failure unless ``strict``. Mann-Whitney on
+the pooled runs is still shown (``p_value``), for information only. Tail statistics (p90,
+p99, mean) are shown and can be gated but are not judged.
 
 Gates (``latency_p50:+5%``, ``accuracy:-0.005``, ``size:+10%``) fail when a compared
-report moves a metric past the threshold in the named direction; a latency gate fails
-only on a statistically clear change (the gate's own threshold replaces ``min_effect``,
-and a noisy run still needs ``noisy_min_effect``); what it let pass for noise is listed.
+report moves a metric past the threshold in the named direction; a latency gate fails only
+on a change clear of the noise as above (the gate's threshold replaces ``min_effect``); what
+it let pass for noise, or as unclear, is listed.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from bench.repeats import ratio_ci
 from bench.report import ArtifactReport, Report, TargetResult, load_report
 
 # Latency statistics compared per timing setting: metric name -> percentile (or "mean").
@@ -47,11 +56,17 @@ class MetricDelta(BaseModel):
     b: float | None
     delta: float | None = Field(None, description="b - a")
     rel: float | None = Field(None, description="(b - a) / |a|")
-    tested: bool = Field(False, description="whether per-run times allowed a significance test")
-    significant: bool | None = Field(None, description="CIs apart and Mann-Whitney p < alpha (timing metrics)")
-    real: bool | None = Field(None, description="significant and at least min_effect, or noisy_min_effect "
-                              "when a run was noisy (timing metrics)")
-    p_value: float | None = None
+    tested: bool = Field(False, description="whether the change was judged against the noise")
+    significant: bool | None = Field(None, description="the 95% CI of the ratio B/A excludes 1 (timing metrics)")
+    beyond_noise: bool | None = Field(None, description="significant and at least both runs' MDE, in runs that are "
+                                      "neither noisy nor single-process (or at least noisy_min_effect)")
+    real: bool | None = Field(None, description="beyond the noise and at least min_effect (timing metrics)")
+    unclear: bool = Field(False, description="past the tests, but a run was noisy or its MDE unknown")
+    ratio: float | None = Field(None, description="B/A of the median latency")
+    ratio_ci: tuple[float, float] | None = Field(None, description="hierarchical-bootstrap 95% CI of the ratio")
+    mde: float | None = Field(None, description="the larger minimum detectable effect of the two runs (None: unknown)")
+    repeats: tuple[int, int] | None = Field(None, description="processes behind A's and B's latency")
+    p_value: float | None = Field(None, description="Mann-Whitney U on pooled runs: information only")
     ci_a: tuple[float, float] | None = None
     ci_b: tuple[float, float] | None = None
     noisy: bool = False
@@ -87,9 +102,10 @@ class Comparison(BaseModel):
     """The whole answer of ``compress compare``."""
 
     reports: list[str]
-    alpha: float
+    alpha: float = Field(description="significance level of the Mann-Whitney test shown for information")
     min_effect: float
     noisy_min_effect: float
+    strict: bool = Field(False, description="unclear latency changes past a gate fail it")
     pairs: list[PairComparison]
     gates: list[GateResult] = Field(default_factory=list)
     passed: bool = True
@@ -201,41 +217,72 @@ def _timing_delta(
         d.verdict = "missing"
         return d
     if metric in ("memory", "load_time"):
-        # One figure per process: there is nothing to test it against.
-        d.verdict = _direction_word(metric, delta) + " (one figure per run, not tested)"
+        # One figure per process (a median over processes): nothing to test it against.
+        d.verdict = _direction_word(metric, delta) + " (one figure per process, not tested)"
         return d
     xa = np.asarray(ta.times_ms, dtype=float) if ta.times_ms else None
     xb = np.asarray(tb.times_ms, dtype=float) if tb.times_ms else None
     d.ci_a, d.ci_b = _ci(ta, metric, xa), _ci(tb, metric, xb)
-    tests = []
-    if d.ci_a and d.ci_b:
-        tests.append(d.ci_a[1] < d.ci_b[0] or d.ci_b[1] < d.ci_a[0])
     if xa is not None and xb is not None and len(xa) > 1 and len(xb) > 1:
         d.p_value = mann_whitney_p(xa, xb)
-        tests.append(d.p_value < alpha)
-    if not tests:
-        d.verdict = _direction_word(metric, delta) + " (no per-run times or CI: not tested)"
-        return d
     if metric in TAIL_STATS:
         # Tails and the mean move between two processes timing the same model far more than
-        # one run's CI shows (the quickstart's 11 us model run twice: p90 -29%, mean -42%,
-        # median unchanged; one 1 ms stall in 200 runs moves its mean by 45%). Shown, and
-        # gated if asked, but not judged real or noise.
+        # the median (the quickstart's 11 us model run twice: p90 -29%, mean -42%, median
+        # unchanged; one 1 ms stall in 200 runs moves its mean by 45%). Shown, and gated if
+        # asked, but not judged real or noise.
         d.verdict = _direction_word(metric, delta) + " (tail statistic: not judged, see the median)"
         return d
-    d.tested = True
-    d.significant = all(tests)
-    floor = noisy_min_effect if d.noisy else min_effect
-    d.real = d.significant and abs(rel or 0.0) >= floor
-    if d.real:
-        d.verdict = _direction_word(metric, delta)
-    elif not d.significant:
-        d.verdict = "no real change (within noise)"
-    elif d.noisy and abs(rel or 0.0) >= min_effect:
-        d.verdict = f"unclear: {_direction_word(metric, delta)} by less than {100 * floor:g}% in a noisy run"
+    if ta.how != "measured" or tb.how != "measured":
+        d.verdict = _direction_word(metric, delta) + f" ({ta.how if ta.how != 'measured' else tb.how}: not tested)"
+        return d
+    sa, sb = ta.latency_ms, tb.latency_ms
+    if sa is None or sb is None:
+        d.verdict = _direction_word(metric, delta) + " (no latency statistics: not tested)"
+        return d
+    d.repeats = (sa.repeats, sb.repeats)
+    mde_known = sa.mde_rel is not None and sb.mde_rel is not None
+    d.mde = max(sa.mde_rel, sb.mde_rel) if mde_known else None  # type: ignore[type-var]
+    if xa is None or xb is None:
+        if not (sa.ci95 and sb.ci95):
+            d.verdict = _direction_word(metric, delta) + " (no per-run times or CI: not tested)"
+            return d
+        # No runs kept (a board's summary): the CIs of the two medians must not overlap.
+        lo, hi = sb.ci95[0] / sa.ci95[1], sb.ci95[1] / sa.ci95[0]
+        ratio = sb.p50 / sa.p50
     else:
-        d.verdict = f"no real change (below {100 * floor:g}%)"
+        ratio, lo, hi = ratio_ci(ta, tb)
+    # Throughput is batch * 1000 / p50: its ratio is the inverse of the latency's, and it is
+    # judged by the latency's change so that both get the same verdict.
+    d.ratio, d.ratio_ci = (1 / ratio, (1 / hi, 1 / lo)) if metric == "throughput" else (ratio, (lo, hi))
+    d.tested = True
+    d.significant = lo > 1.0 or hi < 1.0
+    size = abs(ratio - 1.0)
+    trusted = mde_known and not d.noisy
+    d.beyond_noise = d.significant and size >= (d.mde or 0.0) and (trusted or size >= noisy_min_effect)
+    d.unclear = bool(d.significant and not d.beyond_noise and size >= max(d.mde or 0.0, min_effect))
+    d.real = d.beyond_noise and size >= min_effect
+    word = _direction_word(metric, delta)
+    detects = f"these runs detect changes above {100 * d.mde:.0f}%" if d.mde is not None else "MDE unknown"
+    if d.real:
+        d.verdict = word
+    elif d.unclear:
+        why = ("a run was flagged noisy" if d.noisy else
+               "a single-process run cannot tell this from noise (MDE unknown)")
+        d.verdict = f"unclear: {word} by {100 * size:.0f}%, but {why}; real only above {100 * noisy_min_effect:g}%"
+    elif not d.significant:
+        d.verdict = f"no real change (within noise; {detects})"
+    elif d.mde is not None and size < d.mde and d.mde >= min_effect:
+        d.verdict = f"no real change (below the {100 * d.mde:.0f}% these runs can detect)"
+    else:
+        d.verdict = f"no real change (below {100 * min_effect:g}%)"
     return d
+
+
+def _latency_change(d: MetricDelta) -> float:
+    """Size of the median latency's change behind a timing delta (throughput: the inverse ratio)."""
+    if d.ratio is None:
+        return abs(d.rel or 0.0)
+    return abs((1 / d.ratio if d.metric == "throughput" else d.ratio) - 1.0)
 
 
 def _direction_word(metric: str, delta: float | None) -> str:
@@ -350,16 +397,24 @@ def apply_gates(comparison: Comparison, pairs_reports: list[tuple[Report, Report
                     if not gate.exceeded(d):
                         continue
                     where = f"{row.artifact}" + (f" ({row.setting})" if row.setting else "")
-                    test = f", p={d.p_value:.1e}" if d.p_value is not None else ""
+                    test = (f", B/A {d.ratio:.3f} [{d.ratio_ci[0]:.3f}, {d.ratio_ci[1]:.3f}]"
+                            if d.ratio is not None and d.ratio_ci is not None else "")
                     line = (f"{pair.b} {where}: {gate.metric} {_fmt_change(d)} "
                             f"({_fmt_value(d.a, d.unit)} → {_fmt_value(d.b, d.unit)}{test})")
-                    # A timing gate needs the change to be clear of the noise.
-                    if d.tested and not d.significant:
-                        res.let_pass.append(line + ": within noise")
-                    elif d.tested and d.noisy and abs(d.rel or 0.0) < comparison.noisy_min_effect:
-                        res.let_pass.append(line + f": noisy run, below {100 * comparison.noisy_min_effect:g}%")
-                    else:
+                    # A timing gate needs the change to be clear of the noise; the gate's own
+                    # threshold stands in for min_effect.
+                    size = _latency_change(d)
+                    if not d.tested or d.beyond_noise:
                         res.failures.append(line)
+                    elif not d.significant:
+                        res.let_pass.append(line + ": within noise")
+                    elif d.mde is not None and size < d.mde:
+                        res.let_pass.append(line + f": below the {100 * d.mde:.0f}% these runs can detect")
+                    else:
+                        why = "a run was noisy" if d.noisy else "MDE unknown (single-process run)"
+                        line += (f": unclear, {why}; real only above {100 * comparison.noisy_min_effect:g}%")
+                        (res.failures if comparison.strict else res.let_pass).append(
+                            line + (" (--strict)" if comparison.strict else ""))
         if res.checked == 0 and not res.failures:
             known = sorted({d.metric for p in comparison.pairs for r in p.rows for d in r.metrics if d.a is not None})
             raise InputFileError(f"--fail-on {gate.text}: no compared artifact has the metric {gate.metric!r} "
@@ -375,15 +430,18 @@ def compare_reports(
     alpha: float = 0.01,
     min_effect: float = 0.05,
     noisy_min_effect: float = 0.5,
+    strict: bool = False,
 ) -> Comparison:
     """Compare each report after the first against the first.
 
     Args:
         paths: Two or more ``report.json`` files or run folders.
         gates: ``--fail-on`` expressions.
-        alpha: Significance level of the Mann-Whitney test.
-        min_effect: Smallest relative latency change reported as real.
-        noisy_min_effect: The same when either run was flagged noisy.
+        alpha: Significance level of the Mann-Whitney test shown for information.
+        min_effect: Smallest relative latency change reported as real (beyond both runs' MDE).
+        noisy_min_effect: Smallest change called real when a run was noisy or came from a
+            single process (MDE unknown); smaller ones past the tests are unclear.
+        strict: Unclear latency changes past a gate's threshold fail it.
 
     Returns:
         The comparison, gates evaluated.
@@ -395,7 +453,8 @@ def compare_reports(
     parsed_gates = [parse_gate(g) for g in gates or []]
     reports = [load_report(p) for p in paths]
     labels = [str(p) for p in paths]
-    cmp = Comparison(reports=labels, alpha=alpha, min_effect=min_effect, noisy_min_effect=noisy_min_effect, pairs=[])
+    cmp = Comparison(reports=labels, alpha=alpha, min_effect=min_effect, noisy_min_effect=noisy_min_effect,
+                     strict=strict, pairs=[])
     for rb, lb in zip(reports[1:], labels[1:]):
         cmp.pairs.append(compare_pair(reports[0], rb, labels[0], lb, alpha, min_effect, noisy_min_effect))
     apply_gates(cmp, [(reports[0], rb) for rb in reports[1:]], parsed_gates)
@@ -408,12 +467,16 @@ def render_markdown(cmp: Comparison) -> str:
     letters = [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(len(cmp.reports))]
     for letter, path in zip(letters, cmp.reports):
         lines.append(f"- **{letter}**: `{path}`")
-    rule = (f"A latency change is *real* when the 95% CIs do not overlap, a Mann-Whitney U test on the kept "
-            f"run times gives p < {cmp.alpha:g}, and the change is at least {100 * cmp.min_effect:g}% "
-            f"({100 * cmp.noisy_min_effect:g}% when either run was noisy).")
+    rule = (f"A median latency change is *real* when the hierarchical-bootstrap 95% CI of the ratio B/A "
+            f"(processes of both runs resampled, then their runs) excludes 1 and the change is at least the larger "
+            f"minimum detectable effect (MDE) of the two runs and at least {100 * cmp.min_effect:g}%. When a run was "
+            f"noisy or comes from a single process (MDE unknown), such a change below "
+            f"{100 * cmp.noisy_min_effect:g}% is *unclear*"
+            + (" and fails a gate (--strict)." if cmp.strict else ", never a gate failure (--strict to fail).")
+            + f" Mann-Whitney p on pooled runs is shown for information only (alpha {cmp.alpha:g}).")
     lines += ["", rule, ""]
     for letter, pair in zip(letters[1:], cmp.pairs):
-        lines += [f"## {letter} vs A", ""]
+        lines += [f"## {letter} vs A", "", f"**Median latency: {latency_summary(pair)}**", ""]
         for note in pair.notes:
             lines.append(f"> note: {note}")
         if pair.notes:
@@ -422,9 +485,12 @@ def render_markdown(cmp: Comparison) -> str:
         for row in pair.rows:
             for d in row.metrics:
                 verdict = d.verdict + (" · noisy run" if d.noisy and d.metric in LATENCY_STATS else "")
-                if d.p_value is not None and d.metric in LATENCY_STATS:
+                if d.ratio_ci is not None and d.ratio is not None and d.metric == "latency_p50":
+                    procs = f", {d.repeats[0]} vs {d.repeats[1]} processes" if d.repeats else ""
+                    verdict += f" (B/A {d.ratio:.3f} [{d.ratio_ci[0]:.3f}, {d.ratio_ci[1]:.3f}]{procs})"
+                elif d.p_value is not None and d.metric in LATENCY_STATS:
                     verdict += f" (p={d.p_value:.1e})"
-                if d.real:
+                if d.real or d.unclear:
                     verdict = f"**{verdict}**"
                 lines.append(f"| {row.artifact} | {row.setting or '-'} | {d.metric} | {_fmt_value(d.a, d.unit)} "
                              f"| {_fmt_value(d.b, d.unit)} | {_fmt_change(d)} | {verdict} |")
@@ -453,3 +519,20 @@ def real_latency_changes(cmp: Comparison) -> list[tuple[str, str, MetricDelta]]:
                 if d.metric in LATENCY_STATS and d.real:
                     out.append((pair.b, f"{row.artifact} ({row.setting})", d))
     return out
+
+
+def latency_summary(pair: PairComparison) -> str:
+    """One line on the median latencies of a pair: real changes, unclear ones, or no real change."""
+    judged = [d for row in pair.rows for d in row.metrics if d.metric == "latency_p50" and d.tested]
+    if not judged:
+        return "not compared (no measured latency in both)"
+    real = [d for d in judged if d.real]
+    unclear = [d for d in judged if d.unclear]
+    if not real and not unclear:
+        return f"no real change ({len(judged)} compared)"
+    parts = []
+    if real:
+        parts.append(f"{len(real)} real change{'s' if len(real) > 1 else ''}")
+    if unclear:
+        parts.append(f"{len(unclear)} unclear")
+    return ", ".join(parts) + f" ({len(judged)} compared)"

@@ -1,7 +1,10 @@
-"""Latency statistics: percentiles, a bootstrap CI of the median, and a noise flag."""
+"""Latency statistics: percentiles, bootstrap CIs of the median, a noise flag, and the
+statistics of a latency measured in several fresh processes (hierarchical bootstrap, the
+minimum detectable effect)."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -9,12 +12,20 @@ from pydantic import BaseModel, Field
 
 How = Literal["measured", "estimated", "emulated"]
 
+# Below this, a between-process spread estimated from a handful of processes is not believed:
+# two processes timing the same model on a quiet machine differ by about this much anyway.
+MIN_BETWEEN_SPREAD = 0.01
+
 
 class LatencyStats(BaseModel):
     """Summary of per-run latencies in milliseconds.
 
     ``how`` says whether the figure was measured on the device, estimated from a
-    profile, or (never a latency) emulated.
+    profile, or (never a latency) emulated. A latency measured in several fresh processes
+    carries ``repeats``, each process's median and how many runs each gave; ``ci95`` is then
+    a hierarchical-bootstrap interval, and ``mde_rel`` the smallest relative change a
+    comparison with an equally precise run could tell from noise. Reports written before
+    repeated processes lack these fields: one process, MDE unknown.
     """
 
     p50: float
@@ -24,13 +35,20 @@ class LatencyStats(BaseModel):
     std: float
     min: float
     max: float
-    ci95: tuple[float, float] = Field(description="bootstrap 95% confidence interval of the median")
+    ci95: tuple[float, float] = Field(description="bootstrap 95% confidence interval of the median "
+                                                  "(hierarchical: processes, then runs, when repeats > 1)")
     runs: int
     threads: int
     batch: int = 1
     how: How = "measured"
     noisy: bool = False
     noise_reason: str | None = None
+    repeats: int = Field(1, description="fresh processes the runs come from")
+    process_medians: list[float] | None = Field(None, description="median of each process, in the order they ran")
+    process_runs: list[int] | None = Field(None, description="timed runs of each process (their share of times_ms, in order)")
+    between_spread: float | None = Field(None, description="SD of the log of the process medians (~ relative spread)")
+    mde_rel: float | None = Field(None, description="minimum detectable relative change (95% two-sided, 80% power) "
+                                                    "against an equally precise run; None: unknown (one process)")
 
     @property
     def ci_rel_width(self) -> float:
@@ -46,6 +64,125 @@ def bootstrap_median_ci(times: np.ndarray, n_boot: int = 2000, seed: int = 0) ->
     return float(lo), float(hi)
 
 
+def hierarchical_bootstrap(
+    groups: list[np.ndarray],
+    stat: float | str = 50.0,
+    n_boot: int = 2000,
+    seed: int = 0,
+    process_idx: np.ndarray | None = None,
+) -> np.ndarray:
+    """Bootstrap replicates of a statistic of pooled runs, resampling processes, then runs within each.
+
+    Each replicate draws ``len(groups)`` processes with replacement, then from each drawn
+    process as many runs as the processes have on average (so every process weighs alike),
+    with replacement, and takes the statistic of the pooled draw. Resampling at both levels
+    puts the between-process variance into the interval, which a bootstrap of pooled runs
+    (treating every run as independent) leaves out (Davison & Hinkley 1997, section 3.8;
+    Saravanan et al. 2020, "Application of the hierarchical bootstrap to multi-level data").
+
+    Args:
+        groups: Run times of each process.
+        stat: A percentile (0-100) or ``"mean"``.
+        n_boot: Replicates.
+        seed: Random seed.
+        process_idx: ``(n_boot, len(groups))`` process draws to use instead of fresh ones; two
+            paired measurements (interleaved rounds) share them.
+
+    Returns:
+        ``n_boot`` values of the statistic.
+    """
+    rng = np.random.default_rng(seed)
+    groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
+    if not groups:
+        raise ValueError("no timed runs")
+    k = len(groups)
+    sizes = np.array([len(g) for g in groups])
+    m = max(1, int(round(sizes.mean())))
+    flat = np.concatenate(groups)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    if process_idx is None:
+        process_idx = rng.integers(0, k, size=(n_boot, k))
+    out = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // (k * m))  # bounds memory for long runs and many processes
+    for start in range(0, n_boot, chunk):
+        p = process_idx[start:start + chunk]  # (c, k)
+        u = rng.random((p.shape[0], k, m))
+        idx = offsets[p][..., None] + (u * sizes[p][..., None]).astype(np.int64)
+        sample = flat[idx].reshape(p.shape[0], k * m)
+        out[start:start + p.shape[0]] = sample.mean(axis=1) if stat == "mean" else np.percentile(sample, float(stat), axis=1)
+    return out
+
+
+def hierarchical_ci(groups: list[np.ndarray], stat: float | str = 50.0, n_boot: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% CI of a statistic of pooled runs by :func:`hierarchical_bootstrap`."""
+    lo, hi = np.percentile(hierarchical_bootstrap(groups, stat, n_boot, seed), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def between_spread(process_medians: list[float] | np.ndarray) -> float | None:
+    """Sample SD of the log of the process medians (a relative spread); None for fewer than two."""
+    m = np.asarray(process_medians, dtype=np.float64)
+    if m.size < 2 or np.any(m <= 0):
+        return None
+    return float(np.std(np.log(m), ddof=1))
+
+
+def minimum_detectable_effect(process_medians: list[float] | np.ndarray, alpha: float = 0.05,
+                              power: float = 0.8) -> float | None:
+    """The smallest relative change in the median a comparison of two runs like this one can detect.
+
+    Formula (Bloom 1995, "Minimum Detectable Effects: A Simple Way to Report the Statistical
+    Power of Experimental Designs", Evaluation Review 19(5); the same as Cohen 1988 for two
+    equal groups)::
+
+        MDE = exp( (t[1 - alpha/2, nu] + t[power, nu]) * s * sqrt(2 / k) ) - 1
+
+    with ``k`` processes per run, ``s`` the between-process spread (SD of the log of the
+    process medians, not below ``MIN_BETWEEN_SPREAD``) and ``nu = 2 (k - 1)`` degrees of freedom
+    (Student's t, because ``s`` comes from a handful of processes). The process is the unit of
+    replication: runs within one process share its frequency, memory placement and neighbours,
+    so they do not add independent evidence. With 3 processes the multiplier of ``s`` is
+    about 3.0 (a 3% spread -> 9%), with 5 about 2.0.
+
+    Args:
+        process_medians: The median of each process.
+        alpha: Two-sided significance level.
+        power: Probability of detecting a change of exactly the MDE.
+
+    Returns:
+        The MDE as a share (0.08 = 8%), or None with fewer than two processes (unknown).
+    """
+    s = between_spread(process_medians)
+    if s is None:
+        return None
+    from scipy.stats import t as student_t
+
+    k = len(process_medians)
+    nu = 2 * (k - 1)
+    multiplier = float(student_t.ppf(1 - alpha / 2, nu) + student_t.ppf(power, nu))
+    return float(math.expm1(multiplier * max(s, MIN_BETWEEN_SPREAD) * math.sqrt(2 / k)))
+
+
+def noise_reasons(
+    runs: int,
+    loadavg: float | None = None,
+    cores: int | None = None,
+    involuntary_switches: int | None = None,
+    max_switch_share: float = 0.05,
+    warmup_stable: bool | None = None,
+) -> list[str]:
+    """Why a measurement's environment cannot be trusted (see :func:`summarize`)."""
+    reasons = []
+    if loadavg is not None and cores and loadavg > 0.8 * cores:
+        reasons.append(f"load average {loadavg:.2f} on {cores} cores")
+    if involuntary_switches is not None and involuntary_switches > max_switch_share * runs:
+        reasons.append(f"preempted {involuntary_switches} times during {runs} timed runs")
+    if warmup_stable is False:
+        reasons.append("warmup hit its limit before the times settled")
+    return reasons
+
+
 def summarize(
     times_ms: list[float] | np.ndarray,
     threads: int,
@@ -58,7 +195,7 @@ def summarize(
     max_switch_share: float = 0.05,
     warmup_stable: bool | None = None,
 ) -> LatencyStats:
-    """Statistics of per-run times, flagged noisy when they cannot be trusted as they are.
+    """Statistics of per-run times of one process, flagged noisy when they cannot be trusted as they are.
 
     Args:
         times_ms: Every timed run, in milliseconds.
@@ -82,14 +219,64 @@ def summarize(
     reasons = []
     if p50 > 0 and (ci[1] - ci[0]) / p50 > max_ci_rel_width:
         reasons.append(f"CI of the median is {100 * (ci[1] - ci[0]) / p50:.0f}% of it")
-    if loadavg is not None and cores and loadavg > 0.8 * cores:
-        reasons.append(f"load average {loadavg:.2f} on {cores} cores")
-    if involuntary_switches is not None and involuntary_switches > max_switch_share * t.size:
-        reasons.append(f"preempted {involuntary_switches} times during {t.size} timed runs")
-    if warmup_stable is False:
-        reasons.append("warmup hit its limit before the times settled")
+    reasons += noise_reasons(int(t.size), loadavg, cores, involuntary_switches, max_switch_share, warmup_stable)
     return LatencyStats(
         p50=float(p50), p90=float(p90), p99=float(p99), mean=float(t.mean()), std=float(t.std(ddof=1) if t.size > 1 else 0.0),
         min=float(t.min()), max=float(t.max()), ci95=ci, runs=int(t.size), threads=threads, batch=batch,
         how=how, noisy=bool(reasons), noise_reason="; ".join(reasons) or None,
+        process_medians=[float(p50)], process_runs=[int(t.size)],
     )
+
+
+def summarize_processes(
+    groups: list[list[float] | np.ndarray],
+    threads: int,
+    batch: int = 1,
+    how: How = "measured",
+    reasons: list[str] | None = None,
+) -> LatencyStats:
+    """Statistics of a latency measured in several fresh processes.
+
+    The headline p50 (and p90, p99, mean) is that of the pooled runs; its CI is a hierarchical
+    bootstrap (processes, then runs within each), so the variance between processes, usually
+    most of it, is in it; ``mde_rel`` says what change a comparison could tell from noise. A
+    wide CI is not a noise flag here: it is what the CI and the MDE already report. Noise
+    flags are the environment's (``reasons``: load, preemption, warmup, a failed process).
+
+    Args:
+        groups: Run times of each process, in the order the processes ran.
+        threads: Threads the runtime used.
+        batch: Items per run.
+        how: How the times were obtained.
+        reasons: Why the environment cannot be trusted (see :func:`noise_reasons`).
+    """
+    arrays = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
+    if not arrays:
+        raise ValueError("no timed runs")
+    t = np.concatenate(arrays)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    medians = [float(np.median(a)) for a in arrays]
+    ci = hierarchical_ci(arrays) if len(arrays) > 1 else bootstrap_median_ci(t)
+    reasons = list(reasons or [])
+    return LatencyStats(
+        p50=float(p50), p90=float(p90), p99=float(p99), mean=float(t.mean()), std=float(t.std(ddof=1) if t.size > 1 else 0.0),
+        min=float(t.min()), max=float(t.max()), ci95=ci, runs=int(t.size), threads=threads, batch=batch, how=how,
+        noisy=bool(reasons), noise_reason="; ".join(reasons) or None, repeats=len(arrays), process_medians=medians,
+        process_runs=[int(a.size) for a in arrays], between_spread=between_spread(medians),
+        mde_rel=minimum_detectable_effect(medians),
+    )
+
+
+def process_groups(stats: LatencyStats | None, times_ms: list[float] | None) -> list[np.ndarray] | None:
+    """The run times of each process of a result (one group for a single-process or old report).
+
+    None when the result kept no per-run times; then a caller may fall back on the process
+    medians alone.
+    """
+    if not times_ms:
+        return None
+    t = np.asarray(times_ms, dtype=np.float64)
+    sizes = stats.process_runs if stats is not None else None
+    if not sizes or sum(sizes) != t.size:
+        return [t]
+    return np.split(t, np.cumsum(sizes)[:-1])

@@ -310,12 +310,20 @@ def compare_cmd(
         "--fail-on", help="gate METRIC:+N% or METRIC:-N, e.g. latency_p50:+5% accuracy:-0.005 size:+10%")] = None,
     fmt: Annotated[str, typer.Option("--format", help="md or json")] = "md",
     out: Annotated[Path | None, typer.Option("--out", help="write here instead of stdout")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", min=1e-9, max=0.5, help="Mann-Whitney significance level")] = 0.01,
+    alpha: Annotated[float, typer.Option("--alpha", min=1e-9, max=0.5,
+                                         help="Mann-Whitney significance level (shown for information)")] = 0.01,
     min_effect: Annotated[str, typer.Option("--min-effect", help="smallest latency change called real")] = "5%",
     noisy_min_effect: Annotated[str, typer.Option(
-        "--noisy-min-effect", help="the same when a run was flagged noisy (busy machine)")] = "50%",
+        "--noisy-min-effect", help="the same when a run was noisy or single-process (MDE unknown)")] = "50%",
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="an unclear latency change (noisy or single-process run) past a gate fails it")] = False,
 ) -> None:
-    """Compare runs: deltas of accuracy, size and latency, whether each latency change is real; gates exit 1."""
+    """Compare runs: deltas of accuracy, size and latency, whether each latency change is real; gates exit 1.
+
+    A latency change is real when the CI of the ratio B/A (processes of both runs resampled)
+    excludes 1 and it exceeds both runs' minimum detectable effect; on a noisy run it is
+    unclear, which fails a gate only with --strict.
+    """
     from bench.compare import compare_reports, render_markdown
     from compress.artifact import atomic_write_text
 
@@ -327,7 +335,7 @@ def compare_cmd(
         if out is not None:
             check_output_file(out, "--out")
         cmp = compare_reports(reports, fail_on or [], alpha=alpha, min_effect=_parse_effect(min_effect, "--min-effect"),
-                              noisy_min_effect=_parse_effect(noisy_min_effect, "--noisy-min-effect"))
+                              noisy_min_effect=_parse_effect(noisy_min_effect, "--noisy-min-effect"), strict=strict)
     except EdgepackError as e:
         fail(e)
     text = cmp.model_dump_json(indent=2) + "\n" if fmt == "json" else render_markdown(cmp)

@@ -1,0 +1,150 @@
+"""The benchmark schedule of a run: every measured latency from several fresh processes,
+artifacts interleaved, and speed-ups over the parent with their own CI.
+
+For each target and timing setting, round ``r`` of ``repeats`` runs one process per artifact
+(A B C, A B C, ...), never all of A then all of B, so a drift in machine state (frequency,
+a neighbour's load) hits every artifact alike. The processes of one artifact are then merged
+(:func:`bench.repeats.merge_results`). Targets that do not measure (estimated, emulated) run
+once per artifact and setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.report import TargetResult
+from bench.repeats import merge_results, ratio_ci
+from compress.errors import EdgepackError
+from devices.base import BenchSpec
+
+Key = tuple[str, str, int, int]  # artifact name, target name, threads, batch
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _failed(tname: str, how: str, spec: BenchSpec, error: str) -> TargetResult:
+    return TargetResult(target=tname, how=how, device="-", threads=spec.threads, batch=spec.batch,  # type: ignore[arg-type]
+                        error=error)
+
+
+def _log_result(log: Callable[[str], None], name: str, res: TargetResult) -> None:
+    s = res.latency_ms
+    if res.error is not None:
+        log(f"  {name}: {res.error}")
+        return
+    if s is None:
+        return
+    if res.how != "measured":
+        log(f"  {name}: p50 {s.p50:.4g} ms ({res.how})")
+        return
+    mde = "detects changes above " + (f"{100 * s.mde_rel:.0f}%" if s.mde_rel is not None else "? (one process)")
+    speed = res.details.get("speedup_vs_parent")
+    vs = (f", {speed['speedup']:.2f}x vs {speed['parent']} [{speed['ci95'][0]:.2f}, {speed['ci95'][1]:.2f}]"
+          if speed else "")
+    log(f"  {name}: p50 {s.p50:.4g} ms [{s.ci95[0]:.4g}, {s.ci95[1]:.4g}] ({res.how}, "
+        f"{_plural(s.repeats, 'process')} x {s.runs // max(1, s.repeats)} runs, {mde}{vs}"
+        + (f"; noisy: {s.noise_reason}" if s.noisy else "") + ")")
+
+
+def speedup_vs_parent(child: TargetResult, parent: TargetResult, parent_name: str) -> dict[str, Any] | None:
+    """``parent p50 / child p50`` of two interleaved results, with a paired hierarchical CI.
+
+    Processes of the same round are paired (they ran side by side); the CI resamples rounds,
+    then runs within each process. None when either has no latency.
+    """
+    if child.latency_ms is None or parent.latency_ms is None or child.error or parent.error:
+        return None
+    # ratio_ci(child, parent) is parent / child: how many times faster the child is.
+    ratio, lo, hi = ratio_ci(child, parent, paired=True)
+    return {"parent": parent_name, "speedup": round(ratio, 4), "ci95": [round(lo, 4), round(hi, 4)],
+            "repeats": min(child.latency_ms.repeats, parent.latency_ms.repeats),
+            "method": "ratio of interleaved medians, paired hierarchical bootstrap"}
+
+
+def benchmark_interleaved(
+    files: Sequence[Any],
+    targets: Sequence[tuple[str, Any]],
+    settings: Sequence[BenchSpec] | Mapping[str, Sequence[BenchSpec]],
+    repeats: int,
+    inputs_of: Callable[[Any], list[np.ndarray] | None],
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[Key, TargetResult]:
+    """Time every artifact on every target and setting, in interleaved rounds of fresh processes.
+
+    Args:
+        files: Artifacts with a ``name``, ``format``, ``path`` and ``parent`` (the lineage).
+        targets: (name, target) pairs; a target answers ``formats``, ``how`` and ``benchmark``.
+        settings: Timing settings for every target, or per target name.
+        repeats: Fresh processes per measured latency (targets that do not measure run once).
+        inputs_of: The inputs an artifact takes (in its own layout), or None for random inputs.
+        log: Progress lines.
+
+    Returns:
+        One merged result per (artifact name, target name, threads, batch), in the order
+        artifact, target, setting. A target that fails for an artifact gives a result with
+        ``error`` set (the first process's failure; later rounds skip it). Each artifact
+        whose parent was timed on the same target and setting has ``details["speedup_vs_parent"]``.
+    """
+    results: dict[Key, list[TargetResult]] = {}
+    inputs: dict[str, Any] = {}
+    for tname, target in targets:
+        specs = list(settings[tname] if isinstance(settings, Mapping) else settings)
+        arts = [a for a in files if a.format in target.formats]
+        rounds = repeats if target.how == "measured" else 1
+        for spec in specs:
+            where = (f"on {tname} ({_plural(spec.threads, 'thread')}, batch {spec.batch})"
+                     + (f", {rounds} interleaved rounds" if rounds > 1 else ""))
+            log(f"bench {', '.join(a.name for a in arts)} {where}")
+            for r in range(rounds):
+                for art in arts:
+                    key = (art.name, tname, spec.threads, spec.batch)
+                    done = results.setdefault(key, [])
+                    if done and all(x.error is not None for x in done):
+                        continue  # failed in its first process: a broken model or target, not bad luck
+                    if art.name not in inputs:
+                        inputs[art.name] = inputs_of(art)
+                    if rounds > 1:
+                        log(f"  {art.name} process {r + 1}/{rounds}")
+                    try:
+                        done.append(target.benchmark(art.path, spec, inputs[art.name]))
+                    except EdgepackError as e:
+                        done.append(_failed(tname, target.how, spec, str(e)))
+    merged = {key: merge_results(parts) for key, parts in results.items()}
+    _add_speedups(files, merged)
+    order = {a.name: i for i, a in enumerate(files)}
+    out = dict(sorted(merged.items(), key=lambda kv: order.get(kv[0][0], len(order))))
+    for key, res in out.items():
+        _log_result(log, f"{key[0]} on {key[1]} ({_plural(key[2], 'thread')}, batch {key[3]})", res)
+    return out
+
+
+def _add_speedups(files: Sequence[Any], merged: dict[Key, TargetResult]) -> None:
+    for art in files:
+        parent = getattr(art, "parent", None)
+        if not parent:
+            continue
+        for (name, tname, threads, batch), res in merged.items():
+            if name != art.name or res.how != "measured":
+                continue
+            pres = merged.get((parent, tname, threads, batch))
+            if pres is None:
+                continue
+            speed = speedup_vs_parent(res, pres, parent)
+            if speed is not None:
+                res.details["speedup_vs_parent"] = speed
+
+
+def results_and_errors(files: Sequence[Any], results: dict[Key, TargetResult]) -> tuple[dict[str, list[TargetResult]], list[str]]:
+    """The merged results grouped by artifact name (in ``results``' order) and every failure message."""
+    by_art: dict[str, list[TargetResult]] = {a.name: [] for a in files}
+    errors = []
+    for (name, *_), res in results.items():
+        by_art.setdefault(name, []).append(res)
+        if res.error is not None:
+            errors.append(res.error)
+    return by_art, errors
