@@ -32,6 +32,7 @@ class ModelSummary:
         weight_params: Elements in float weight initializers of Conv/MatMul/Gemm nodes.
         weight_sparsity: Share of those elements that are exactly zero.
         quantized: True when the graph already holds quantization operators.
+        opset: The default (``ai.onnx``) domain's opset; per-channel quantization needs 13+.
     """
 
     op_counts: dict[str, int] = field(default_factory=dict)
@@ -41,6 +42,7 @@ class ModelSummary:
     weight_params: int = 0
     weight_sparsity: float = 0.0
     quantized: bool = False
+    opset: int = 0
 
     @property
     def conv_share(self) -> float:
@@ -66,6 +68,7 @@ class ModelSummary:
             "conv_share": round(self.conv_share, 4),
             "weight_params": self.weight_params,
             "weight_sparsity": round(self.weight_sparsity, 4),
+            "opset": self.opset,
         }
 
 
@@ -131,6 +134,7 @@ def summarize(model_or_path: Any) -> ModelSummary:
     inits = {i.name: i for i in model.graph.initializer}
     s = ModelSummary(op_counts=dict(Counter(n.op_type for n in model.graph.node)))
     s.quantized = any(n.op_type in QUANT_OPS for n in model.graph.node)
+    s.opset = next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
     zeros = total = 0
     seen: set[str] = set()
     for node in inferred.graph.node:

@@ -316,7 +316,7 @@ def test_summary_counts_conv_and_matmul_macs(tmp_path: Path) -> None:
     assert s.n_conv == 2 and s.n_matmul == 1
     # conv1: 8x8x8 outputs x 9 taps; conv2: 8x8x8 outputs x 8x9 taps; fc: 4 outputs x 8
     assert s.node_macs == {"conv1": 8 * 64 * 9, "conv2": 8 * 64 * 72, "fc": 32}
-    assert s.conv_share > 0.99 and s.weight_sparsity == 0.0
+    assert s.conv_share > 0.99 and s.weight_sparsity == 0.0 and s.opset == 17
     m = summarize(outlier_model(tmp_path / "mm.onnx"))
     assert m.n_conv == 0 and m.matmul_macs == 32 * 64 + 64 * 16 and m.conv_share == 0.0
 
@@ -586,7 +586,7 @@ def test_opset11_model_is_upgraded_and_quantized_per_channel(tmp_path: Path) -> 
     art, ctx = quantize_onnx(tmp_path, model, images(), method="static")
     up = ctx.details["opset_upgrade"]
     assert (up["from_opset"], up["to_opset"], up["upgraded"]) == (11, 13, True)
-    assert up["max_rel_diff"] <= 1e-4 and up["parity_inputs"] > 0
+    assert up["max_rel_diff"] <= 1e-4 and up["parity_batches"] > 0
     q = onnx.load(str(art.path))
     assert _opset(art.path) >= 13
     assert any(a.name == "axis" for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
