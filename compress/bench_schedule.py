@@ -24,7 +24,7 @@ Key = tuple[str, str, int, int]  # artifact name, target name, threads, batch
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def _failed(tname: str, how: str, spec: BenchSpec, error: str) -> TargetResult:
