@@ -12,10 +12,11 @@ rerun erased. The median latency is therefore judged with the variance between p
 2. the change is at least the larger of the two runs' minimum detectable effects
    (``LatencyStats.mde_rel``) and at least ``min_effect``.
 
-When either run was flagged noisy (busy machine, preemption), or either report comes from a
-single process (reports from before repeated processes: their MDE is unknown and their CI
-holds only within-process variance), a change that passes both tests but is below
-``noisy_min_effect`` is *unclear*, never a gate failure unless ``strict``. Mann-Whitney on
+A change of at least ``min_effect`` past the CI but below the MDE is *unclear*: the CI of a
+handful of processes is too narrow to trust alone. So is one below ``noisy_min_effect`` when
+either run was flagged noisy (busy machine, preemption) or either report comes from a single
+process (reports from before repeated processes: MDE unknown, and a CI holding only
+within-process variance). Unclear is never a gate failure unless ``strict``. Mann-Whitney on
 the pooled runs is still shown (``p_value``), for information only. Tail statistics (p90,
 p99, mean) are shown and can be gated but are not judged.
 
@@ -259,23 +260,29 @@ def _timing_delta(
     size = abs(ratio - 1.0)
     trusted = mde_known and not d.noisy
     d.beyond_noise = d.significant and size >= (d.mde or 0.0) and (trusted or size >= noisy_min_effect)
-    d.unclear = bool(d.significant and not d.beyond_noise and size >= max(d.mde or 0.0, min_effect))
+    # Past the CI but not beyond the noise: the change shows, but the CI of a handful of
+    # processes is too narrow to trust on its own (that is what the MDE is for).
+    d.unclear = bool(d.significant and not d.beyond_noise and size >= min_effect)
     d.real = d.beyond_noise and size >= min_effect
     word = _direction_word(metric, delta)
     detects = f"these runs detect changes above {100 * d.mde:.0f}%" if d.mde is not None else "MDE unknown"
     if d.real:
         d.verdict = word
     elif d.unclear:
-        why = ("a run was flagged noisy" if d.noisy else
-               "a single-process run cannot tell this from noise (MDE unknown)")
-        d.verdict = f"unclear: {word} by {100 * size:.0f}%, but {why}; real only above {100 * noisy_min_effect:g}%"
+        d.verdict = f"unclear: {word} by {100 * size:.0f}%, but {_why_unclear(d, size, noisy_min_effect)}"
     elif not d.significant:
         d.verdict = f"no real change (within noise; {detects})"
-    elif d.mde is not None and size < d.mde and d.mde >= min_effect:
-        d.verdict = f"no real change (below the {100 * d.mde:.0f}% these runs can detect)"
     else:
         d.verdict = f"no real change (below {100 * min_effect:g}%)"
     return d
+
+
+def _why_unclear(d: MetricDelta, size: float, noisy_min_effect: float) -> str:
+    if d.mde is not None and size < d.mde:
+        return f"these runs can only detect changes above {100 * d.mde:.0f}%"
+    if d.noisy:
+        return f"a run was flagged noisy; real only above {100 * noisy_min_effect:g}%"
+    return f"a single-process run cannot tell this from noise (MDE unknown); real only above {100 * noisy_min_effect:g}%"
 
 
 def _latency_change(d: MetricDelta) -> float:
@@ -403,16 +410,12 @@ def apply_gates(comparison: Comparison, pairs_reports: list[tuple[Report, Report
                             f"({_fmt_value(d.a, d.unit)} → {_fmt_value(d.b, d.unit)}{test})")
                     # A timing gate needs the change to be clear of the noise; the gate's own
                     # threshold stands in for min_effect.
-                    size = _latency_change(d)
                     if not d.tested or d.beyond_noise:
                         res.failures.append(line)
                     elif not d.significant:
                         res.let_pass.append(line + ": within noise")
-                    elif d.mde is not None and size < d.mde:
-                        res.let_pass.append(line + f": below the {100 * d.mde:.0f}% these runs can detect")
                     else:
-                        why = "a run was noisy" if d.noisy else "MDE unknown (single-process run)"
-                        line += (f": unclear, {why}; real only above {100 * comparison.noisy_min_effect:g}%")
+                        line += f": unclear, {_why_unclear(d, _latency_change(d), comparison.noisy_min_effect)}"
                         (res.failures if comparison.strict else res.let_pass).append(
                             line + (" (--strict)" if comparison.strict else ""))
         if res.checked == 0 and not res.failures:
@@ -469,9 +472,9 @@ def render_markdown(cmp: Comparison) -> str:
         lines.append(f"- **{letter}**: `{path}`")
     rule = (f"A median latency change is *real* when the hierarchical-bootstrap 95% CI of the ratio B/A "
             f"(processes of both runs resampled, then their runs) excludes 1 and the change is at least the larger "
-            f"minimum detectable effect (MDE) of the two runs and at least {100 * cmp.min_effect:g}%. When a run was "
-            f"noisy or comes from a single process (MDE unknown), such a change below "
-            f"{100 * cmp.noisy_min_effect:g}% is *unclear*"
+            f"minimum detectable effect (MDE) of the two runs and at least {100 * cmp.min_effect:g}%. A change past "
+            f"the CI but below the MDE, or below {100 * cmp.noisy_min_effect:g}% when a run was noisy or comes from "
+            f"a single process (MDE unknown), is *unclear*"
             + (" and fails a gate (--strict)." if cmp.strict else ", never a gate failure (--strict to fail).")
             + f" Mann-Whitney p on pooled runs is shown for information only (alpha {cmp.alpha:g}).")
     lines += ["", rule, ""]

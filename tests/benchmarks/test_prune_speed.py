@@ -3,8 +3,9 @@
 The trained reference model (digits at 64x64) is pruned with torch-pruning's dependency
 graph (magnitude importance, uniform 0.5, widths rounded to 8, classifier kept), fine-tuned
 for five epochs, and exported to ONNX beside the unpruned model. Both run in onnxruntime on
-one thread, batch 1, interleaved run by run in one process; the ratio of the medians is the
-claim. The accuracy drop on the eval split is printed with it.
+one thread, batch 1, through the run's own schedule (``tests/benchmarks/harness.py``): five
+fresh processes each, interleaved, merged; the ratio of the pooled medians is the claim, with
+its paired hierarchical-bootstrap CI. The accuracy drop on the eval split is printed with it.
 
 Run: ``python -m pytest tests/benchmarks/test_prune_speed.py --benchmark-only -s``
 (about 2-3 minutes on 2 cores, most of it fine-tuning).
@@ -13,34 +14,19 @@ Run: ``python -m pytest tests/benchmarks/test_prune_speed.py --benchmark-only -s
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.benchmarks.harness import describe, interleaved, p50, speedup
 from tests.conftest import ROOT
 
 MODELS = ROOT / "recipes" / "models"
 RUNS = 300
+REPEATS = 5
 MIN_SPEEDUP = 2.0
 FINE_TUNE_EPOCHS = 5
-
-
-def _interleaved_medians(sessions: list[Any], x: np.ndarray, runs: int) -> list[float]:
-    """Median ms of each session, timed alternately so machine noise hits both alike."""
-    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for s, f in zip(sessions, feeds):
-        for _ in range(20):
-            s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for i, (s, f) in enumerate(zip(sessions, feeds)):
-            t0 = time.perf_counter()
-            s.run(None, f)
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    return [float(np.median(t)) for t in times]
 
 
 def _accuracy(module: Any, split: Any) -> float:
@@ -51,7 +37,6 @@ def _accuracy(module: Any, split: Any) -> float:
 
 @pytest.mark.slow
 def test_pruned_mobilenet_is_twice_as_fast(benchmark: Any, tmp_path: Path) -> None:
-    import onnxruntime as ort
     import torch
 
     from compress.data import import_ref, load_dataset
@@ -78,23 +63,21 @@ def test_pruned_mobilenet_is_twice_as_fast(benchmark: Any, tmp_path: Path) -> No
     paths = [tmp_path / "dense.onnx", tmp_path / "pruned.onnx"]
     for module, path in zip((dense, pruned), paths):
         export_module_to_onnx(module, specs, path)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths]
     x = data.eval.x[0][:1]
 
-    dense_ms, pruned_ms = benchmark.pedantic(_interleaved_medians, args=(sessions, x, RUNS), rounds=1, iterations=1)
-    speedup = dense_ms / pruned_ms
+    results = benchmark.pedantic(interleaved, args=({"dense": paths[0], "pruned": paths[1]}, [x], REPEATS, RUNS),
+                                 rounds=1, iterations=1)
+    dense_ms, pruned_ms = p50(results, "dense"), p50(results, "pruned")
+    ratio, lo, hi = speedup(results, "pruned", "dense")
     acc_dense, acc_pruned = _accuracy(dense, data.eval), _accuracy(pruned, data.eval)
     macs = count_macs(dense, specs), count_macs(pruned, specs)
-    print(f"\nMobileNetV2-style 64x64, onnxruntime 1 thread, batch 1, median of {RUNS} interleaved runs:"
-          f"\n  dense  {dense_ms:.3f} ms, {macs[0] / 1e6:.1f} M MACs, accuracy {acc_dense:.4f}"
-          f"\n  pruned {pruned_ms:.3f} ms, {macs[1] / 1e6:.1f} M MACs, accuracy {acc_pruned:.4f} "
-          f"({acc_pruned_raw:.4f} before fine-tuning)"
-          f"\n  speedup {speedup:.2f}x, accuracy drop {100 * (acc_dense - acc_pruned):.2f} points")
-    benchmark.extra_info.update({"dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": speedup,
+    print(f"\nMobileNetV2-style 64x64, onnxruntime 1 thread, batch 1, {REPEATS} interleaved fresh processes x {RUNS} runs:"
+          f"\n{describe(results)}"
+          f"\n  dense  {macs[0] / 1e6:.1f} M MACs, accuracy {acc_dense:.4f}"
+          f"\n  pruned {macs[1] / 1e6:.1f} M MACs, accuracy {acc_pruned:.4f} ({acc_pruned_raw:.4f} before fine-tuning)"
+          f"\n  speedup {ratio:.2f}x [95% CI {lo:.2f}, {hi:.2f}], accuracy drop {100 * (acc_dense - acc_pruned):.2f} points")
+    benchmark.extra_info.update({"dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": ratio, "speedup_ci": [lo, hi],
                                  "accuracy_dense": acc_dense, "accuracy_pruned": acc_pruned})
-    assert speedup >= MIN_SPEEDUP
+    assert ratio >= MIN_SPEEDUP
     # fine-tuning must bring the pruned model back to a useful accuracy
     assert acc_pruned >= acc_dense - 0.05

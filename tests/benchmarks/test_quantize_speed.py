@@ -9,21 +9,21 @@ Contenders, from the same float ONNX model and the same calibration samples:
   MinMax, no pre-processing).
 
 Weights: ``recipes/models/mobilenet_digits.pt`` when present, else two epochs trained here
-(accuracy only matters for the "equal or better" half of the claim). Timing: one process,
-batch 1, interleaved blocks of runs (alternating which goes first), medians compared.
+(accuracy only matters for the "equal or better" half of the claim). Timing: the run's own
+schedule (``tests/benchmarks/harness.py``): batch 1, one thread, each model in five fresh
+processes, interleaved, merged; ratios of pooled medians with paired hierarchical CIs.
 
 Run: ``python -m pytest tests/benchmarks/test_quantize_speed.py --benchmark-only -s``
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.benchmarks.harness import describe, interleaved, p50, speedup
 from tests.conftest import ROOT, write_recipe
 
 CLAIM = 1.5
@@ -91,40 +91,22 @@ def accuracy(path: Path, split: Any) -> float:
     return float((logits.argmax(1) == split.y).mean())
 
 
-def interleaved_medians(paths: dict[str, Path], x: np.ndarray, runs: int, rounds: int) -> dict[str, float]:
-    """Median ms per model over interleaved blocks of ``runs`` single-thread inferences."""
-    from bench.agent import OrtSession
-
-    sessions = {k: OrtSession(str(p), 1) for k, p in paths.items()}
-    times: dict[str, list[int]] = {k: [] for k in paths}
-    for s in sessions.values():
-        for _ in range(30):
-            s.run([x])
-    keys = list(paths)
-    for r in range(rounds):
-        for k in (keys if r % 2 == 0 else keys[::-1]):
-            s = sessions[k]
-            for _ in range(runs):
-                t = time.perf_counter_ns()
-                s.run([x])
-                times[k].append(time.perf_counter_ns() - t)
-    return {k: float(np.median(v)) / 1e6 for k, v in times.items()}
-
-
 def test_default_static_beats_onnxruntime_defaults(benchmark: Any, contenders: dict[str, Any]) -> None:
     paths, split = contenders["paths"], contenders["eval"]
     acc = {k: accuracy(p, split) for k, p in paths.items()}
     x = split.x[0][:1]
-    ms = benchmark.pedantic(interleaved_medians, args=(paths, x, 100, 11), rounds=1, iterations=1)
-    ratio = ms["onnxruntime"] / ms["edgepack"]
-    print(f"\nMobileNetV2-style 1x1x64x64, onnxruntime 1 thread, batch 1, medians of interleaved runs:"
-          f"\n  fp32                       {ms['fp32']:.4f} ms  accuracy {acc['fp32']:.4f}"
-          f"\n  onnxruntime defaults int8  {ms['onnxruntime']:.4f} ms  accuracy {acc['onnxruntime']:.4f}"
-          f"\n  edgepack default int8      {ms['edgepack']:.4f} ms  accuracy {acc['edgepack']:.4f}"
+    res = benchmark.pedantic(interleaved, args=(paths, [x], 5, 100), rounds=1, iterations=1)
+    ms = {k: p50(res, k) for k in paths}
+    ratio, lo, hi = speedup(res, "edgepack", "onnxruntime")
+    vs_fp32, lo32, hi32 = speedup(res, "edgepack", "fp32")
+    print(f"\nMobileNetV2-style 1x1x64x64, onnxruntime 1 thread, batch 1, 5 interleaved fresh processes x 100 runs:"
+          f"\n{describe(res)}"
+          f"\n  accuracy: fp32 {acc['fp32']:.4f}, onnxruntime defaults int8 {acc['onnxruntime']:.4f}, "
+          f"edgepack default int8 {acc['edgepack']:.4f}"
           f"  ({contenders['plan']['activation_type']} activations, {contenders['plan']['weight_type']} weights)"
-          f"\n  edgepack is {ratio:.2f}x faster than onnxruntime's defaults (claim >= {CLAIM}x), "
-          f"{ms['fp32'] / ms['edgepack']:.2f}x faster than fp32")
-    benchmark.extra_info.update({"ms": ms, "accuracy": acc, "ratio": ratio})
+          f"\n  edgepack is {ratio:.2f}x [{lo:.2f}, {hi:.2f}] faster than onnxruntime's defaults (claim >= {CLAIM}x), "
+          f"{vs_fp32:.2f}x [{lo32:.2f}, {hi32:.2f}] faster than fp32")
+    benchmark.extra_info.update({"ms": ms, "accuracy": acc, "ratio": ratio, "ratio_ci": [lo, hi]})
     assert ratio >= CLAIM
     assert acc["edgepack"] >= acc["onnxruntime"]
 
@@ -163,32 +145,18 @@ def test_minilm_int8_twice_as_fast_and_small(benchmark: Any, minilm: dict[str, A
     paths, split = minilm["paths"], minilm["eval"]
     emb = {k: predict(OrtSession(str(p), 1), split.x)[0] for k, p in paths.items()}
     fidelity = embedding_metrics(emb["int8"], emb["fp32"])
-    sessions = {k: OrtSession(str(p), 1) for k, p in paths.items()}
     feed = [a[:1] for a in split.x]
-
-    def medians(runs: int, rounds: int) -> dict[str, float]:
-        times: dict[str, list[int]] = {k: [] for k in sessions}
-        for s in sessions.values():
-            for _ in range(10):
-                s.run(feed)
-        keys = list(sessions)
-        for r in range(rounds):
-            for k in (keys if r % 2 == 0 else keys[::-1]):
-                for _ in range(runs):
-                    t = time.perf_counter_ns()
-                    sessions[k].run(feed)
-                    times[k].append(time.perf_counter_ns() - t)
-        return {k: float(np.median(v)) / 1e6 for k, v in times.items()}
-
-    ms = benchmark.pedantic(medians, args=(20, 9), rounds=1, iterations=1)
+    res = benchmark.pedantic(interleaved, args=(paths, feed, 5, 40), rounds=1, iterations=1)
+    ms = {k: p50(res, k) for k in paths}
+    ratio, lo, hi = speedup(res, "int8", "fp32")
     size = {k: p.stat().st_size for k, p in paths.items()}
-    speed, smaller = ms["fp32"] / ms["int8"], size["fp32"] / size["int8"]
-    print(f"\nMiniLM-L6 (seq 64, batch 1), onnxruntime 1 thread, medians of interleaved runs:"
-          f"\n  fp32  {ms['fp32']:.3f} ms  {size['fp32'] / 1e6:.1f} MB"
-          f"\n  int8  {ms['int8']:.3f} ms  {size['int8'] / 1e6:.1f} MB  (edgepack dynamic: MatMul + embedding table)"
-          f"\n  int8 is {speed:.2f}x faster and {smaller:.2f}x smaller (claim >= {MINILM_CLAIM}x both); "
+    speed, smaller = ratio, size["fp32"] / size["int8"]
+    print(f"\nMiniLM-L6 (seq 64, batch 1), onnxruntime 1 thread, 5 interleaved fresh processes x 40 runs:"
+          f"\n{describe(res)}"
+          f"\n  fp32  {size['fp32'] / 1e6:.1f} MB, int8 {size['int8'] / 1e6:.1f} MB (edgepack dynamic: MatMul + embedding table)"
+          f"\n  int8 is {speed:.2f}x [{lo:.2f}, {hi:.2f}] faster and {smaller:.2f}x smaller (claim >= {MINILM_CLAIM}x both); "
           f"cosine {fidelity['cosine_mean']:.4f}, top-10 overlap {fidelity['top10_overlap']:.3f}, "
           f"nDCG@10 {fidelity['ndcg@10']:.3f}")
-    benchmark.extra_info.update({"ms": ms, "size": size, "fidelity": fidelity})
+    benchmark.extra_info.update({"ms": ms, "speedup_ci": [lo, hi], "size": size, "fidelity": fidelity})
     assert smaller >= MINILM_CLAIM and speed >= MINILM_CLAIM
     assert fidelity["cosine_mean"] >= 0.98

@@ -120,6 +120,20 @@ def test_between_process_spread_is_not_a_change(tmp_path: Path) -> None:
     assert p50.ratio_ci[0] < 1 < p50.ratio_ci[1] and p50.mde > 0.3
 
 
+def test_change_past_the_ci_but_below_the_mde_is_unclear(tmp_path: Path) -> None:
+    def procs(medians: list[float], seed: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return [m * (1 + 0.001 * rng.standard_normal(300)) for m in medians]
+
+    a = _report(tmp_path / "a", [_art("m", procs([2.0, 2.3, 1.85], 0))])
+    b = _report(tmp_path / "b", [_art("m", procs([2.45, 2.6, 2.5], 1))])
+    cmp = compare_reports([a, b], ["latency_p50:+10%"])
+    p50 = _p50(cmp)
+    assert p50.significant and p50.rel < p50.mde and p50.unclear and not p50.real
+    assert "these runs can only detect changes above" in p50.verdict and cmp.passed
+    assert not compare_reports([a, b], ["latency_p50:+10%"], strict=True).passed
+
+
 def test_small_shift_is_below_min_effect(tmp_path: Path) -> None:
     a = _report(tmp_path / "a", [_art("m", _processes(2.0, 0, spread=0.001))])
     b = _report(tmp_path / "b", [_art("m", _processes(2.08, 1, spread=0.001))])
@@ -139,7 +153,7 @@ def test_noisy_run_is_unclear_and_fails_only_with_strict(tmp_path: Path) -> None
     cmp = compare_reports([a, b], ["latency_p50:+5%"])
     p50 = _p50(cmp)
     assert p50.noisy and p50.significant and not p50.real and p50.unclear and p50.verdict.startswith("unclear")
-    assert cmp.passed and cmp.gates[0].let_pass and "unclear, a run was noisy" in cmp.gates[0].let_pass[0]
+    assert cmp.passed and cmp.gates[0].let_pass and "unclear, a run was flagged noisy" in cmp.gates[0].let_pass[0]
     assert "1 unclear" in render_markdown(cmp)
     strict = compare_reports([a, b], ["latency_p50:+5%"], strict=True)
     assert not strict.passed and "--strict" in strict.gates[0].failures[0]
