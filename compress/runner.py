@@ -394,6 +394,19 @@ class Runner:
                     "gate_failed", f"{art.name} is degraded: " + "; ".join(g["gate"].reasons)
                     + (" Fix: " + "; ".join(g["gate"].fixes) if g["gate"].fixes else ""), "error", art.name))
 
+    def float_ancestor(self, art: Artifact) -> Artifact | None:
+        """The nearest float torch model a quantized torch model was made from (None for a float model)."""
+        if art.precision == "fp32":
+            return None
+        seen: set[str] = set()
+        parent = self.state.torch_models.get(art.parent or "")
+        while parent is not None and parent.name not in seen:
+            if parent.precision == "fp32":
+                return parent
+            seen.add(parent.name)
+            parent = self.state.torch_models.get(parent.parent or "")
+        return None
+
     def degraded(self) -> list[str]:
         """Names of the artifacts (and torch step models) that failed their gates."""
         names = [a.name for a in self.state.artifacts if (g := a.metadata.get("_gate")) is not None and not g.passed]
@@ -724,6 +737,11 @@ class Runner:
             cfg = getattr(exp, kind)
             if kind == "onnx":
                 if last_torch.format == "torch":
+                    float_parent = self.float_ancestor(last_torch)
+                    if float_parent is not None:
+                        # a QAT model exports as int8 only: its float parent, exported beside it, shows
+                        # what int8 buys (speed-up) and costs (accuracy) on this CPU
+                        self.ensure_onnx(float_parent)
                     self.ensure_onnx(last_torch)
                 continue
             self.run_export(kind, cfg, last_torch)
