@@ -12,11 +12,18 @@ rerun erased. The median latency is therefore judged with the variance between p
 2. the change is at least the larger of the two runs' minimum detectable effects
    (``LatencyStats.mde_rel``) and at least ``min_effect``.
 
-A change of at least ``min_effect`` past the CI but below the MDE is *unclear*: the CI of a
-handful of processes is too narrow to trust alone. So is one below ``noisy_min_effect`` when
-either run was flagged noisy (busy machine, preemption) or either report comes from a single
-process (reports from before repeated processes: MDE unknown, and a CI holding only
-within-process variance). Unclear is never a gate failure unless ``strict``. Mann-Whitney on
+A change of at least ``min_effect`` past the CI that is not clear of the noise is *unclear*:
+
+- below the MDE (the CI of a handful of processes is too narrow to trust alone);
+- any size when either run was flagged noisy (busy machine, preemption): a neighbour that
+  starts between two runs slows every process of one of them alike, which no statistic of
+  the runs can tell from a regression (+60% between two runs of the same recipe was seen
+  at a load of 4 on 2 cores);
+- below ``single_process_min_effect`` (50%) when either report comes from a single process
+  (reports from before repeated processes: MDE unknown, a CI holding only within-process
+  variance).
+
+Unclear is never a gate failure unless ``strict``. Mann-Whitney on
 the pooled runs is still shown (``p_value``), for information only. Tail statistics (p90,
 p99, mean) are shown and can be gated but are not judged.
 
@@ -59,8 +66,8 @@ class MetricDelta(BaseModel):
     rel: float | None = Field(None, description="(b - a) / |a|")
     tested: bool = Field(False, description="whether the change was judged against the noise")
     significant: bool | None = Field(None, description="the 95% CI of the ratio B/A excludes 1 (timing metrics)")
-    beyond_noise: bool | None = Field(None, description="significant and at least both runs' MDE, in runs that are "
-                                      "neither noisy nor single-process (or at least noisy_min_effect)")
+    beyond_noise: bool | None = Field(None, description="significant and at least both runs' MDE (at least "
+                                      "single_process_min_effect for single-process reports), neither run noisy")
     real: bool | None = Field(None, description="beyond the noise and at least min_effect (timing metrics)")
     unclear: bool = Field(False, description="past the tests, but a run was noisy or its MDE unknown")
     ratio: float | None = Field(None, description="B/A of the median latency")
@@ -105,7 +112,7 @@ class Comparison(BaseModel):
     reports: list[str]
     alpha: float = Field(description="significance level of the Mann-Whitney test shown for information")
     min_effect: float
-    noisy_min_effect: float
+    single_process_min_effect: float
     strict: bool = Field(False, description="unclear latency changes past a gate fail it")
     pairs: list[PairComparison]
     gates: list[GateResult] = Field(default_factory=list)
@@ -207,7 +214,7 @@ def _rel(a: float | None, b: float | None) -> tuple[float | None, float | None]:
 
 
 def _timing_delta(
-    metric: str, ta: TargetResult, tb: TargetResult, alpha: float, min_effect: float, noisy_min_effect: float
+    metric: str, ta: TargetResult, tb: TargetResult, alpha: float, min_effect: float, single_process_min_effect: float
 ) -> MetricDelta:
     a, b = _stat_value(ta, metric), _stat_value(tb, metric)
     delta, rel = _rel(a, b)
@@ -258,8 +265,8 @@ def _timing_delta(
     d.tested = True
     d.significant = lo > 1.0 or hi < 1.0
     size = abs(ratio - 1.0)
-    trusted = mde_known and not d.noisy
-    d.beyond_noise = d.significant and size >= (d.mde or 0.0) and (trusted or size >= noisy_min_effect)
+    d.beyond_noise = bool(d.significant and not d.noisy and size >= (d.mde or 0.0)
+                          and (mde_known or size >= single_process_min_effect))
     # Past the CI but not beyond the noise: the change shows, but the CI of a handful of
     # processes is too narrow to trust on its own (that is what the MDE is for).
     d.unclear = bool(d.significant and not d.beyond_noise and size >= min_effect)
@@ -269,7 +276,7 @@ def _timing_delta(
     if d.real:
         d.verdict = word
     elif d.unclear:
-        d.verdict = f"unclear: {word} by {100 * size:.0f}%, but {_why_unclear(d, size, noisy_min_effect)}"
+        d.verdict = f"unclear: {word} by {100 * size:.0f}%, but {_why_unclear(d, size, single_process_min_effect)}"
     elif not d.significant:
         d.verdict = f"no real change (within noise; {detects})"
     else:
@@ -277,12 +284,13 @@ def _timing_delta(
     return d
 
 
-def _why_unclear(d: MetricDelta, size: float, noisy_min_effect: float) -> str:
+def _why_unclear(d: MetricDelta, size: float, single_process_min_effect: float) -> str:
+    if d.noisy:
+        return "a run was flagged noisy (see its noise reason): rerun on a quiet machine"
     if d.mde is not None and size < d.mde:
         return f"these runs can only detect changes above {100 * d.mde:.0f}%"
-    if d.noisy:
-        return f"a run was flagged noisy; real only above {100 * noisy_min_effect:g}%"
-    return f"a single-process run cannot tell this from noise (MDE unknown); real only above {100 * noisy_min_effect:g}%"
+    return (f"a single-process run cannot tell this from noise (MDE unknown); real only above "
+            f"{100 * single_process_min_effect:g}%")
 
 
 def _latency_change(d: MetricDelta) -> float:
@@ -330,7 +338,7 @@ def setting_of(t: TargetResult) -> str:
 
 
 def compare_pair(
-    ra: Report, rb: Report, label_a: str, label_b: str, alpha: float, min_effect: float, noisy_min_effect: float
+    ra: Report, rb: Report, label_a: str, label_b: str, alpha: float, min_effect: float, single_process_min_effect: float
 ) -> PairComparison:
     """Every matched artifact and timing setting of ``rb`` against ``ra``."""
     pair = PairComparison(a=label_a, b=label_b, rows=[])
@@ -355,7 +363,7 @@ def compare_pair(
             tb = by_setting.get(setting_of(ta))
             if ta.error is not None or tb is None or (ta.latency_ms is None and tb.latency_ms is None):
                 continue
-            metrics = [_timing_delta(m, ta, tb, alpha, min_effect, noisy_min_effect) for m in TIMING_METRICS]
+            metrics = [_timing_delta(m, ta, tb, alpha, min_effect, single_process_min_effect) for m in TIMING_METRICS]
             pair.rows.append(ArtifactComparison(artifact=art_a.name, setting=setting_of(ta),
                                                 metrics=[m for m in metrics if m.a is not None or m.b is not None]))
     return pair
@@ -415,7 +423,7 @@ def apply_gates(comparison: Comparison, pairs_reports: list[tuple[Report, Report
                     elif not d.significant:
                         res.let_pass.append(line + ": within noise")
                     else:
-                        line += f": unclear, {_why_unclear(d, _latency_change(d), comparison.noisy_min_effect)}"
+                        line += f": unclear, {_why_unclear(d, _latency_change(d), comparison.single_process_min_effect)}"
                         (res.failures if comparison.strict else res.let_pass).append(
                             line + (" (--strict)" if comparison.strict else ""))
         if res.checked == 0 and not res.failures:
@@ -432,7 +440,7 @@ def compare_reports(
     gates: list[str] | None = None,
     alpha: float = 0.01,
     min_effect: float = 0.05,
-    noisy_min_effect: float = 0.5,
+    single_process_min_effect: float = 0.5,
     strict: bool = False,
 ) -> Comparison:
     """Compare each report after the first against the first.
@@ -442,8 +450,9 @@ def compare_reports(
         gates: ``--fail-on`` expressions.
         alpha: Significance level of the Mann-Whitney test shown for information.
         min_effect: Smallest relative latency change reported as real (beyond both runs' MDE).
-        noisy_min_effect: Smallest change called real when a run was noisy or came from a
-            single process (MDE unknown); smaller ones past the tests are unclear.
+        single_process_min_effect: Smallest change called real when a report comes from a single
+            process (MDE unknown); smaller ones past the CI are unclear. A noisy run's changes
+            are unclear at any size.
         strict: Unclear latency changes past a gate's threshold fail it.
 
     Returns:
@@ -456,10 +465,10 @@ def compare_reports(
     parsed_gates = [parse_gate(g) for g in gates or []]
     reports = [load_report(p) for p in paths]
     labels = [str(p) for p in paths]
-    cmp = Comparison(reports=labels, alpha=alpha, min_effect=min_effect, noisy_min_effect=noisy_min_effect,
+    cmp = Comparison(reports=labels, alpha=alpha, min_effect=min_effect, single_process_min_effect=single_process_min_effect,
                      strict=strict, pairs=[])
     for rb, lb in zip(reports[1:], labels[1:]):
-        cmp.pairs.append(compare_pair(reports[0], rb, labels[0], lb, alpha, min_effect, noisy_min_effect))
+        cmp.pairs.append(compare_pair(reports[0], rb, labels[0], lb, alpha, min_effect, single_process_min_effect))
     apply_gates(cmp, [(reports[0], rb) for rb in reports[1:]], parsed_gates)
     return cmp
 
@@ -473,9 +482,9 @@ def render_markdown(cmp: Comparison) -> str:
     rule = (f"A median latency change is *real* when the hierarchical-bootstrap 95% CI of the ratio B/A "
             f"(processes of both runs resampled, then their runs) excludes 1 and the change is at least the larger "
             f"minimum detectable effect (MDE) of the two runs and at least {100 * cmp.min_effect:g}%. A change past "
-            f"the CI but below the MDE, or below {100 * cmp.noisy_min_effect:g}% when a run was noisy or comes from "
-            f"a single process (MDE unknown), is *unclear*"
-            + (" and fails a gate (--strict)." if cmp.strict else ", never a gate failure (--strict to fail).")
+            f"the CI but below the MDE, any change when a run was flagged noisy, and one below "
+            f"{100 * cmp.single_process_min_effect:g}% when a report comes from a single process (MDE unknown) is "
+            f"*unclear*" + (" and fails a gate (--strict)." if cmp.strict else ", never a gate failure (--strict to fail).")
             + f" Mann-Whitney p on pooled runs is shown for information only (alpha {cmp.alpha:g}).")
     lines += ["", rule, ""]
     for letter, pair in zip(letters[1:], cmp.pairs):

@@ -313,8 +313,10 @@ def compare_cmd(
     alpha: Annotated[float, typer.Option("--alpha", min=1e-9, max=0.5,
                                          help="Mann-Whitney significance level (shown for information)")] = 0.01,
     min_effect: Annotated[str, typer.Option("--min-effect", help="smallest latency change called real")] = "5%",
-    noisy_min_effect: Annotated[str, typer.Option(
-        "--noisy-min-effect", help="the same when a run was noisy or single-process (MDE unknown)")] = "50%",
+    single_process_min_effect: Annotated[str, typer.Option(
+        "--single-process-min-effect", "--noisy-min-effect",
+        help="smallest change called real for a single-process report (MDE unknown); "
+             "a noisy run's changes are unclear at any size")] = "50%",
     strict: Annotated[bool, typer.Option(
         "--strict", help="an unclear latency change (noisy or single-process run) past a gate fails it")] = False,
 ) -> None:
@@ -335,7 +337,8 @@ def compare_cmd(
         if out is not None:
             check_output_file(out, "--out")
         cmp = compare_reports(reports, fail_on or [], alpha=alpha, min_effect=_parse_effect(min_effect, "--min-effect"),
-                              noisy_min_effect=_parse_effect(noisy_min_effect, "--noisy-min-effect"), strict=strict)
+                              single_process_min_effect=_parse_effect(single_process_min_effect,
+                                                                      "--single-process-min-effect"), strict=strict)
     except EdgepackError as e:
         fail(e)
     text = cmp.model_dump_json(indent=2) + "\n" if fmt == "json" else render_markdown(cmp)

