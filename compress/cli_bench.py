@@ -322,9 +322,7 @@ def compare_cmd(
 ) -> None:
     """Compare runs: deltas of accuracy, size and latency, whether each latency change is real; gates exit 1.
 
-    A latency change is real when the CI of the ratio B/A (processes of both runs resampled)
-    excludes 1 and it exceeds both runs' minimum detectable effect; on a noisy run it is
-    unclear, which fails a gate only with --strict.
+    Real: the CI of B/A (processes resampled) excludes 1 and the change beats both runs' MDE. Noisy: unclear.
     """
     from bench.compare import compare_reports, render_markdown
     from compress.artifact import atomic_write_text
