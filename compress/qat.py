@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from compress.artifact import Artifact
@@ -177,16 +178,18 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
                    "torchao 0.18; its QDQ model is fine, but pin torchao when you depend on it", severity="info")
     ctx.log(f"  {qname}: {sum(ops.values())} quantize/dequantize ops")
     out = artifact.derive(name="qat", module=converted, precision="int8")
-    measure_onnx(out, ctx)
+    measure_onnx(out, float_module, ctx)
     return out
 
 
-def measure_onnx(out: Artifact, ctx: StepContext) -> None:
+def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     """Export the QAT model to ONNX and measure it in onnxruntime on this CPU.
 
-    The export is offered to the runner as the QAT model's ONNX export when the recipe
-    exports ONNX (so it is made once and benchmarked); otherwise it is removed after
-    measuring.
+    Its accuracy against the torch QAT model, its int8 kernels against the same QDQ model
+    computed in float, and its speed against the float model it was trained from (exported
+    to a scratch file). The export is offered to the runner as the QAT model's ONNX export
+    when the recipe exports ONNX (so it is made once and benchmarked); otherwise it is
+    removed after measuring.
     """
     import shutil
 
@@ -225,11 +228,41 @@ def measure_onnx(out: Artifact, ctx: StepContext) -> None:
                    f"in float on {fid['agreement'] if fid['agreement'] is not None else fid['cosine']:.1%} of samples"
                    ". The int8 arithmetic of this CPU loses accuracy: measure on the target CPU, or quantize with "
                    "qat target settings for it", artifact=art.name)
+    speed_against_float(art, float_module, names, batch, ctx)
     if wanted is None:
         shutil.rmtree(export_ctx.step_dir, ignore_errors=True)
         return
     ctx.extra_artifacts.append(art)
     out.metadata["_onnx_export"] = art  # the runner's export cache: no second export
+
+
+def speed_against_float(art: Artifact, float_module: Any, names: list[str], batch: int | None,
+                        ctx: StepContext) -> None:
+    """Time the QAT ONNX against the float model's ONNX (single thread, batch 1, in-process)."""
+    import shutil
+    import tempfile
+
+    from export.cpu import SLOWER_RATIO, describe_cpu, detect_cpu, relative_speed
+    from export.onnx import export_module_to_onnx
+    from export.quantize_onnx import feeds_of
+
+    scratch = Path(tempfile.mkdtemp(prefix="float-", dir=ctx.step_dir))
+    try:
+        float_path = scratch / "float.onnx"
+        export_module_to_onnx(float_module, ctx.recipe.model.input_specs(), float_path)
+        speed = relative_speed(float_path, art.path, feeds_of(ctx.data.eval.x, names, batch, 1, step=1)[0])
+    except Exception as e:  # noqa: BLE001  a measurement that cannot run must not fail the step
+        ctx.details["onnx"]["speed_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        return
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ctx.details["onnx"].update(speed)
+    if speed["int8_ms"] > SLOWER_RATIO * speed["fp32_ms"]:
+        ctx.advise("int8_slower_than_fp32",
+                   f"on this {describe_cpu(detect_cpu())}, the QAT model's ONNX ran {speed['int8_ms']:.3f} ms against "
+                   f"{speed['fp32_ms']:.3f} ms for the float model it was trained from (single thread, batch 1, "
+                   "measured in the step): per-operator quantize/dequantize overhead outweighs the int8 arithmetic "
+                   "on a model this small; keep fp32 unless size matters", artifact=art.name)
 
 
 def check(config: QatConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:

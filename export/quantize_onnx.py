@@ -432,11 +432,9 @@ def upgrade_if_old(src: Path, work: Path, plan: Plan, calib_x: list[np.ndarray] 
     """Opset < 13: the upgraded model (parity-checked), or per-tensor weights when that fails."""
     from dataclasses import replace
 
-    from export.opset import PER_CHANNEL_OPSET, UpgradeParityError, upgrade_opset
-
     import onnx
 
-    from export.opset import model_opset
+    from export.opset import PER_CHANNEL_OPSET, UpgradeParityError, model_opset, upgrade_opset
 
     if model_opset(onnx.load(str(src), load_external_data=False)) >= PER_CHANNEL_OPSET:
         return src, plan

@@ -58,7 +58,9 @@ def test_arm_quantizer(tmp_path: Path) -> None:
     out = qat(runner.baseline, QatConfig(epochs=1, target="arm"), ctx)
     assert "XNNPACK" in ctx.details["quantizer"] and ctx.details["target"] == "arm"
     assert sum(ctx.details["quant_ops"].values()) >= 8
-    assert [a.code for a in ctx.advisories] == ["qat_xnnpack_deprecated"]
+    codes = {a.code for a in ctx.advisories}
+    # (the digits CNN is small enough that int8 may run slower than fp32: measured, and said)
+    assert "qat_xnnpack_deprecated" in codes and codes <= {"qat_xnnpack_deprecated", "int8_slower_than_fp32"}
     assert np.isfinite(runner.evaluate(out.module)["accuracy"])
 
 
@@ -124,6 +126,9 @@ def test_qat_onnx_is_measured_in_onnxruntime_on_this_cpu(qat_onnx: dict[str, Any
         assert run["ctx"].extra_artifacts == [run["onnx"]] and run["onnx"].precision == "int8"
         facts = d["onnx"]
         assert facts["torch_accuracy"] == pytest.approx(run["torch_accuracy"])
+        assert facts["fp32_ms"] > 0 and facts["int8_ms"] > 0  # against the float model it was trained from
+        slower = any(a.code == "int8_slower_than_fp32" for a in run["ctx"].advisories)
+        assert slower is (facts["int8_ms"] > 1.1 * facts["fp32_ms"])
         # this machine's int8 kernels; with 7-bit weights nothing saturates on any x86 CPU
         if cpu == "avx2":
             assert facts["onnx_accuracy"] >= facts["torch_accuracy"] - 0.015, facts
