@@ -194,7 +194,7 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     import shutil
 
     from compress.recipe import OnnxExportConfig
-    from export.cpu import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, describe_cpu, detect_cpu, kernel_fidelity
+    from export.cpu import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, describe_cpu, host_cpu, kernel_fidelity
     from export.onnx import export_onnx
     from export.quantize_onnx import feeds_of, input_names
 
@@ -213,7 +213,7 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
         fid = kernel_fidelity(art.path, feeds_of(ctx.data.eval.x, names, batch, 512, step=64))
     except Exception as e:  # noqa: BLE001  a measurement that cannot run must not fail the step
         fid = {"cosine": 1.0, "agreement": None, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-    here = describe_cpu(detect_cpu())
+    here = describe_cpu(host_cpu())  # where the measurement ran (not a target named by $EDGEPACK_CPUINFO)
     facts = {"cpu": here, "onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc,
              "int8_kernels_vs_qdq_float": fid}
     ctx.details["onnx"] = facts
@@ -242,7 +242,7 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
     import shutil
     import tempfile
 
-    from export.cpu import SLOWER_RATIO, describe_cpu, detect_cpu, relative_speed
+    from export.cpu import SLOWER_RATIO, describe_cpu, host_cpu, relative_speed
     from export.onnx import export_module_to_onnx
     from export.quantize_onnx import feeds_of
 
@@ -259,7 +259,7 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
     ctx.details["onnx"].update(speed)
     if speed["int8_ms"] > SLOWER_RATIO * speed["fp32_ms"]:
         ctx.advise("int8_slower_than_fp32",
-                   f"on this {describe_cpu(detect_cpu())}, the QAT model's ONNX ran {speed['int8_ms']:.3f} ms against "
+                   f"on this {describe_cpu(host_cpu())}, the QAT model's ONNX ran {speed['int8_ms']:.3f} ms against "
                    f"{speed['fp32_ms']:.3f} ms for the float model it was trained from (single thread, batch 1, "
                    "measured in the step): per-operator quantize/dequantize overhead outweighs the int8 arithmetic "
                    "on a model this small; keep fp32 unless size matters", artifact=art.name)

@@ -140,6 +140,12 @@ def detect_cpu(arch: Arch | None = None) -> CpuFeatures:
     return _detect(arch or host_arch(), os.environ.get(CPUINFO_ENV) or None)
 
 
+def host_cpu() -> CpuFeatures:
+    """The features of the CPU running this process (``$EDGEPACK_CPUINFO`` ignored): what
+    measurements made here ran on."""
+    return _detect(host_arch(), None)
+
+
 def has_int8_dot(arch: str, flags: set[str] | None) -> bool | None:
     """Whether the flags include int8 dot-product instructions (None when unknown)."""
     return features_from_flags("arm" if arch == "arm" else "x86", flags).has_int8_dot

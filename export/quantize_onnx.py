@@ -41,6 +41,7 @@ from export.cpu import (  # noqa: F401  (re-exported: the names this module has 
     detect_cpu,
     has_int8_dot,
     host_arch,
+    host_cpu,
     read_cpu_flags,
 )
 from export.quantize_tuning import Plan, describe
@@ -572,9 +573,9 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
             chosen_plan = chosen.plan
             atomic_write_with(dest, lambda tmp: shutil.copyfile(chosen.path, tmp))
         verify_loads(dest, ctx.step_name)
-        if config.method in ("static", "dynamic") and ctx.data is not None and cpu.arch == detect_cpu().arch:
+        if config.method in ("static", "dynamic") and ctx.data is not None and cpu.arch == host_arch():
             eval_x = ctx.data.eval.x
-            measure_on_artifact(dest, pre, detect_cpu(), feeds_of(eval_x, names, batch, 256, step=64),
+            measure_on_artifact(dest, pre, host_cpu(), feeds_of(eval_x, names, batch, 256, step=64),
                                 feeds_of(eval_x, names, batch, 1, step=1)[0], name, ctx)
     metadata = {k: v for k, v in artifact.metadata.items() if not k.startswith("_")}
     metadata.update({
