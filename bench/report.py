@@ -243,6 +243,8 @@ def render_markdown(report: Report) -> str:
             f"Host: {env.get('cpu', '?')} · {env.get('cores', '?')} cores · "
             f"flags {', '.join(env.get('cpu_flags', [])) or '-'} · load {_fmt_load(env.get('loadavg'))}"
             + (f" · {runtimes}" if (runtimes := _runtimes(env)) else "")
+            + (f" · int8 dot product: {(env.get('cpu_features') or {}).get('host', {}).get('int8_dot_product') or 'none'}"
+               if env.get("cpu_features") else "")
         )
     lines.append("")
     if r.baseline:

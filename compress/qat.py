@@ -82,15 +82,24 @@ def make_quantizer(target: str, per_channel: bool, reduce_range: bool = False) -
     return q, "X86InductorQuantizer" + (" (7-bit weights)" if reduce_range else "")
 
 
-def capture(module: Any, example: list[Any], dynamic_batch: bool = True) -> Any:
-    """``torch.export`` the module for pt2e, with a dynamic batch dimension."""
+def capture(module: Any, example: list[Any], dynamic_batch: bool = True,
+            batch_axes: list[int | None] | None = None) -> Any:
+    """``torch.export`` a copy of the module for pt2e, with a dynamic batch dimension.
+
+    The export shares its parameters with the module it traces, so training the captured graph
+    would change the float model in place (the float parent the report compares with): a copy
+    is exported instead. ``batch_axes`` gives each input's batch axis (None: a fixed input).
+    """
+    import copy
+
     import torch
 
     dynamic = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        dynamic = tuple({0: batch} for _ in example)
-    return torch.export.export(module, tuple(example), dynamic_shapes=dynamic).module()
+        axes = batch_axes if batch_axes is not None else [0] * len(example)
+        dynamic = tuple({ax: batch} if ax is not None else None for ax in axes)
+    return torch.export.export(copy.deepcopy(module), tuple(example), dynamic_shapes=dynamic).module()
 
 
 def quant_op_counts(module: Any) -> dict[str, int]:
@@ -126,10 +135,9 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     """The ``qat`` step with the target CPU's features (:class:`export.cpu.CpuFeatures`) given explicitly."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from compress.distill import distill_loss, supervised_loss
     from compress.models import count_macs, count_params, set_mode
     from compress.prune import model_example
-    from compress.training import fit
+    from compress.training import fit, multi_output_loss, plan_outputs
 
     if ctx.data is None:
         raise StepError(ctx.step_name, "quantization-aware training needs training data")
@@ -141,13 +149,21 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     static = getattr(float_module, "_edgepack_static_batch", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        captured = capture(float_module, example, dynamic_batch=static is None)
+        specs = ctx.recipe.model.input_specs() or []
+        axes = [s.batch_axis for s in specs] if len(specs) == len(example) else None
+        captured = capture(float_module, example, dynamic_batch=static is None, batch_axes=axes)
         prepared = prepare_qat_pt2e(captured, quantizer)
-    if ctx.recipe.task.kind == "embedding":
+    # every output trains: on its labels where it has them, else from the float model (a teacher)
+    try:
+        plan = plan_outputs(float_module, ctx.recipe, ctx.data.train)
+    except ValueError as e:
+        raise StepError(ctx.step_name, str(e)) from e
+    teacher = float_module if plan.needs_teacher() else None
+    if teacher is not None:
         set_mode(float_module, False)
-        loss = distill_loss(prepared, float_module, "embedding", 1.0, 1.0)
-    else:
-        loss = supervised_loss(prepared, ctx.recipe.task.kind)
+    loss = multi_output_loss(prepared, teacher, plan, temperature=1.0, alpha=0.0,
+                             task_kind=ctx.recipe.task.kind)
+    ctx.details["outputs"] = plan.describe(teacher is not None, 0.0)
 
     def on_epoch_end(epoch: int) -> None:
         if config.freeze_bn_epoch is not None and epoch + 1 == config.freeze_bn_epoch:
@@ -157,7 +173,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     if config.freeze_bn_epoch == 0:
         _freeze_bn(prepared)
     result = fit(prepared, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, desc="qat",
-                 on_epoch_end=on_epoch_end)
+                 on_epoch_end=on_epoch_end, targets=plan.targets)
     set_mode(prepared, False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -271,7 +287,4 @@ def check(config: QatConfig, baseline: Artifact, recipe: Recipe, data: Any) -> P
     if config.freeze_bn_epoch is not None and config.freeze_bn_epoch > config.epochs:
         problems.append((("freeze_bn_epoch",), (f"freeze_bn_epoch {config.freeze_bn_epoch} is after the last "
                                                 f"epoch ({config.epochs}); it would never apply")))
-    if data is not None and recipe.task.kind != "embedding" and data.train.y is None:
-        problems.append((("epochs",), (f"QAT fine-tunes on the labels of a {recipe.task.kind} task, "
-                                       "but the data has no labels (y)")))
     return problems

@@ -45,8 +45,12 @@ def tool_versions() -> dict[str, str]:
 def environment() -> dict[str, Any]:
     from bench.agent import device_facts
 
+    from export.cpu import detect_cpu, host_cpu
+
     env = device_facts()
     env["versions"] = tool_versions()
+    # what chose the int8 defaults (the target CPU: $EDGEPACK_CPUINFO when set) and what measured
+    env["cpu_features"] = {"target": detect_cpu().as_dict(), "host": host_cpu().as_dict()}
     return env
 
 
