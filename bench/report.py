@@ -180,8 +180,25 @@ def latency_cell(t: TargetResult) -> str:
     if t.how == "estimated" and t.estimate_band_ms:
         return f"~{s.p50:.2f} ms ({t.estimate_band_ms[0]:.2f}-{t.estimate_band_ms[1]:.2f}) estimated"
     noisy = ", noisy" if s.noisy else ""
+    runs = f"{s.repeats} processes x {s.runs // s.repeats} runs" if s.repeats > 1 else f"{s.runs} runs"
     return (f"{_fmt_ms(s.p50)} ms [{_fmt_ms(s.ci95[0])}, {_fmt_ms(s.ci95[1])}] p90 {_fmt_ms(s.p90)} "
-            f"p99 {_fmt_ms(s.p99)} ({s.how}, {s.runs} runs{noisy})")
+            f"p99 {_fmt_ms(s.p99)} ({s.how}, {runs}{noisy})")
+
+
+def repeats_cell(t: TargetResult) -> str:
+    """Per-process medians, the minimum detectable effect, and the speed-up over the parent."""
+    s = t.latency_ms
+    if s is None or t.error or t.how != "measured":
+        return "-"
+    parts = []
+    if s.process_medians and s.repeats > 1:
+        parts.append("medians " + ", ".join(_fmt_ms(m) for m in s.process_medians) + " ms")
+    parts.append(f"detects changes above {100 * s.mde_rel:.0f}%" if s.mde_rel is not None
+                 else "MDE unknown (one process)")
+    speed = t.details.get("speedup_vs_parent")
+    if speed:
+        parts.append(f"{speed['speedup']:.2f}x vs {speed['parent']} [{speed['ci95'][0]:.2f}, {speed['ci95'][1]:.2f}]")
+    return "; ".join(parts)
 
 
 def _fmt_ms(x: float) -> str:
@@ -278,8 +295,9 @@ def render_markdown(report: Report) -> str:
         )
     lines += fidelity_markdown(r)
     lines += ["", "## Latency", "",
-              "| artifact | target | threads | batch | p50 [95% CI] and tail | throughput | memory | load |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| artifact | target | threads | batch | p50 [95% CI] and tail | processes, MDE, vs parent | throughput "
+              "| memory | load |",
+              "|---|---|---|---|---|---|---|---|---|"]
     noise_notes = []
     for a in r.artifacts:
         for t in a.targets:
@@ -287,7 +305,7 @@ def render_markdown(report: Report) -> str:
             load = "-" if t.load_ms is None else f"{t.load_ms:.0f} ms"
             thr = "-" if t.throughput_items_s is None else f"{t.throughput_items_s:,.0f}/s"
             lines.append(f"| {a.name} | {t.target} ({t.device}) | {t.threads} | {t.batch} | {latency_cell(t)} "
-                         f"| {thr} | {mem} | {load} |")
+                         f"| {repeats_cell(t)} | {thr} | {mem} | {load} |")
             if t.latency_ms is not None and t.latency_ms.noisy:
                 noise_notes.append(f"- {a.name} ({t.target}, {t.threads} thread(s), batch {t.batch}): "
                                    f"{t.latency_ms.noise_reason}")
@@ -302,5 +320,8 @@ def render_markdown(report: Report) -> str:
         lines += ["", r.tradeoff["markdown"]]
     lines.append("")
     lines.append("Latency is `measured` on the named device unless marked `estimated` (from a device profile) or "
-                 "`emulated` (correctness only, never a latency).")
+                 "`emulated` (correctness only, never a latency). A measured p50 pools the runs of several fresh "
+                 "processes, run interleaved with the other artifacts; its CI resamples processes, then runs; "
+                 "\"detects changes above N%\" is the smallest change a comparison with an equally precise run "
+                 "can tell from noise (minimum detectable effect).")
     return "\n".join(lines) + "\n"

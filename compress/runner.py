@@ -516,40 +516,32 @@ class Runner:
             self.state.advisories.append(Advisory("parity_failed", msg, "warning", art.name))
 
     def benchmark_all(self) -> None:
+        """Time every ONNX/TFLite artifact on every target: ``bench.repeats`` fresh processes per
+        latency, artifacts interleaved (A B C A B C ...), speed-ups over the parent with their CI."""
+        from compress.bench_schedule import benchmark_interleaved, results_and_errors
         from devices.base import BenchSpec, make_target
 
         b = self.recipe.bench
         files = [a for a in self.state.artifacts if a.format in ("onnx", "tflite") and a.path is not None]
-        errors = []
+        errors: list[str] = []
+        targets, settings = [], {}
         for tname in b.targets:
             try:
                 target = make_target(tname, b)
             except EdgepackError as e:
                 errors.append(str(e))
                 continue
-            for art in files:
-                if art.format not in target.formats:
-                    continue
-                batches = list(b.batch_sizes)
-                if tname == "local" and self.recipe.tradeoff is not None and self.recipe.tradeoff.cloud.batch not in batches:
-                    batches.append(self.recipe.tradeoff.cloud.batch)  # the cloud side's server time
-                for threads in b.threads:
-                    for batch in batches:
-                        spec = BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch)
-                        self.log(f"bench {art.name} on {tname} ({threads} thread{'s' if threads > 1 else ''}, batch {batch})")
-                        try:
-                            res = target.benchmark(art.path, spec, self.model_inputs(art))
-                        except EdgepackError as e:
-                            errors.append(str(e))
-                            from bench.report import TargetResult
-
-                            res = TargetResult(target=tname, how=target.how, device="-", threads=threads, batch=batch,
-                                               error=str(e))
-                        art.metadata.setdefault("_targets", []).append(res)
-                        if res.latency_ms is not None:
-                            s = res.latency_ms
-                            self.log(f"  p50 {s.p50:.4g} ms [{s.ci95[0]:.4g}, {s.ci95[1]:.4g}] ({res.how}"
-                                     + (f", {s.runs} runs)" if res.how == "measured" else ")"))
+            batches = list(b.batch_sizes)
+            if tname == "local" and self.recipe.tradeoff is not None and self.recipe.tradeoff.cloud.batch not in batches:
+                batches.append(self.recipe.tradeoff.cloud.batch)  # the cloud side's server time
+            targets.append((tname, target))
+            settings[tname] = [BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch)
+                               for threads in b.threads for batch in batches]
+        results = benchmark_interleaved(files, targets, settings, b.repeats, self.model_inputs, self.log)
+        by_artifact, failures = results_and_errors(files, results)
+        for art in files:
+            art.metadata.setdefault("_targets", []).extend(by_artifact.get(art.name, []))
+        errors += failures
         if errors:
             raise TargetsFailed(errors)
 

@@ -41,8 +41,10 @@ def test_quickstart_compressed_meets_acceptance(tmp_path: Path) -> None:
     assert all(s["status"] == "ok" for s in r["steps"])
     base, final = r["baseline"], r["steps"][-1]["after"]
     assert base["macs"] / final["macs"] >= 4.0
-    (art,) = [a for a in r["artifacts"] if a["format"] == "onnx"]
-    assert art["precision"] == "int8"
+    assert r["status"] == "ok" and all(a["status"] == "ok" for a in r["artifacts"])
+    arts = {a["precision"]: a for a in r["artifacts"] if a["format"] == "onnx"}
+    art, fp32 = arts["int8"], arts["fp32"]  # the float parent is exported beside the QAT model
+    assert fp32["parent"] == r["steps"][1]["output"] and fp32["targets"][0]["latency_ms"]["p50"] > 0
     assert base["accuracy"] - art["accuracy"] <= 0.010
     assert base["accuracy"] - final["accuracy"] <= 0.010
     prune = r["steps"][1]["details"]
@@ -60,9 +62,11 @@ def test_mobilenet_recipe_reduced(tmp_path: Path) -> None:
     res = compress(str(ROOT / "recipes" / "mobilenet-digits.yaml"), "--out", str(out), "--set", "data.max_eval=128",
                    "--set", "steps[0].distill.epochs=1", "--set", "steps[1].prune.epochs=1",
                    "--set", "steps[2].qat.epochs=1", "--set", "bench.runs=10", "--set", "bench.warmup=2",
-                   "--set", "bench.batch_sizes=[1]")
+                   "--set", "bench.batch_sizes=[1]", "--set", "gate=warn")
     assert res.returncode == 0, res.stderr[-3000:]
     r = _report(out)
+    # one epoch per step loses most of the accuracy: the gates say so (degraded), gate: warn keeps exit 0
+    assert r["status"] == "degraded"
     distill, prune, qat = r["steps"]
     assert distill["after"]["macs"] < distill["before"]["macs"] / 3
     assert prune["after"]["macs"] < prune["before"]["macs"]
@@ -70,8 +74,8 @@ def test_mobilenet_recipe_reduced(tmp_path: Path) -> None:
     assert all(v["after"] % 8 == 0 for k, v in prune["details"]["channels"].items()
                if v["after"] != v["before"] and k not in prune["details"]["ignored_layers"])
     assert qat["after"]["macs"] == prune["after"]["macs"] and qat["details"]["quant_ops"]
-    (art,) = [a for a in r["artifacts"] if a["format"] == "onnx"]
-    assert art["precision"] == "int8" and _qdq_ops(out / art["path"])["QuantizeLinear"] > 10
+    art = next(a for a in r["artifacts"] if a["format"] == "onnx" and a["precision"] == "int8")
+    assert _qdq_ops(out / art["path"])["QuantizeLinear"] > 10
     # one epoch per step is far from the recipe's accuracy, but far above chance (0.1)
     assert art["accuracy"] > 0.3
 
