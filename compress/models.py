@@ -405,6 +405,9 @@ def _task_problems(recipe: Any, data: Any, out: np.ndarray | None) -> list[tuple
                                    f"output has shape {tuple(out.shape)}")]
     n = int(out.shape[1])
     problems: list[tuple[tuple[Any, ...], str]] = []
+    binary = n == 1  # one score per sample (a sigmoid or a logit): two classes, decided by a threshold
+    if binary:
+        n = 2
     if task.labels is not None and len(task.labels) != n:
         problems.append((("task", "labels"), f"{len(task.labels)} labels, but the model has {n} outputs"))
     ys = [s.y for s in (data.train, data.eval) if s.y is not None and len(s.y)] if data is not None else []

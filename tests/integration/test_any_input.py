@@ -44,7 +44,7 @@ MODELS = textwrap.dedent(
         rng = np.random.default_rng(0)
         frames = rng.standard_normal((64, T, F)).astype("float32")
         return {"frames": frames, "state": np.zeros((1, 1, H), "float32"), "sr": np.int64(16000),
-                "y": (frames.mean(axis=(1, 2)) > 0).astype("float32")}
+                "y": (frames.mean(axis=(1, 2)) > 0).astype("int64")}
 
     class Tok(nn.Module):
         def __init__(self):
@@ -84,7 +84,7 @@ def test_recurrent_model_with_fixed_state_and_scalar_runs_end_to_end(folder: Pat
             - {name: frames, shape: [1, -1, 8]}
             - {name: state, shape: [1, 1, 16], batch_axis: null}
             - {name: sr, shape: [], dtype: int64, batch_axis: null}
-        task: {kind: regression}
+        task: {kind: classification}
         data: {source: models.py:vad_data, eval_fraction: 0.25, calibration_samples: 16}
         steps:
           - quantize: {method: static}
@@ -110,6 +110,12 @@ def test_recurrent_model_with_fixed_state_and_scalar_runs_end_to_end(folder: Pat
         fed = {i["name"]: i["request_shape"] for i in t["details"]["inputs"]}
         assert fed == {"frames": [1, 6, 8], "state": [1, 1, 16], "sr": []}
     assert arts["onnx-fp32"]["parity"]["max_abs_diff"] < 1e-4
+    # one value per sample: judged on its decisions (the 0.5 threshold of a probability), not a
+    # per-row cosine (always 1.0 for one value); the verdict follows the agreement
+    (row,) = arts["onnx-static"]["fidelity"]["vs_parent"]["outputs"]
+    assert row["task"] == "classification" and row["probabilities"] is True and row["agreement"] is not None
+    assert row["cosine_per_sample_mean"] is None
+    assert (arts["onnx-static"]["status"] == "ok") == (row["agreement"] >= 0.99 and row["sqnr_db"] >= 20)
     ups = {s["cloud"]["upload_bytes"] for s in report["tradeoff"]["scenarios"]}
     assert ups == {6 * 8 * 4 + 16 * 4 + 8}
 
