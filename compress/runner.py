@@ -181,7 +181,9 @@ class Runner:
         out = self.outputs_of(thing)[0] if outputs is None else outputs
         y = self.eval_split.y
         ncls = len(self.recipe.task.labels) if self.recipe.task.labels else None
-        return task_metrics(self.recipe.task.kind, out, y, self.state.reference_outputs, ncls)
+        primary = self.gatekeeper.specs[0] if self.gatekeeper is not None and self.gatekeeper.specs else None
+        return task_metrics(self.recipe.task.kind, out, y, self.state.reference_outputs, ncls,
+                            probabilities=bool(primary and primary.probabilities))
 
     def torch_facts(self, module: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
         from compress.models import count_macs, count_params, torch_size_bytes
