@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from bench.agent import ModelInputs, batch_axes_of, concat_samples, num_samples, take_samples
-from compress.errors import InputFileError
+from compress.errors import InputFileError, UserCodeError
 from compress.recipe import DataSpec, InputSpec
+from compress.usercode import DEFAULT_TIMEOUT_S, call_user
 
 
 @dataclass
@@ -92,8 +93,36 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return zoom(x, factors, order=1).astype(np.float32)
 
 
-def import_ref(ref: str) -> Any:
-    """Import ``/abs/file.py:function`` or ``package.module:function``."""
+class UserFunction:
+    """A user function found by :func:`import_ref`; calling it runs it under :func:`~compress.usercode.call_user`.
+
+    Attributes:
+        fn: The function itself.
+        ref: The reference it was imported from (``/abs/file.py:function``).
+    """
+
+    def __init__(self, fn: Any, ref: str, what: str, timeout_s: float | None, setting: str | None) -> None:
+        self.fn, self.ref, self.what, self.timeout_s, self.setting = fn, ref, what, timeout_s, setting
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return call_user(self.fn, args, kwargs, what=f"{self.what} {self.ref}", timeout_s=self.timeout_s,
+                         setting=self.setting)
+
+
+def import_ref(ref: str, what: str = "function", timeout_s: float | None = DEFAULT_TIMEOUT_S,
+               setting: str | None = None) -> UserFunction:
+    """Import ``/abs/file.py:function`` or ``package.module:function``.
+
+    The module's own code runs under :func:`~compress.usercode.call_user` (an import that
+    exits, raises or hangs is a :class:`~compress.errors.UserCodeError`), and so does every
+    call of the returned function.
+
+    Args:
+        ref: The reference, as the validated recipe holds it.
+        what: Names the function in messages (``model factory``, ``data function``, ``student``).
+        timeout_s: Seconds the import, and each call, may take.
+        setting: The recipe key of the timeout, for the timeout message.
+    """
     mod_name, _, fn = ref.rpartition(":")
     if mod_name.endswith(".py"):
         path = Path(mod_name)
@@ -107,18 +136,24 @@ def import_ref(ref: str) -> Any:
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             try:
-                spec.loader.exec_module(module)
-            except Exception as e:
-                del sys.modules[name]
-                raise InputFileError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+                call_user(spec.loader.exec_module, (module,), what=f"importing {path}", timeout_s=timeout_s,
+                          setting=setting)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
     else:
         try:
-            module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise InputFileError(f"cannot import module {mod_name!r}: {e}") from e
-    if not hasattr(module, fn):
-        raise InputFileError(f"{mod_name} has no function {fn!r}")
-    return getattr(module, fn)
+            module = call_user(importlib.import_module, (mod_name,), what=f"importing module {mod_name!r}",
+                               timeout_s=timeout_s, setting=setting)
+        except UserCodeError as e:
+            if isinstance(e.__cause__, ImportError):
+                raise InputFileError(f"cannot import module {mod_name!r}: {e.__cause__}") from e.__cause__
+            raise
+    if not callable(getattr(module, fn, None)):
+        if not hasattr(module, fn):
+            raise InputFileError(f"{mod_name} has no function {fn!r}")
+        raise InputFileError(f"{mod_name}:{fn} is a {type(getattr(module, fn)).__name__}, not a function")
+    return UserFunction(getattr(module, fn), ref, what, timeout_s, setting)
 
 
 def _np(t: Any) -> np.ndarray:
@@ -241,6 +276,26 @@ def check_numeric_array(a: np.ndarray, what: str, fixed: bool = False) -> None:
         raise InputFileError(f"{what} is a single value; expected an array with one row per sample")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise InputFileError(f"{what} has dtype {a.dtype}; expected numbers (float32 inputs, integer labels)")
+    if np.iscomplexobj(a):
+        raise InputFileError(f"{what} has dtype {a.dtype}; complex numbers are not model inputs or labels")
+    bad = describe_nonfinite(a)
+    if bad is not None:
+        raise InputFileError(f"{what} has {bad}; clean the data (NaN or inf would poison training, "
+                             "calibration and every metric)")
+
+
+def describe_nonfinite(a: np.ndarray) -> str | None:
+    """``"3 NaN and 1 infinite value(s) of 800 (first at index (5, 0, 2))"``, or None when all are finite."""
+    if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+        return None
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    nan = int(np.isnan(a).sum())
+    inf = int(a.size - finite.sum()) - nan
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), a.shape)) if a.ndim else ()
+    where = f" (first at index {first})" if first else ""
+    return f"{nan} NaN and {inf} infinite value(s) of {a.size:,}{where}"
 
 
 def read_npz(path: Path, specs: list[InputSpec] | None = None) -> Split:
@@ -287,12 +342,10 @@ def load_dataset(spec: DataSpec, inputs: list[InputSpec] | None = None) -> Datas
     elif src.endswith(".npz"):
         full = read_npz(Path(src), inputs)
     else:
-        fn = import_ref(src)
-        try:
-            obj = fn()
-        except Exception as e:
-            raise InputFileError(f"data function {src} raised {type(e).__name__}: {e}") from e
-        full = _as_split(obj, src, inputs)
+        fn = import_ref(src, "data function", spec.timeout_s, "data.timeout_s")
+        # a DataLoader runs user code as it is iterated: the timeout covers reading it all
+        full = call_user(lambda: _as_split(fn.fn(), src, inputs), what=f"data function {src}",
+                         timeout_s=spec.timeout_s, setting="data.timeout_s")
     if spec.image_size is not None:
         first = next(i for i, ax in enumerate(full.batch_axes or []) if ax is not None)
         xs = list(full.x)

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_PROBLEMS_SHOWN = 50
+"""Problems listed in one message; the rest are counted (a generated file can hold 200,000 typos)."""
+MAX_PATH_CHARS = 200
+MAX_MESSAGE_CHARS = 1000
+MAX_VALUE_CHARS = 200
+
+
+def shorten(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: ``abc… (100,000 chars)``."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} chars)"
+
 
 class EdgepackError(Exception):
     """Base class of every error the CLI reports without a traceback."""
@@ -36,8 +47,8 @@ class RecipeProblem:
 
     def render(self, file: str | None) -> str:
         where = f"{file}:{self.line}" if file and self.line else (file or "recipe")
-        loc = f" {self.path}:" if self.path else ""
-        return f"{where}{loc} {self.message}"
+        loc = f" {shorten(self.path, MAX_PATH_CHARS)}:" if self.path else ""
+        return f"{where}{loc} {shorten(self.message, MAX_MESSAGE_CHARS)}"
 
 
 class RecipeError(EdgepackError):
@@ -52,8 +63,12 @@ class RecipeError(EdgepackError):
 
     def user_message(self) -> str:
         n = len(self.problems)
-        head = f"{self.file or 'recipe'}: {n} problem{'s' if n != 1 else ''}"
-        return "\n".join([head] + ["  " + p.render(self.file) for p in self.problems])
+        head = f"{self.file or 'recipe'}: {n:,} problem{'s' if n != 1 else ''}"
+        shown = ["  " + p.render(self.file) for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+        if n > MAX_PROBLEMS_SHOWN:
+            rest = n - MAX_PROBLEMS_SHOWN
+            shown.append(f"  … and {rest:,} more problem{'s' if rest != 1 else ''}")
+        return "\n".join([head] + shown)
 
 
 class StepError(EdgepackError):
@@ -106,3 +121,14 @@ class InputFileError(EdgepackError):
     """A file given by the user is missing, unreadable or corrupt."""
 
     exit_code = 2
+
+
+class UserCodeError(InputFileError):
+    """The recipe's own Python (a factory, a data function, their module) raised, exited or hung.
+
+    A wrong input (exit 2), like any other fault of what the user gave: the fix is in their code.
+    """
+
+
+class NonFiniteOutputError(EdgepackError):
+    """A model's outputs hold NaN or infinite values, so no comparison of them means anything (exit 1)."""

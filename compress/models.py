@@ -11,6 +11,7 @@ from compress.artifact import Artifact
 from compress.data import import_ref
 from compress.errors import InputFileError
 from compress.recipe import InputSpec, ModelSpec
+from compress.usercode import call_user
 
 
 def _load_state_dict(path: Path) -> dict[str, Any]:
@@ -44,11 +45,8 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
 def _from_factory(spec: ModelSpec) -> Any:
     import torch
 
-    fn = import_ref(spec.factory or "")
-    try:
-        module = fn(**spec.kwargs)
-    except Exception as e:
-        raise InputFileError(f"model factory {spec.factory} raised {type(e).__name__}: {e}") from e
+    fn = import_ref(spec.factory or "", "model factory", spec.timeout_s, "model.timeout_s")
+    module = fn(**spec.kwargs)
     if not isinstance(module, torch.nn.Module):
         raise InputFileError(f"model factory {spec.factory} returned {type(module).__name__}, not a torch.nn.Module")
     if spec.weights is not None:
@@ -100,10 +98,9 @@ def load_model(spec: ModelSpec) -> Artifact:
             module._edgepack_static_batch = batch
     else:
         path = Path(spec.pickle or "")
-        try:
-            module = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise InputFileError(f"{path}: cannot unpickle the model ({type(e).__name__}: {e})") from e
+        # unpickling runs code the pickle names: guarded like a factory (exit, BaseException, hang)
+        module = call_user(torch.load, (path,), {"map_location": "cpu", "weights_only": False},
+                           what=f"{path}: unpickling the model", timeout_s=spec.timeout_s, setting="model.timeout_s")
         if not isinstance(module, torch.nn.Module):
             raise InputFileError(f"{path}: the pickle holds a {type(module).__name__}, not a torch.nn.Module")
     set_mode(module, training=False)

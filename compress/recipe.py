@@ -23,54 +23,31 @@ from pydantic import (
     model_validator,
 )
 
+from compress.recipe_checks import (
+    MAX_DIM,
+    MAX_RANK,
+    BatchSize,
+    Bool,
+    Count,
+    Dim,
+    Epochs,
+    Seed,
+    Threads,
+    check_elements,
+    check_path_form,
+    resolve_file,
+    resolve_ref,
+)
+
+__all__ = ["resolve_file", "resolve_ref"]  # re-exported: older callers import them from here
+
 RECIPE_VERSION = 1
 
 
 class StrictModel(BaseModel):
-    """Base of every recipe mapping: unknown keys are errors."""
+    """Base of every recipe mapping: unknown keys are errors, floats are finite (``.inf``, ``.nan`` refused)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    ctx = info.context or {}
-    return Path(ctx.get("base_dir", "."))
-
-
-def _check_files(info: ValidationInfo) -> bool:
-    return bool((info.context or {}).get("check_files", True))
-
-
-def resolve_file(value: str | Path, info: ValidationInfo, what: str) -> Path:
-    """Resolve a path against the recipe folder and check that the file exists."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = (_base_dir(info) / path).resolve()
-    if _check_files(info) and not path.is_file():
-        raise ValueError(f"{what} not found: {value} (looked at {path})")
-    return path
-
-
-_REF_RE = re.compile(r"^(?P<mod>[^:]+):(?P<fn>[A-Za-z_][A-Za-z0-9_]*)$")
-
-
-def resolve_ref(value: str, info: ValidationInfo, what: str) -> str:
-    """Check a ``file.py:function`` or ``package.module:function`` reference.
-
-    A file reference is returned with its file made absolute.
-    """
-    m = _REF_RE.match(value)
-    if not m:
-        raise ValueError(
-            f"{what} must look like 'file.py:function' or 'package.module:function' (got {value!r})"
-        )
-    mod = m.group("mod")
-    if mod.endswith(".py"):
-        path = resolve_file(mod, info, f"{what} file")
-        return f"{path}:{m.group('fn')}"
-    if not re.match(r"^[A-Za-z_][\w.]*$", mod):
-        raise ValueError(f"{what}: {mod!r} is neither a .py file nor a module name")
-    return value
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- model
@@ -89,10 +66,10 @@ class InputSpec(StrictModel):
     """
 
     name: str = "input"
-    shape: list[Annotated[int, Field(ge=-1)]]
+    shape: list[Annotated[int, Field(ge=-1, le=MAX_DIM)]] = Field(..., max_length=MAX_RANK)
     dtype: InputDtype = "float32"
     batch_axis: Literal[0, 1] | None = Field(0, description="axis that indexes samples; null: fed as given")
-    dynamic: dict[int, Annotated[int, Field(ge=1)]] = Field(
+    dynamic: dict[int, Dim] = Field(
         default_factory=dict, description="size of a -1 axis when no data resolves it, e.g. {2: 48}"
     )
 
@@ -107,6 +84,7 @@ class InputSpec(StrictModel):
                 raise ValueError(f"input {self.name!r}: dynamic axis {axis} is outside the shape {self.shape}")
             if self.shape[axis] != -1:
                 raise ValueError(f"input {self.name!r}: dynamic axis {axis} has a fixed size {self.shape[axis]} (write -1)")
+        check_elements(self.resolved_shape(), f"input {self.name!r}")
         return self
 
     @property
@@ -129,7 +107,7 @@ class DetectionSpec(StrictModel):
         "channels_first", description="[N, 4+C, A] (channels_first) or [N, A, 4+C] (channels_last)"
     )
     box_format: Literal["xywh", "xyxy"] = "xywh"
-    objectness: bool = Field(False, description="a score column after the box (YOLOv5: 4 + 1 + classes)")
+    objectness: Bool = Field(False, description="a score column after the box (YOLOv5: 4 + 1 + classes)")
     score_threshold: float = Field(0.25, gt=0, lt=1)
     iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU that matches a box to the reference's")
 
@@ -142,10 +120,10 @@ class OutputSpec(StrictModel):
 
     name: str
     task: OutputTask | None = Field(None, description="default: inferred from task.kind and the output's shape")
-    probabilities: Literal["auto"] | bool = Field(
+    probabilities: Literal["auto"] | Bool = Field(
         "auto", description="rows already softmaxed (in [0, 1], summing to 1); auto: detected from the outputs"
     )
-    weight: float = Field(1.0, ge=0, description="weight of this output's loss in distillation and fine-tuning")
+    weight: float = Field(1.0, ge=0, le=1e6, description="weight of this output's loss in distillation and fine-tuning")
     detection: DetectionSpec | None = None
 
 
@@ -158,14 +136,15 @@ class ModelSpec(StrictModel):
     exported: Path | None = Field(None, description="a torch.export .pt2 file")
     onnx: Path | None = Field(None, description="an ONNX file (torch steps are then unavailable)")
     pickle: Path | None = Field(None, description="a full-model pickle; needs trust_pickle: true")
-    trust_pickle: bool = False
-    input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="shape of the single float input, batch first"
+    trust_pickle: Bool = Field(False, description="load a pickle (runs its code): true or false, nothing else")
+    input_shape: list[Dim] | None = Field(
+        None, max_length=MAX_RANK, description="shape of the single float input, batch first"
     )
     inputs: list[InputSpec] | None = Field(None, description="several or non-float inputs")
     outputs: list[OutputSpec] | None = Field(
         None, description="what each output is (default: every output, inferred); by position, named as you like"
     )
+    timeout_s: float = Field(600.0, gt=0, le=86_400, description="time the factory (and its module's import) may take")
 
     @field_validator("factory")
     @classmethod
@@ -211,6 +190,8 @@ class ModelSpec(StrictModel):
             raise ValueError("give input_shape or inputs, not both")
         if self.input_shape is None and self.inputs is None and self.onnx is None:
             raise ValueError("input_shape (or inputs) is required")
+        if self.input_shape is not None:
+            check_elements(self.input_shape, "input_shape")
         return self
 
     @property
@@ -236,7 +217,7 @@ class TaskSpec(StrictModel):
 
     kind: Literal["classification", "regression", "embedding", "detection"]
     labels: list[str] | None = None
-    top_k: int = Field(5, ge=1)
+    top_k: int = Field(5, ge=1, le=100_000)
     detection: DetectionSpec | None = Field(None, description="layout of the detection output (kind: detection)")
 
 
@@ -244,8 +225,8 @@ class NormalizeSpec(StrictModel):
     """Per-channel normalisation the app must apply before inference (for the bundle)."""
 
     mean: list[float]
-    std: list[float]
-    scale: float = Field(1.0, description="multiply raw pixels by this first, e.g. 1/255")
+    std: list[Annotated[float, Field(gt=0)]]
+    scale: float = Field(1.0, gt=0, le=1e6, description="multiply raw pixels by this first, e.g. 1/255")
 
 
 class DataSpec(StrictModel):
@@ -253,11 +234,12 @@ class DataSpec(StrictModel):
 
     source: str = Field(..., description="builtin:digits | path/to/data.npz | file.py:function")
     eval_fraction: float = Field(0.2, gt=0, lt=1)
-    calibration_samples: int = Field(128, ge=1)
-    seed: int = 0
-    image_size: int | None = Field(None, ge=2, description="resize square images to this side")
+    calibration_samples: Count = 128
+    seed: Seed = 0
+    image_size: int | None = Field(None, ge=2, le=16_384, description="resize square images to this side")
     normalize: NormalizeSpec | None = None
-    max_eval: int | None = Field(None, ge=1, description="evaluate on at most this many samples")
+    max_eval: int | None = Field(None, ge=1, le=2**31, description="evaluate on at most this many samples")
+    timeout_s: float = Field(600.0, gt=0, le=86_400, description="time the data function (and its import) may take")
 
     @field_validator("source")
     @classmethod
@@ -287,18 +269,18 @@ class FeaturePair(StrictModel):
 
     student: str
     teacher: str
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, le=1e6)
 
 
 class TrainConfig(StrictModel):
     """Shared optimisation settings."""
 
-    epochs: int = Field(5, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
+    epochs: Epochs = 5
+    lr: float = Field(1e-3, gt=0, le=10)
+    batch_size: BatchSize = 64
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     schedule: Literal["cosine", "constant", "step"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=10)
 
 
 class DistillConfig(TrainConfig):
@@ -306,11 +288,11 @@ class DistillConfig(TrainConfig):
 
     student: str | None = Field(None, description="file.py:function returning the student")
     width: float | None = Field(None, gt=0, lt=1, description="derive the student by structured pruning to this width")
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, le=1000)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
     features: list[FeaturePair] = Field(default_factory=list)
     embedding_loss: Literal["cosine", "mse"] = "cosine"
-    epochs: int = Field(10, ge=0)
+    epochs: Epochs = 10
 
     @field_validator("student")
     @classmethod
@@ -331,12 +313,12 @@ class PruneConfig(TrainConfig):
     ratio: Ratio = 0.5
     scope: Literal["uniform", "global"] = "uniform"
     importance: Literal["magnitude", "taylor"] = "magnitude"
-    round_to: int | None = Field(None, ge=1)
+    round_to: int | None = Field(None, ge=1, le=4096)
     ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
-    iterative_steps: int = Field(1, ge=1)
-    epochs: int = Field(0, ge=0, description="fine-tuning epochs after each pruning step")
-    distill_from_unpruned: bool = False
-    temperature: float = Field(4.0, gt=0)
+    iterative_steps: int = Field(1, ge=1, le=1000)
+    epochs: int = Field(0, ge=0, le=100_000, description="fine-tuning epochs after each pruning step")
+    distill_from_unpruned: Bool = False
+    temperature: float = Field(4.0, gt=0, le=1000)
     alpha: float = Field(0.7, ge=0, le=1)
     sparsity_schedule: Literal["cubic", "linear"] = Field(
         "cubic", description="unstructured: how sparsity rises over iterative_steps"
@@ -347,10 +329,10 @@ class QatConfig(TrainConfig):
     """Quantization-aware training with torchao pt2e."""
 
     target: Literal["auto", "x86", "arm"] = "auto"
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    per_channel: bool = True
-    freeze_bn_epoch: int | None = Field(None, ge=0)
+    epochs: int = Field(2, ge=1, le=100_000)
+    lr: float = Field(1e-4, gt=0, le=10)
+    per_channel: Bool = True
+    freeze_bn_epoch: int | None = Field(None, ge=0, le=100_000)
 
 
 class QuantizeConfig(StrictModel):
@@ -360,16 +342,17 @@ class QuantizeConfig(StrictModel):
     engine: Literal["ort", "inc"] = "ort"
     target: Literal["auto", "x86", "arm"] = "auto"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int | None = Field(None, ge=1)
+    calibration_samples: Count | None = None
     activation_type: Literal["uint8", "int8"] | None = None
     weight_type: Literal["int8", "uint8"] | None = None
-    per_channel: bool = True
+    per_channel: Bool = True
     exclude: list[str] = Field(default_factory=list, description="node names kept in float")
-    tolerable_loss: float | None = Field(None, ge=0)
+    tolerable_loss: float | None = Field(None, ge=0, le=1e6)
     loss_kind: Literal["absolute", "relative"] = "absolute"
-    require_goal: bool = False
-    max_trials: int = Field(12, ge=1)
-    name: str | None = Field(None, description="artifact name (default onnx-<method>)")
+    require_goal: Bool = False
+    max_trials: int = Field(12, ge=1, le=1000)
+    name: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$",
+                             description="artifact name (default onnx-<method>)")
 
 
 class DistillStep(StrictModel):
@@ -426,8 +409,8 @@ def step_config(step: BaseModel) -> StrictModel:
 
 
 class OnnxExportConfig(StrictModel):
-    opset: int | None = Field(None, ge=13)
-    dynamic_batch: bool = True
+    opset: int | None = Field(None, ge=13, le=30)
+    dynamic_batch: Bool = True
 
 
 TflitePrecision = Literal["fp32", "fp16", "dynamic_int8", "int8"]
@@ -435,8 +418,8 @@ TflitePrecision = Literal["fp32", "fp16", "dynamic_int8", "int8"]
 
 class TfliteExportConfig(StrictModel):
     precisions: list[TflitePrecision] = Field(default_factory=lambda: ["fp32", "int8"])
-    channels_last_io: bool = Field(False, description="NHWC inputs/outputs instead of NCHW")
-    calibration_samples: int | None = Field(None, ge=1)
+    channels_last_io: Bool = Field(False, description="NHWC inputs/outputs instead of NCHW")
+    calibration_samples: Count | None = None
 
 
 class OnnxExport(StrictModel):
@@ -480,7 +463,7 @@ class SshDeviceSpec(StrictModel):
     host_key: str | None = Field(None, description="pin the host key: 'ssh-ed25519 AAAA...' or SHA256:... fingerprint")
     python: str = "python3"
     remote_command: str | None = Field(None, description="command that runs the agent (default: python)")
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, le=86_400)
 
 
 class AdbDeviceSpec(StrictModel):
@@ -488,7 +471,7 @@ class AdbDeviceSpec(StrictModel):
 
     serial: str | None = None
     adb_host: str = "127.0.0.1"
-    adb_port: int = 5037
+    adb_port: int = Field(5037, ge=1, le=65535)
     tflite_benchmark: Path | None = Field(None, description="benchmark_model binary for the phone")
     onnx_benchmark: Path | None = Field(None, description="onnxruntime_perf_test binary for the phone")
     workdir: str = "/data/local/tmp/edgepack"
@@ -499,12 +482,12 @@ _TARGET_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.-]+)?|emulated:aarch64|es
 
 class BenchConfig(StrictModel):
     targets: list[str] = Field(default_factory=lambda: ["local"])
-    threads: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1])
-    warmup: int = Field(20, ge=0, description="minimum warmup runs; warmup goes on until stable")
-    runs: int = Field(200, ge=1, description="timed runs in each process")
+    threads: list[Threads] = Field(default_factory=lambda: [1])
+    warmup: int = Field(20, ge=0, le=1_000_000, description="minimum warmup runs; warmup goes on until stable")
+    runs: int = Field(200, ge=1, le=1_000_000, description="timed runs in each process")
     repeats: int = Field(3, ge=1, le=100, description="fresh processes per measured latency, interleaved across artifacts")
-    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1])
-    fresh_process: bool = True
+    batch_sizes: list[BatchSize] = Field(default_factory=lambda: [1])
+    fresh_process: Bool = True
     ssh: dict[str, SshDeviceSpec] = Field(default_factory=dict)
     adb: dict[str, AdbDeviceSpec] = Field(default_factory=dict)
     emulated_cpus: list[str] = Field(default_factory=lambda: ["cortex-a72"])
@@ -530,9 +513,9 @@ class BenchConfig(StrictModel):
 class ParityConfig(StrictModel):
     """Tolerances of the float export parity check (torch vs ONNX / TFLite)."""
 
-    atol: float = Field(1e-4, gt=0)
+    atol: float = Field(1e-4, gt=0, le=1e6)
     min_agreement: float = Field(0.99, ge=0, le=1, description="share of eval inputs with the same prediction")
-    fail: bool = Field(True, description="a failed float parity check stops the run")
+    fail: Bool = Field(True, description="a failed float parity check stops the run")
 
 
 class GateTolerance(StrictModel):
@@ -543,7 +526,7 @@ class GateTolerance(StrictModel):
     """
 
     min_agreement: float | None = Field(None, ge=0, le=1, description="share of equal decisions, per output, vs the parent")
-    min_sqnr_db: float | None = Field(None, description="signal-to-quantization-noise ratio, per output, vs the parent")
+    min_sqnr_db: float | None = Field(None, ge=-1000, le=1000, description="signal-to-quantization-noise ratio, per output, vs the parent")
     min_cosine: float | None = Field(None, ge=-1, le=1, description="cosine over the whole output tensor vs the parent")
     max_dead_fraction: float | None = Field(None, ge=0, le=1, description="share of output values stuck where the reference varies")
     max_metric_drop: float | None = Field(None, ge=0, description="task metric (e.g. accuracy) loss vs the baseline, absolute")
@@ -585,24 +568,24 @@ class FidelityConfig(StrictModel):
 
 
 class CloudConfig(StrictModel):
-    price_per_hour: float = Field(0.10, ge=0, description="USD per hour of one server")
-    cores: int = Field(2, ge=1)
+    price_per_hour: float = Field(0.10, ge=0, le=1e6, description="USD per hour of one server")
+    cores: Threads = 2
     profile: str | None = Field(None, description="a device profile of the server; default: measured here")
-    batch: int = Field(8, ge=1)
+    batch: BatchSize = 8
 
 
 class BudgetConfig(StrictModel):
-    latency_ms: float | None = Field(None, gt=0)
-    size_mb: float | None = Field(None, gt=0)
-    memory_mb: float | None = Field(None, gt=0)
+    latency_ms: float | None = Field(None, gt=0, le=1e9)
+    size_mb: float | None = Field(None, gt=0, le=1e9)
+    memory_mb: float | None = Field(None, gt=0, le=1e9)
 
 
 class NetworkProfile(StrictModel):
     """A network between the app and the cloud."""
 
-    rtt_ms: float = Field(..., gt=0)
-    up_mbps: float = Field(..., gt=0)
-    down_mbps: float = Field(..., gt=0)
+    rtt_ms: float = Field(..., gt=0, le=1e6)
+    up_mbps: float = Field(..., ge=1e-3, le=1e7)
+    down_mbps: float = Field(..., ge=1e-3, le=1e7)
 
 
 class TradeoffConfig(StrictModel):
@@ -611,15 +594,20 @@ class TradeoffConfig(StrictModel):
     device: str | None = Field(None, description="target used for the on-device side (default: first non-local)")
     cloud: CloudConfig = Field(default_factory=CloudConfig)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
-    raw_input_bytes: int | None = Field(None, ge=1, description="size of what the app uploads, e.g. a JPEG")
-    requests_per_day: int | None = Field(None, ge=1)
+    raw_input_bytes: int | None = Field(None, ge=1, le=2**40, description="size of what the app uploads, e.g. a JPEG")
+    requests_per_day: int | None = Field(None, ge=1, le=10**12)
 
 
 class PackageConfig(StrictModel):
     artifact: str
     platform: Literal["android", "ios", "generic"] = "generic"
     output: Path | None = None
-    golden_vectors: int = Field(4, ge=1)
+    golden_vectors: int = Field(4, ge=1, le=10_000)
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: Path | None) -> Path | None:
+        return None if v is None else check_path_form(v, "package.output")
 
 
 # --------------------------------------------------------------------------- recipe
@@ -629,8 +617,8 @@ class Recipe(StrictModel):
     """A whole recipe file."""
 
     version: Literal[1] = Field(..., description="recipe format version")
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    name: str = Field(..., max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: Seed = 0
     model: ModelSpec
     task: TaskSpec
     data: DataSpec | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,10 +11,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from compress.errors import RecipeError, RecipeProblem
+from compress.errors import RecipeError, RecipeProblem, shorten
 from compress.recipe import Recipe, step_config, step_kind
 from compress.registry import STEPS
-from compress.yamlpos import Loc, dotted, line_of, load_with_lines
+from compress.yamlpos import MAX_BYTES, Loc, YamlLimitError, dotted, line_of, load_value, load_with_lines
 
 TORCH_ONLY_STEPS = ("distill", "prune", "qat")
 
@@ -58,39 +60,75 @@ def _message(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {shorten(repr(err['input']))})"
     return msg
 
 
-def apply_overrides(data: Any, overrides: list[str]) -> Any:
-    """Apply ``a.b[0].c=value`` overrides (value parsed as YAML) to raw recipe data."""
-    import re
+def override_path(item: str) -> Loc:
+    """The location an override ``a.b[0].c=value`` sets: ``("a", "b", 0, "c")``."""
+    key = item.partition("=")[0]
+    return tuple(int(idx) if idx else name for name, idx in _PART_RE.findall(key))
 
+
+_PART_RE = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_overrides(data: Any, overrides: list[str]) -> Any:
+    """Apply ``a.b[0].c=value`` overrides (value parsed as YAML) to raw recipe data.
+
+    A key absent from the file is added, with the mappings on its way (``--set
+    parity.atol=1e-3`` on a recipe without ``parity``); whether the schema allows it is
+    decided by validation, which names the dotted path. A list item must exist already.
+    """
     for item in overrides:
         if "=" not in item:
-            raise RecipeError([RecipeProblem(item, "an override looks like path.to.key=value")], "--set")
+            raise RecipeError([RecipeProblem(shorten(item), "an override looks like path.to.key=value")], "--set")
         key, _, raw = item.partition("=")
-        parts: list[Any] = []
-        for name, idx in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
-            parts.append(int(idx) if idx else name)
-        node = data
-        for p in parts[:-1]:
-            try:
-                node = node[p]
-            except (KeyError, IndexError, TypeError):
-                raise RecipeError([RecipeProblem(key, "no such place in the recipe to override")], "--set") from None
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise RecipeError([RecipeProblem(key, f"the value {raw!r} is not valid YAML: "
-                                                  f"{getattr(e, 'problem', None) or e}")], "--set") from None
+        parts = list(override_path(item))
         if not parts:
-            raise RecipeError([RecipeProblem(item, "an override looks like path.to.key=value")], "--set")
+            raise RecipeError([RecipeProblem(shorten(item), "an override looks like path.to.key=value")], "--set")
+        node = data
+        for i, (p, nxt) in enumerate(zip(parts[:-1], parts[1:])):
+            node = _descend(node, p, nxt, key, parts[: i + 1])
         try:
-            node[parts[-1]] = value
-        except (IndexError, TypeError):
-            raise RecipeError([RecipeProblem(key, "no such place in the recipe to override")], "--set") from None
+            value = load_value(raw)
+        except yaml.YAMLError as e:
+            raise RecipeError([RecipeProblem(shorten(key), f"the value {shorten(repr(raw))} is not valid YAML: "
+                                                           f"{getattr(e, 'problem', None) or e}")], "--set") from None
+        _place(node, parts[-1], value, key, parts)
     return data
+
+
+def _no_place(key: str, at: list[Any], why: str) -> RecipeError:
+    return RecipeError([RecipeProblem(shorten(key), f"no such place in the recipe to override: {why}")], "--set")
+
+
+def _descend(node: Any, part: Any, nxt: Any, key: str, at: list[Any]) -> Any:
+    """The child ``part`` of ``node``, created as a mapping when absent (or null) and ``nxt`` is a key."""
+    if isinstance(node, dict) and isinstance(part, str):
+        if node.get(part) is None:
+            if not isinstance(nxt, str):
+                raise _no_place(key, at, f"{dotted(tuple(at))} is not a list in the recipe")
+            node[part] = {}
+        return node[part]
+    if isinstance(node, list) and isinstance(part, int):
+        if part >= len(node):
+            raise _no_place(key, at, f"{dotted(tuple(at[:-1]))} has {len(node)} item(s)")
+        return node[part]
+    raise _no_place(key, at, f"{dotted(tuple(at[:-1])) or 'the recipe'} is not a "
+                             f"{'list' if isinstance(part, int) else 'mapping'}")
+
+
+def _place(node: Any, part: Any, value: Any, key: str, at: list[Any]) -> None:
+    if isinstance(node, dict) and isinstance(part, str):
+        node[part] = value
+    elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        node[part] = value
+    elif isinstance(node, list) and isinstance(part, int):
+        raise _no_place(key, at, f"{dotted(tuple(at[:-1]))} has {len(node)} item(s)")
+    else:
+        raise _no_place(key, at, f"{dotted(tuple(at[:-1])) or 'the recipe'} is not a "
+                                 f"{'list' if isinstance(part, int) else 'mapping'}")
 
 
 def semantic_problems(src: RecipeSource) -> list[RecipeProblem]:
@@ -218,11 +256,14 @@ def parse_recipe_text(text: str, path: Path | None, overrides: list[str] | None 
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise RecipeError([RecipeProblem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], file) from None
+        what = getattr(e, "problem", None) or e
+        message = f"refused: {what}" if isinstance(e, YamlLimitError) else f"not valid YAML: {what}"
+        raise RecipeError([RecipeProblem("", message, line)], file) from None
     if not isinstance(data, dict):
         raise RecipeError([RecipeProblem("", "a recipe is a YAML mapping (version, name, model, ...)", 1)], file)
     if overrides:
         data = apply_overrides(data, overrides)
+    overridden = [override_path(o) for o in overrides or []]
     base = path.parent if path else Path(".")
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": base.resolve(), "check_files": check_files})
@@ -230,7 +271,10 @@ def parse_recipe_text(text: str, path: Path | None, overrides: list[str] | None 
         problems = []
         for err in e.errors():
             loc = _strip_tags(err["loc"])
-            problems.append(RecipeProblem(dotted(loc), _message(err), line_of(lines, loc)))
+            if any(loc[: len(o)] == o for o in overridden):  # not in the file: its line would mislead
+                problems.append(RecipeProblem(dotted(loc), _message(err) + " (set by --set)"))
+            else:
+                problems.append(RecipeProblem(dotted(loc), _message(err), line_of(lines, loc)))
         raise RecipeError(problems, file) from None
     src = RecipeSource(recipe, path, text, lines)
     problems = semantic_problems(src)
@@ -240,11 +284,25 @@ def parse_recipe_text(text: str, path: Path | None, overrides: list[str] | None 
 
 
 def parse_recipe(path: Path, overrides: list[str] | None = None) -> RecipeSource:
-    """Read and validate a recipe file."""
-    if not path.is_file():
-        raise RecipeError([RecipeProblem("", "recipe file not found")], str(path))
+    """Read and validate a recipe file (a regular, readable file of at most :data:`~compress.yamlpos.MAX_BYTES`)."""
+    from compress.recipe_checks import check_path_form, check_readable_file
+
+    file = shorten(str(path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError([RecipeProblem("", f"cannot read the recipe: {e}")], str(path)) from None
+        check_path_form(path, "the recipe")
+        if not os.path.exists(path):
+            raise RecipeError([RecipeProblem("", "recipe file not found")], file)
+        check_readable_file(path, "the recipe", "it")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ValueError(f"the recipe is {size:,} bytes; a recipe is at most {MAX_BYTES:,}")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # a /proc file says size 0: read no more than the limit
+        if len(raw) > MAX_BYTES:
+            raise ValueError(f"the recipe is over {MAX_BYTES:,} bytes; a recipe is at most that")
+        text = raw.decode("utf-8")
+    except ValueError as e:  # UnicodeDecodeError included
+        raise RecipeError([RecipeProblem("", f"cannot read the recipe: {e}")], file) from None
+    except OSError as e:
+        raise RecipeError([RecipeProblem("", f"cannot read the recipe: {e.strerror or e}")], file) from None
     return parse_recipe_text(text, path, overrides)
