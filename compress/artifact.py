@@ -46,7 +46,9 @@ def _umask() -> int:
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
 
-    An interrupted write never leaves a half-written file under the final name.
+    An interrupted write never leaves a half-written file under the final name. The data
+    is flushed to disk before the rename, so a crash of the machine (not only of the
+    process) cannot leave an empty file under the final name either.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -57,10 +59,23 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         if tmp_path.exists():
             # mkstemp creates 0600; a run folder's reports and models get what open() would give
             os.chmod(tmp_path, 0o666 & ~_umask())
+            _fsync(tmp_path)
         os.replace(tmp_path, dest)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        # a failed write (full disk, read-only file system) must surface as itself, not as a
+        # second error while cleaning up; a .part left behind is removed by the next run
+        try:
+            tmp_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def zipped_size(path: Path) -> int:

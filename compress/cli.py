@@ -51,8 +51,11 @@ def _console(stderr: bool = False):
 
 
 def fail(err: EdgepackError) -> None:
-    """Print a user error and exit with its code."""
-    _console(stderr=True).print(f"[red]error:[/red] {err.user_message()}", markup=True, highlight=False, soft_wrap=True)
+    """Print a user error and exit with its code (its text is not markup: it may quote a board or a file)."""
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[red]error:[/red] {escape(err.user_message())}", markup=True, highlight=False,
+                                soft_wrap=True)
     raise typer.Exit(err.exit_code)
 
 
@@ -63,16 +66,21 @@ def run_cmd(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a value: path.to.key=value")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Run a recipe end to end and write the report."""
+    """Run a recipe end to end and write the report.
+
+    One run at a time writes into a run folder: a second run into a folder in use is refused
+    (exit 2, naming the pid of the run that holds it) and touches nothing. A full disk or a
+    read-only folder fails the run (exit 1, the message names the file and the cause).
+    """
     from compress.recipe_io import parse_recipe
 
     try:
         source = parse_recipe(recipe, set_ or [])
     except EdgepackError as e:
         fail(e)
-    from compress.runner import Runner
-
     from compress.outputs import check_output_dir
+    from compress.runfolder import RunFolderBusy
+    from compress.runner import Runner
 
     console = None if quiet else _console()
     runner = Runner(source, out, console)
@@ -86,6 +94,8 @@ def run_cmd(
     except KeyboardInterrupt:
         _console(stderr=True).print(f"interrupted; what finished is in {runner.run_dir}")
         raise typer.Exit(130)
+    except RunFolderBusy as e:  # the folder is another run's: leave it alone
+        fail(e)
     except EdgepackError as e:
         if (runner.run_dir / "report.json").is_file():
             _console(stderr=True).print(f"run folder (with what finished): {runner.run_dir}")
@@ -101,7 +111,8 @@ def run_cmd(
                 f.write(traceback.format_exc())
         except OSError:
             pass
-        _console(stderr=True).print(f"internal error: {type(e).__name__}: {e}\nthe traceback is in {log}; please report it")
+        _console(stderr=True).print(f"internal error: {type(e).__name__}: {e}\nthe traceback is in {log}; please report it",
+                                    markup=False)
         raise typer.Exit(1)
     c = _console()
     c.print(f"report: {runner.run_dir / 'report.md'}")
@@ -121,13 +132,20 @@ def run_cmd(
 def _remove_unstarted_run(run_dir: Path) -> None:
     """Remove the run folder of a run that failed before its first step (bad model or data).
 
-    Only the runner's own bookkeeping is there then; leaving it would look like a run.
+    Only the runner's own bookkeeping is there then; leaving it would look like a run. The
+    folder is removed only under its lock (a run that started into it meanwhile keeps it).
     """
     import shutil
 
-    bookkeeping = {"log.txt", "env.json", "recipe.resolved.yaml"}
-    if run_dir.is_dir() and all(p.name in bookkeeping for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    from compress.runfolder import LOCK_NAME, RunFolderLock
+
+    bookkeeping = {"log.txt", "env.json", "recipe.resolved.yaml", LOCK_NAME}
+    try:
+        with RunFolderLock(run_dir):
+            if run_dir.is_dir() and all(p.name in bookkeeping for p in run_dir.iterdir()):
+                shutil.rmtree(run_dir, ignore_errors=True)
+    except EdgepackError:
+        pass
 
 
 @app.command("validate")

@@ -2,7 +2,8 @@
 
 The runner owns the run folder. Every step gets ``steps/NN-kind/``, every export
 ``exports/NAME/``; files are written atomically, and a failed or interrupted run still
-writes its report with what finished.
+writes its report with what finished. The folder is locked for the run, what a killed run
+left is cleaned first, and the report is written last (see :mod:`compress.runfolder`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from compress.errors import EdgepackError, RecipeProblem, StepError, TargetsFail
 from compress.recipe import Recipe, step_config, step_kind
 from compress.recipe_io import RecipeSource
 from compress.registry import EXPORTS, STEPS, load
+from compress.runfolder import (
+    RunFolderLock,
+    RunFolderWriteError,
+    RunLog,
+    remove_old_reports,
+    remove_stale_files,
+    write_error_of,
+    write_reports,
+)
 
 
 def tool_versions() -> dict[str, str]:
@@ -98,18 +108,25 @@ class Runner:
         self.state = RunState()
         self.data: Dataset | None = None
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        self._log_file: Any = None
+        self._log: RunLog | None = None
         self._steps_done = False  # torch models are final (their outputs may be cached) once True
         self.gatekeeper: Any = None  # compress.gates.Gatekeeper, once the baseline's outputs are known
 
     # ------------------------------------------------------------------ logging
 
     def log(self, msg: str) -> None:
+        from rich.errors import MarkupError
+
+        from devices.untrusted import clean_text
+
+        msg = clean_text(msg, 20_000)  # a board's text reaches the log: no terminal escapes
         if self.console is not None:
-            self.console.print(msg, highlight=False)
-        if self._log_file is not None:
-            self._log_file.write(f"{dt.datetime.now().strftime('%H:%M:%S')} {msg}\n")
-            self._log_file.flush()
+            try:
+                self.console.print(msg, highlight=False)
+            except MarkupError:  # brackets in a message (a board's, a path) that are not our markup
+                self.console.print(msg, highlight=False, markup=False)
+        if self._log is not None:
+            self._log.write(f"{dt.datetime.now().strftime('%H:%M:%S')} {msg}\n")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -455,9 +472,8 @@ class Runner:
 
     def _log_traceback(self) -> None:
         """Keep the traceback of an unexpected error in log.txt (never on the console)."""
-        if self._log_file is not None:
-            self._log_file.write(traceback.format_exc())
-            self._log_file.flush()
+        if self._log is not None:
+            self._log.write(traceback.format_exc())
 
     def ensure_onnx(self, torch_art: Artifact) -> Artifact:
         """The ONNX export of a torch artifact, made once, parity-checked, registered."""
@@ -592,24 +608,48 @@ class Runner:
         )
 
     def write_report(self, status: str, error: str | None) -> Any:
-        from bench.report import render_markdown
+        """Write report.md, report.html and, last, report.json (see :func:`compress.runfolder.write_reports`).
+
+        Raises:
+            RunFolderWriteError: A report file could not be written (the run has failed).
+        """
+        from bench.report import AdvisoryReport
 
         report = self.build_report(status, error)
         extras = self.report_extras(report)
         for key, value in extras.items():
             setattr(report, key, value)
-        atomic_write_text(self.run_dir / "report.json", report.model_dump_json(indent=2))
-        atomic_write_text(self.run_dir / "report.md", render_markdown(report))
-        try:
-            from bench.html import render_html
-        except ImportError:
-            render_html = None
-        if render_html is not None:
-            try:
-                atomic_write_text(self.run_dir / "report.html", render_html(report, self.run_dir))
-            except Exception as e:  # a plot must never lose the JSON report
-                self.log(f"report.html not written: {type(e).__name__}: {e}")
+        if self._log is not None and self._log.error is not None:
+            report.advisories.append(AdvisoryReport(code="log_incomplete", severity="warning",
+                                                    message=f"log.txt is incomplete: {self._log.error}"))
+        write_reports(self.run_dir, report, self.log)
         return report
+
+    def _fail(self, exc: BaseException, status: str = "failed") -> BaseException:
+        """Write the report of a run that failed with ``exc``; return the error to raise.
+
+        A full disk or read-only folder under any error is reported as that; an error that
+        is not ours is an internal error (its traceback goes to log.txt). When even the
+        failure report cannot be written, an older ``report.json`` of this run (one that said
+        ok before packaging) is removed, so no report claims more than what exists.
+        """
+        err: BaseException | None = write_error_of(exc) or (exc if isinstance(exc, EdgepackError) else None)
+        if status == "interrupted":
+            message = "interrupted by the user (Ctrl-C)"
+        elif err is None:
+            self._log_traceback()
+            message = f"internal error: {type(exc).__name__}: {exc}"
+        else:
+            message = str(err)
+        try:
+            self.write_report(status, message)
+        except RunFolderWriteError as w:
+            self.log(f"the report of the failed run was not written: {w}")
+            try:
+                (self.run_dir / "report.json").unlink(missing_ok=True)
+            except OSError:
+                pass
+        return err if err is not None else exc
 
     def report_extras(self, report: Any) -> dict[str, Any]:
         """Sections later modules add (cloud-vs-device trade-off)."""
@@ -625,13 +665,35 @@ class Runner:
     # ------------------------------------------------------------------ main
 
     def run(self) -> Any:
-        """Run the recipe; return the report. Raises after writing the report on failure."""
+        """Run the recipe; return the report. Raises after writing the report on failure.
+
+        Raises:
+            RunFolderBusy: Another run holds the run folder (nothing was touched).
+            RunFolderWriteError: The disk is full or the folder read-only (the run failed).
+        """
+        lock = RunFolderLock(self.run_dir)
+        lock.acquire()
+        try:
+            return self._run_locked()
+        except OSError as e:  # a write outside the pipeline: the log, recipe.resolved.yaml, env.json
+            err = write_error_of(e)
+            if err is None:
+                raise
+            raise err from e
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> Any:
         from compress.models import load_model
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.run_dir / "log.txt", "a", encoding="utf-8")
+        removed = remove_stale_files(self.run_dir)
+        remove_old_reports(self.run_dir)
         self.env = environment()
+        self._log = RunLog(self.run_dir / "log.txt")
         try:
+            if removed:
+                self.log(f"removed {len(removed)} file(s) an interrupted run left: "
+                         + ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5]))
             atomic_write_text(self.run_dir / "recipe.resolved.yaml",
                               yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
             atomic_write_text(self.run_dir / "env.json", json.dumps(self.env, indent=2))
@@ -649,18 +711,14 @@ class Runner:
             status, error = "ok", None
             try:
                 self._pipeline(baseline)
-            except KeyboardInterrupt:
-                status, error = "interrupted", "interrupted by the user (Ctrl-C)"
-                self.write_report(status, error)
+            except KeyboardInterrupt as e:
+                self._fail(e, "interrupted")
                 raise
-            except EdgepackError as e:
-                status, error = "failed", str(e)
-                self.write_report(status, error)
-                raise
-            except Exception as e:  # a bug: still keep the report of what finished
-                self._log_traceback()
-                self.write_report("failed", f"internal error: {type(e).__name__}: {e}")
-                raise
+            except Exception as e:  # a bug still keeps the report of what finished
+                err = self._fail(e)
+                if err is e:
+                    raise
+                raise err from e
             degraded = self.degraded()
             if degraded:
                 status = "degraded"
@@ -669,13 +727,14 @@ class Runner:
             report = self.write_report(status, error)
             try:
                 self.package_if_asked(report)
-            except EdgepackError as e:  # the report must not say ok when the run did not finish
-                self.write_report("failed", str(e))
-                raise
+            except Exception as e:  # the report must not say ok when the run did not finish
+                err = self._fail(e)
+                if err is e:
+                    raise
+                raise err from e
             return report
         finally:
-            self._log_file.close()
-            self._log_file = None
+            self._log.close()
 
     def check_targets(self) -> None:
         """Reach every device target before any work: an unreachable board, a phone that is
@@ -774,5 +833,8 @@ class Runner:
         except EdgepackError as e:
             raise StepError("package", str(e)) from e
         report.bundle = info
-        atomic_write_text(self.run_dir / "report.json", report.model_dump_json(indent=2))
+        try:
+            atomic_write_text(self.run_dir / "report.json", report.model_dump_json(indent=2))
+        except OSError as e:
+            raise RunFolderWriteError(self.run_dir / "report.json", e) from e
         self.log(f"bundle written: {out}")

@@ -8,12 +8,17 @@ printed output is parsed into the same statistics as every other target:
 statistics; ``benchmark_model`` prints only a summary (count, min, max, avg, std and, in
 newer builds, p5 / median / p95), so its p90 and p99 are upper bounds (the tool's p95 and
 max) and its confidence interval assumes normal run-to-run noise; the result says so.
+
+The phone is not trusted: every figure it prints is checked (finite, positive, ordered),
+its text is cleaned of terminal escapes before it is shown, each benchmark runs in a fresh
+folder under ``workdir`` that is removed afterwards, and a benchmark that times out is killed.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import secrets
 import shlex
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -26,6 +31,9 @@ from bench.report import TargetResult
 from compress.errors import TargetError
 from compress.recipe import AdbDeviceSpec
 from devices.base import BenchSpec
+from devices.untrusted import clean_text, one_line, validate_times
+
+MAX_RESULT_FILE_BYTES = 64 * 2**20
 
 _COUNT = re.compile(r"count=(?P<count>\d+) first=(?P<first>[\d.]+) curr=(?P<curr>[\d.]+) min=(?P<min>[\d.]+) "
                     r"max=(?P<max>[\d.]+) avg=(?P<avg>[\d.e+-]+) std=(?P<std>[\d.]+)"
@@ -52,10 +60,16 @@ def ort_perf_test_args(binary: str, model: str, spec: BenchSpec, result_file: st
     return [binary, "-e", "cpu", "-m", "times", "-r", str(spec.runs), "-x", str(spec.threads), "-I", model, result_file]
 
 
-def shell_command(workdir: str, args: list[str]) -> str:
-    """One quoted shell line for the phone's /system/bin/sh (mksh understands POSIX quoting)."""
+def shell_command(workdir: str, args: list[str], library_path: str | None = None) -> str:
+    """One quoted shell line for the phone's /system/bin/sh (mksh understands POSIX quoting).
+
+    The tool runs as the shell that wrote its pid to ``.pid`` (``exec``), so a tool that
+    times out can be killed by that pid.
+    """
     q = shlex.quote
-    return f"cd {q(workdir)} && LD_LIBRARY_PATH={q(workdir)} " + " ".join(q(a) for a in args)
+    libs = workdir if library_path is None else f"{workdir}:{library_path}"
+    return (f"cd {q(workdir)} && LD_LIBRARY_PATH={q(libs)} sh -c 'echo $$ > .pid; exec \"$@\"' sh "
+            + " ".join(q(a) for a in args))
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -84,6 +98,23 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
         out["memory_init_mb"] = float(mem.group("init"))
         out["memory_overall_mb"] = float(mem.group("overall"))
     return out
+
+
+def check_summary(s: dict[str, Any], target: str) -> None:
+    """benchmark_model's figures are possible ones: finite, above zero, min <= median <= max.
+
+    Raises:
+        TargetError: A figure is not (it is not reported as measured).
+    """
+    times = {k: v for k, v in s.items() if k.endswith("_ms") and k not in ("init_ms", "first_ms")}
+    bad = {k: v for k, v in times.items() if not math.isfinite(v) or v < 0 or (k != "std_ms" and v == 0)}
+    if s.get("runs", 0) < 1:
+        bad["runs"] = s.get("runs")
+    if not bad and not s["min_ms"] <= s.get("median_ms", s["avg_ms"]) <= s["max_ms"]:
+        bad = {k: s[k] for k in ("min_ms", "avg_ms", "max_ms")}
+    if bad:
+        shown = ", ".join(f"{k}={v!r}" for k, v in list(bad.items())[:4])
+        raise TargetError(target, f"benchmark_model printed impossible figures ({shown}): not reported as measured")
 
 
 def stats_from_summary(s: dict[str, Any], threads: int, batch: int = 1) -> LatencyStats:
@@ -172,7 +203,8 @@ class AdbTarget:
         d = self._device()
         props = {k: d.prop.get(k) for k in ("ro.product.model", "ro.soc.model", "ro.product.cpu.abi",
                                              "ro.build.version.release")}
-        return {"serial": d.serial, **props, "cores": d.shell("nproc").strip(),
+        props = {k: one_line(v, 200) if v is not None else None for k, v in props.items()}
+        return {"serial": one_line(d.serial, 100), **props, "cores": one_line(d.shell("nproc").strip(), 20),
                 "tflite_benchmark": str(self.spec.tflite_benchmark or ""),
                 "onnx_benchmark": str(self.spec.onnx_benchmark or "")}
 
@@ -194,8 +226,8 @@ class AdbTarget:
             ret = device.shell2(command, timeout=self.timeout_s)
         except adbutils.AdbTimeout as e:
             raise TargetError(self.name, f"the benchmark did not finish within {self.timeout_s:.0f} s") from e
-        except (adbutils.AdbError, OSError) as e:
-            raise TargetError(self.name, f"adb lost the device: {e}") from e
+        except (adbutils.AdbError, OSError, EOFError) as e:
+            raise TargetError(self.name, f"adb lost the device: {one_line(e, 300)}") from e
         return int(ret.returncode), str(ret.output)
 
     def run(self, model: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -203,25 +235,29 @@ class AdbTarget:
                                      "return outputs for parity (use an ssh or emulated target for that)")
 
     def benchmark(self, model: Path, spec: BenchSpec, inputs: list[np.ndarray] | None = None) -> TargetResult:
-        """Push model and binary, run the binary with the spec's threads and runs, parse its output."""
-        import adbutils
-
+        """Push model and binary to a fresh folder, run the binary with the spec's threads and
+        runs, parse and check its output; the folder is removed (and a tool still running
+        killed) on every path."""
         model = Path(model)
         binary = self._binary_for(model)
         device = self._device()
-        work = PurePosixPath(self.spec.workdir)
-        remote_model, remote_bin = str(work / model.name), str(work / binary.name)
+        base = PurePosixPath(self.spec.workdir)
+        work = base / f"run-{secrets.token_hex(4)}"
         self._shell(device, f"mkdir -p {shlex.quote(str(work))}")
+        finished = False
         try:
-            device.sync.push(str(model), remote_model)
-            device.sync.push(str(binary), remote_bin, mode=0o755)
+            self._push(device, model, str(work / model.name))
+            self._push(device, binary, str(work / binary.name), mode=0o755)
             if model.suffix == ".tflite":
-                status, out = self._shell(device, shell_command(str(work), tflite_benchmark_args("./" + binary.name,
-                                                                                                 remote_model, spec)))
+                status, out = self._shell(device, shell_command(str(work), tflite_benchmark_args(
+                    "./" + binary.name, str(work / model.name), spec), str(base)))
+                finished = True
                 try:
                     figures = parse_benchmark_model(out)
                 except ValueError as e:
-                    raise TargetError(self.name, f"benchmark_model failed (exit {status}): {out.strip()[-400:]}") from e
+                    raise TargetError(self.name, f"benchmark_model failed (exit {status}): "
+                                                 f"{one_line(out.strip()[-400:], 400)}") from e
+                check_summary(figures, self.name)
                 stats = stats_from_summary(figures, spec.threads, spec.batch)
                 times, runtime = None, "TFLite benchmark_model"
                 note = "benchmark_model prints a summary only: p90 is its p95 and p99 its max (upper bounds)"
@@ -229,33 +265,68 @@ class AdbTarget:
                 load_ms = figures.get("init_ms")
             else:
                 result_file = str(work / "perf_result.csv")
-                self._shell(device, f"rm -f {shlex.quote(result_file)}")
                 status, out = self._shell(device, shell_command(str(work), ort_perf_test_args(
-                    "./" + binary.name, remote_model, spec, result_file)))
-                with tempfile.TemporaryDirectory(prefix="edgepack-adb-") as tmp:
-                    local = Path(tmp) / "perf_result.csv"
-                    try:
-                        device.sync.pull(result_file, str(local))
-                        csv = local.read_text(encoding="utf-8", errors="replace")
-                    except (adbutils.AdbError, OSError):  # no file: the tool failed; its stdout says why
-                        csv = None
+                    "./" + binary.name, str(work / model.name), spec, result_file), str(base)))
+                finished = True
+                csv = self._pull_text(device, result_file)
                 try:
                     figures = parse_perf_test(out, csv)
                 except ValueError as e:
-                    raise TargetError(self.name, f"onnxruntime_perf_test failed (exit {status}): {out.strip()[-400:]}") from e
-                times = figures.get("times_ms") or None
-                if not times:
+                    raise TargetError(self.name, f"onnxruntime_perf_test failed (exit {status}): "
+                                                 f"{one_line(out.strip()[-400:], 400)}") from e
+                if not figures.get("times_ms"):
                     raise TargetError(self.name, "onnxruntime_perf_test wrote no per-run times to its result file")
+                times = validate_times(figures["times_ms"], self.name, "its result file")
                 stats = summarize(times, threads=spec.threads, batch=spec.batch)
                 runtime, note = "onnxruntime_perf_test", None
                 peak = figures["summary"].get("peak_working_set_size")
-                memory = peak / 2**20 if peak else None
+                memory = peak / 2**20 if peak and math.isfinite(peak) and peak > 0 else None
                 load_ms = figures["summary"].get("session_creation_time_cost_ms")
         finally:
-            self._shell(device, f"rm -f {shlex.quote(remote_model)}")
+            self._clean(device, str(work), kill=not finished)
+        if load_ms is not None and not (math.isfinite(load_ms) and load_ms >= 0):
+            load_ms = None
+        if memory is not None and not (math.isfinite(memory) and memory >= 0):
+            memory = None
         return TargetResult(
-            target=self.name, how="measured", device=f"Android {device.serial}", threads=spec.threads,
+            target=self.name, how="measured", device=f"Android {clean_text(device.serial, 100)}", threads=spec.threads,
             batch=spec.batch, latency_ms=stats, times_ms=times, load_ms=load_ms, peak_rss_mb=memory,
             throughput_items_s=1e3 * spec.batch / stats.p50 if stats.p50 > 0 else None, runtime=runtime,
             details={"binary": str(binary), **({"note": note} if note else {})},
         )
+
+    def _push(self, device: Any, local: Path, remote: str, mode: int = 0o644) -> None:
+        import adbutils
+
+        try:
+            device.sync.push(str(local), remote, mode=mode)
+        except (adbutils.AdbError, adbutils.AdbTimeout, OSError, EOFError) as e:
+            raise TargetError(self.name, f"pushing {local.name} to the phone failed: {one_line(e, 300)}") from e
+
+    def _pull_text(self, device: Any, remote: str) -> str | None:
+        """A small text file from the phone; None when it is not there (the tool failed: its stdout says why)."""
+        import adbutils
+
+        with tempfile.TemporaryDirectory(prefix="edgepack-adb-") as tmp:
+            local = Path(tmp) / "pulled"
+            try:
+                device.sync.pull(remote, str(local))
+            except (adbutils.AdbError, adbutils.AdbTimeout, OSError, EOFError):
+                return None
+            if not local.is_file():
+                return None
+            if local.stat().st_size > MAX_RESULT_FILE_BYTES:
+                raise TargetError(self.name, f"the phone's result file is over {MAX_RESULT_FILE_BYTES} bytes: refused")
+            return local.read_text(encoding="utf-8", errors="replace")
+
+    def _clean(self, device: Any, work: str, kill: bool) -> None:
+        """Remove the benchmark's folder, first killing its tool when it did not finish."""
+        q = shlex.quote(work)
+        command = f"rm -rf -- {q}"
+        if kill:
+            command = (f'pid=$(cat {q}/.pid 2>/dev/null); case "$pid" in ""|1|*[!0-9]*) ;; *) kill -9 "$pid";; esac; '
+                       + command)
+        try:
+            self._shell(device, command)
+        except TargetError:
+            pass  # the phone is gone: nothing more can be cleaned from here

@@ -17,19 +17,22 @@ from bench.latency import summarize
 from bench.report import TargetResult
 from compress.errors import TargetError
 from devices.base import BenchSpec
+from devices.untrusted import load_outputs, one_line, parse_agent_line, validate_agent_result
 
 AGENT = Path(__file__).resolve().parent.parent / "bench" / "agent.py"
 
 
 def parse_agent_output(stdout: str, target: str) -> dict[str, Any]:
-    """The JSON the agent printed (trusted over the exit code)."""
+    """The agent's result line, checked (trusted over the exit code, never over its content).
+
+    The output comes from a board as often as from this machine: broken JSON, a failure, or
+    a field of the wrong type or out of range (negative, NaN) is a TargetError naming the
+    target, and every string in it is cleaned of terminal escapes.
+    """
     for line in reversed(stdout.splitlines()):
         if line.startswith("EDGEPACK-RESULT "):
-            result = json.loads(line[len("EDGEPACK-RESULT "):])
-            if not result.get("ok"):
-                raise TargetError(target, f"benchmark agent failed: {result.get('error')}")
-            return result
-    tail = stdout.strip().splitlines()[-3:]
+            return validate_agent_result(parse_agent_line(line[len("EDGEPACK-RESULT "):], target), target)
+    tail = [one_line(t, 200) for t in stdout.strip().splitlines()[-3:]]
     raise TargetError(target, "benchmark agent printed no result" + (f" (last output: {' | '.join(tail)})" if tail else ""))
 
 
@@ -71,10 +74,9 @@ def write_inputs(path: Path, inputs: list[np.ndarray]) -> None:
     save_inputs(path, inputs)
 
 
-def read_outputs(path: Path) -> list[np.ndarray]:
-    with np.load(path) as z:
-        keys = sorted(z.files, key=lambda k: int(k[1:]))
-        return [z[k] for k in keys]
+def read_outputs(path: Path, target: str = "local") -> list[np.ndarray]:
+    """The agent's outputs file: numeric arrays only (see :func:`devices.untrusted.load_outputs`)."""
+    return load_outputs(path, target)
 
 
 class LocalTarget:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import shlex
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from compress.errors import TargetError
 from compress.recipe import SshDeviceSpec
 from devices.base import BenchSpec
 from devices.local import AGENT, parse_agent_output, read_outputs, result_from_agent, write_inputs
+from devices.untrusted import MAX_OUTPUTS_BYTES, MAX_RESULT_CHARS, clean_json, clean_text, one_line
 
 PARITY_SAMPLES = 64
+STDERR_TAIL = 64 * 1024  # bytes of a command's stderr kept (its end: where errors are)
 
 
 def fingerprint(key: Any) -> str:
@@ -77,7 +80,16 @@ def _explain(e: BaseException, spec: SshDeviceSpec) -> str:
     if isinstance(e, paramiko.SSHException) and "not found in known_hosts" in str(e):
         return (f"the host key of {where} is not in known_hosts: refusing an unknown host. Check the key once with "
                 f"`ssh -p {spec.port} {spec.user}@{spec.host}` (it adds it to known_hosts) or pin it in host_key")
-    return f"SSH to {where} failed: {type(e).__name__}: {e}"
+    return f"SSH to {where} failed: {type(e).__name__}: {one_line(e, 300)}"
+
+
+def _is_temp_dir(path: str) -> bool:
+    """Whether ``mktemp -d`` answered a temp dir edgepack made (it is removed with ``rm -rf``)."""
+    import re
+
+    return (path.startswith("/") and "/../" not in path and "\n" not in path
+            and re.fullmatch(r"edgepack\.[A-Za-z0-9]{8}", path.rsplit("/", 1)[-1]) is not None
+            and clean_text(path) == path)
 
 
 class SshTarget:
@@ -113,27 +125,70 @@ class SshTarget:
             client.connect(**kwargs)
         except (paramiko.SSHException, OSError, EOFError) as e:
             client.close()
-            raise TargetError(self.name, _explain(e, s)) from e
+            raise TargetError(self.name, clean_text(_explain(e, s), 800)) from e
         return client
 
-    def _exec(self, client: Any, command: str, timeout_s: float | None = None) -> tuple[int, str, str]:
-        """Run one shell command; a timeout or a dropped connection is a TargetError."""
+    def _exec(self, client: Any, command: str, timeout_s: float | None = None,
+              limit: int = MAX_RESULT_CHARS) -> tuple[int, str, str]:
+        """Run one shell command; its whole run is bounded in time and its output in size.
+
+        A timeout, a dropped connection or more output than ``limit`` bytes is a TargetError
+        (the caller kills what still runs and cleans up). The output is returned as sent
+        (decoded); callers clean what they print or keep.
+        """
         import paramiko
 
         timeout = timeout_s or self.spec.timeout_s
+        deadline = time.monotonic() + timeout
+        dropped = TargetError(self.name, f"the connection to {self.spec.host} dropped while running a command")
+        out, err = bytearray(), bytearray()
         try:
-            _, stdout, stderr = client.exec_command(command, timeout=timeout)
-            out = stdout.read().decode("utf-8", "replace")
-            err = stderr.read().decode("utf-8", "replace")
-            status = stdout.channel.recv_exit_status()
+            transport = client.get_transport()
+            if transport is None or not transport.is_active():
+                raise dropped
+            chan = transport.open_session(timeout=timeout)
+            try:
+                chan.settimeout(timeout)
+                chan.exec_command(command)
+                exited_at = None
+                while True:
+                    got = False
+                    while chan.recv_ready():
+                        out += chan.recv(1 << 16)
+                        got = True
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(1 << 16)
+                        del err[:-STDERR_TAIL]
+                        got = True
+                    if len(out) > limit:
+                        raise TargetError(self.name, f"the board sent more than {limit} bytes of output: refused")
+                    if chan.exit_status_ready():
+                        exited_at = exited_at or time.monotonic()
+                        # the status comes with or just before EOF; a child that keeps the
+                        # output open (a daemon) does not hold the run for long
+                        if not got and (chan.eof_received or chan.closed or time.monotonic() - exited_at > 2.0):
+                            break
+                    elif chan.closed or not transport.is_active():
+                        raise dropped
+                    if time.monotonic() > deadline:
+                        raise TargetError(self.name, f"the board gave no answer within {timeout:.0f} s (the command "
+                                                     f"did not finish; bench.ssh.{self.device_name}.timeout_s)")
+                    if not got:
+                        time.sleep(0.02)
+                status = chan.recv_exit_status()
+                if status == -1:  # the channel closed without an exit status: the session died
+                    raise dropped
+            finally:
+                chan.close()
+        except TargetError:
+            raise
         except TimeoutError as e:
             raise TargetError(self.name, f"the board gave no answer within {timeout:.0f} s "
                                          f"(bench.ssh.{self.device_name}.timeout_s)") from e
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise TargetError(self.name, f"the connection to {self.spec.host} dropped: {type(e).__name__}: {e}") from e
-        if status == -1 and not client.get_transport().is_active():
-            raise TargetError(self.name, f"the connection to {self.spec.host} dropped while running the agent")
-        return status, out, err
+            raise TargetError(self.name, f"the connection to {self.spec.host} dropped: {type(e).__name__}: "
+                                         f"{one_line(e, 200)}") from e
+        return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     def _python(self) -> str:
         # remote_command is the user's own shell prefix (e.g. an emulator or a venv's
@@ -150,41 +205,53 @@ class SshTarget:
                      " 'cores': os.cpu_count()}\nfor m in ('onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'numpy'):\n"
                      "    try:\n        mod = __import__(m)\n        r[m] = getattr(mod, '__version__', 'yes')\n"
                      "    except Exception as e:\n        r[m] = None\nprint(json.dumps(r))\n")
-            _, out, err = self._exec(client, f"uname -srm; {self._python()} -c {shlex.quote(probe)}")
+            _, out, err = self._exec(client, f"uname -srm; {self._python()} -c {shlex.quote(probe)}", limit=1 << 20)
             lines = out.strip().splitlines()
-            facts: dict[str, Any] = {"host": self.spec.host, "uname": lines[0] if lines else None}
+            facts: dict[str, Any] = {"host": self.spec.host, "uname": one_line(lines[0], 200) if lines else None}
             try:
-                facts.update(json.loads(lines[-1]))
-            except (ValueError, IndexError):
-                facts["error"] = (err or out).strip()[-300:]
-            _, cpu, _ = self._exec(client, "grep -m1 -iE 'model name|^Model|Hardware' /proc/cpuinfo || true")
-            facts["cpu"] = cpu.partition(":")[2].strip() or None
+                probed = json.loads(lines[-1])
+                if not isinstance(probed, dict):
+                    raise ValueError("not an object")
+                facts.update({k: v for k, v in clean_json(probed).items() if k not in facts})
+            except (ValueError, IndexError, RecursionError):
+                facts["error"] = one_line((err or out).strip()[-600:], 300)
+            _, cpu, _ = self._exec(client, "grep -m1 -iE 'model name|^Model|Hardware' /proc/cpuinfo || true",
+                                   limit=1 << 16)
+            facts["cpu"] = one_line(cpu.partition(":")[2].strip(), 200) or None
             return facts
         finally:
             client.close()
 
     def _remote_agent(self, model: Path, spec_dict: dict[str, Any], inputs_file: Path | None,
                       want_outputs: bool) -> tuple[dict[str, Any], list[np.ndarray] | None]:
-        """Copy model, inputs and agent to a fresh remote temp dir, run, fetch, clean up."""
+        """Copy model, inputs and agent to a fresh remote temp dir, run, fetch, clean up.
+
+        The agent runs in the process group of the command's shell (OpenSSH starts every
+        command in its own session; the shell writes its pid, the group's id, to ``.pgid``).
+        When the run does not end normally (timeout, dropped connection, bad output) that
+        group is killed; the temp dir is removed on every path.
+        """
         import paramiko
 
         client = self._connect()
         remote_dir = None
+        finished = False
         try:
-            status, out, err = self._exec(client, "mktemp -d")
+            status, out, err = self._exec(client, 'mktemp -d "${TMPDIR:-/tmp}/edgepack.XXXXXXXX"', limit=4096)
             remote_dir = out.strip()
-            if status != 0 or not remote_dir.startswith("/"):
-                raise TargetError(self.name, f"mktemp -d failed on the board: {(err or out).strip()[-300:]}")
+            if status != 0 or not _is_temp_dir(remote_dir):
+                bad, remote_dir = remote_dir, None
+                raise TargetError(self.name, f"mktemp -d failed on the board: {one_line((err or bad).strip()[-300:])}")
+            sftp = None
             try:
                 sftp = client.open_sftp()
                 sftp.get_channel().settimeout(self.spec.timeout_s)
-                names = {"agent": "agent.py", "model": model.name}
                 sftp.put(str(AGENT), f"{remote_dir}/agent.py")
                 sftp.put(str(model), f"{remote_dir}/{model.name}")
                 # ONNX external weights (model.onnx.data) travel with their model.
                 for side in model.parent.glob(model.name + ".*"):
                     sftp.put(str(side), f"{remote_dir}/{side.name}")
-                d = dict(spec_dict, model=f"{remote_dir}/{names['model']}")
+                d = dict(spec_dict, model=f"{remote_dir}/{model.name}")
                 if inputs_file is not None:
                     sftp.put(str(inputs_file), f"{remote_dir}/inputs.npz")
                     d["inputs"] = f"{remote_dir}/inputs.npz"
@@ -193,38 +260,58 @@ class SshTarget:
                 with sftp.open(f"{remote_dir}/spec.json", "w") as f:
                     f.write(json.dumps(d))
             except (paramiko.SSHException, OSError, EOFError) as e:
-                raise TargetError(self.name, f"copying files to {self.spec.host} failed: {type(e).__name__}: {e}") from e
+                raise TargetError(self.name, f"copying files to {self.spec.host} failed: {type(e).__name__}: "
+                                             f"{one_line(e, 200)}") from e
             q = shlex.quote
-            command = (f"cd {q(remote_dir)} && OMP_NUM_THREADS={int(spec_dict.get('threads', 1))} "
+            command = (f"echo $$ > {q(remote_dir + '/.pgid')} && cd {q(remote_dir)} && "
+                       f"OMP_NUM_THREADS={int(spec_dict.get('threads', 1))} "
                        f"{self._python()} {q(remote_dir + '/agent.py')} {q(remote_dir + '/spec.json')}")
             status, out, err = self._exec(client, command)
+            finished = True
             result = parse_agent_output(out + "\n" + err[-2000:], self.name)
             outputs = None
             if want_outputs and inputs_file is not None:
-                with tempfile.TemporaryDirectory(prefix="edgepack-ssh-") as tmp:
-                    local = Path(tmp) / "outputs.npz"
-                    try:
-                        sftp.get(f"{remote_dir}/outputs.npz", str(local))
-                    except (paramiko.SSHException, OSError, EOFError) as e:
-                        raise TargetError(self.name, f"fetching the outputs from {self.spec.host} failed: {e}") from e
-                    outputs = read_outputs(local)
+                outputs = self._fetch_outputs(sftp, f"{remote_dir}/outputs.npz")
             return result, outputs
         finally:
-            if remote_dir and remote_dir.startswith("/"):
-                self._remove(client, remote_dir)
+            if remote_dir:
+                self._remove(client, remote_dir, kill=not finished)
             client.close()
 
-    def _remove(self, client: Any, remote_dir: str) -> None:
-        """Remove the remote temp dir, over a new connection if the old one dropped."""
-        command = f"rm -rf -- {shlex.quote(remote_dir)}"
+    def _fetch_outputs(self, sftp: Any, remote: str) -> list[np.ndarray]:
+        """The agent's outputs file, size-checked before it is copied, read as numeric arrays."""
+        import paramiko
+
+        with tempfile.TemporaryDirectory(prefix="edgepack-ssh-") as tmp:
+            local = Path(tmp) / "outputs.npz"
+            try:
+                size = sftp.stat(remote).st_size or 0
+                if size > MAX_OUTPUTS_BYTES:
+                    raise TargetError(self.name, f"the board's outputs file is {size} bytes (more than "
+                                                 f"{MAX_OUTPUTS_BYTES}): refused")
+                sftp.get(remote, str(local))
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise TargetError(self.name, f"fetching the outputs from {self.spec.host} failed: "
+                                             f"{type(e).__name__}: {one_line(e, 200)}") from e
+            return read_outputs(local, self.name)
+
+    def _remove(self, client: Any, remote_dir: str, kill: bool = False) -> None:
+        """Remove the remote temp dir (first killing the agent's process group when ``kill``),
+        over a new connection if the old one dropped."""
+        q = shlex.quote(remote_dir)
+        command = f"rm -rf -- {q}"
+        if kill:
+            # the group id is a number above 1 (kill -- -1 would signal every process of the user)
+            command = (f'pg=$(cat {q}/.pgid 2>/dev/null); case "$pg" in ""|1|*[!0-9]*) ;; '
+                       f'*) kill -KILL -- "-$pg" 2>/dev/null || kill -KILL "$pg" 2>/dev/null;; esac; ' + command)
         transport = client.get_transport()
         try:
             if transport is not None and transport.is_active():
-                self._exec(client, command, timeout_s=30)
+                self._exec(client, command, timeout_s=30, limit=1 << 16)
                 return
             fresh = self._connect()
             try:
-                self._exec(fresh, command, timeout_s=30)
+                self._exec(fresh, command, timeout_s=30, limit=1 << 16)
             finally:
                 fresh.close()
         except TargetError:
@@ -263,5 +350,10 @@ class SshTarget:
         if outputs is not None and xs is not None:
             from devices.crosscheck import crosscheck, host_outputs
 
-            result.parity = crosscheck(model, host_outputs(model, xs), outputs, "host runtime")
+            reference = host_outputs(model, xs)
+            if not outputs or outputs[0].shape != reference[0].shape:
+                got = outputs[0].shape if outputs else "none"
+                raise TargetError(self.name, f"the board's first output has shape {got}, the host's "
+                                             f"{reference[0].shape}: not the same model's outputs")
+            result.parity = crosscheck(model, reference, outputs, "host runtime")
         return result
