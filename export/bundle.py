@@ -1,26 +1,28 @@
 """Mobile bundles: the chosen model, its manifest, labels, model card and golden vectors.
 
-``package_run`` builds a zip an Android or iOS developer can drop into an app;
-``verify_bundle`` checks one: safe paths, checksums, the model loads, and the golden
-vectors reproduce within tolerance. Inspired by ExecuTorch's bundled programs: the app's
+``package_run`` builds a zip an Android or iOS developer can drop into an app, with a
+``digest.json`` over every member (optionally Ed25519-signed, see ``export/signing.py``);
+``verify_bundle`` (``export/bundle_verify.py``) checks one: safe names and sizes, checksums,
+the signature, the model loads, and the golden vectors reproduce within tolerance. Inspired by ExecuTorch's bundled programs: the app's
 own test can run the same golden vectors.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tempfile
 import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from compress.artifact import atomic_path, sha256_file
 from compress.errors import InputFileError
+from export.bundle_verify import VerifyResult, bundle_bytes, verify_bundle
+from export.signing import DIGEST_FILE, digest_document
+
+__all__ = ["VerifyResult", "bundle_bytes", "manifest_inputs", "package_run", "verify_bundle"]
 
 Platform = Literal["android", "ios", "generic"]
 BUNDLE_SCHEMA_VERSION = 1
@@ -37,10 +39,6 @@ def _sha(data: bytes) -> str:
 
 def _array_json(a: np.ndarray) -> dict[str, Any]:
     return {"shape": list(a.shape), "dtype": str(a.dtype), "data": a.reshape(-1).tolist()}
-
-
-def _array_from_json(d: dict[str, Any]) -> np.ndarray:
-    return np.asarray(d["data"], dtype=d["dtype"]).reshape(d["shape"])
 
 
 def _load_recipe(run_dir: Path) -> Any:
@@ -222,17 +220,29 @@ def _model_card(report: Any, recipe: Any, art: Any, platform: str) -> str:
 
 
 def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, golden: int = 4,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, sign_key: Path | None = None) -> dict[str, Any]:
     """Write a bundle zip for one artifact of a finished run; return a summary.
 
     Args:
+        run_dir: The run folder (holding ``report.json``).
+        artifact: The artifact's name in the report.
+        platform: Where the files go in the zip (``assets/NAME/``, ``Resources/NAME/`` or ``NAME/``).
+        out: The zip to write (atomically).
+        golden: How many golden vectors to record.
         force: Bundle even from a run that did not finish ``ok`` or an artifact whose
             parity check failed (the manifest then says so).
+        sign_key: An Ed25519 private key PEM: ``digest.json`` then carries its signature.
 
     Raises:
         InputFileError: the run, the artifact or its file is missing, the file changed since
-            the run, or (without ``force``) the run failed or the artifact failed parity.
+            the run, the key cannot be read, or (without ``force``) the run failed or the
+            artifact failed parity.
     """
+    private_key = None
+    if sign_key is not None:  # a bad key fails before any work
+        from export.signing import load_private_key
+
+        private_key = load_private_key(sign_key)
     from bench.agent import num_samples, take_samples
     from bench.report import load_report
     from bench.runtime import open_model, predict
@@ -316,113 +326,15 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
                        "run_created": report.created, "lineage": _lineage(report, art.name), "tools": report.tool},
     }
     files["manifest.json"] = json.dumps(manifest, indent=2).encode()
+    files[DIGEST_FILE] = digest_document(files, private_key)
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
             for name, data in files.items():
                 z.writestr(prefix + name, data)
+    signed_by = None
+    if private_key is not None:
+        from export.signing import key_fingerprint
+
+        signed_by = key_fingerprint(private_key.public_key())
     return {"path": str(out), "artifact": art.name, "platform": platform, "prefix": prefix,
-            "files": sorted(prefix + n for n in files), "sha256": _sha(out.read_bytes())}
-
-
-# --------------------------------------------------------------------------- verify
-
-
-@dataclass
-class VerifyResult:
-    problems: list[str] = field(default_factory=list)
-    checked: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _unsafe(name: str) -> bool:
-    p = PurePosixPath(name.replace("\\", "/"))
-    return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")
-
-
-def verify_bundle(path: Path) -> VerifyResult:
-    """Check a bundle: safe paths, checksums, the model loads, golden vectors reproduce."""
-    res = VerifyResult()
-    if not path.is_file():
-        raise InputFileError(f"{path}: bundle not found")
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise InputFileError(f"{path}: not a zip bundle ({e})") from e
-    with zf:
-        names = zf.namelist()
-        bad = [n for n in names if _unsafe(n)]
-        links = [i.filename for i in zf.infolist() if (i.external_attr >> 16) & 0o170000 == 0o120000]
-        for n in bad:
-            res.problems.append(f"entry {n!r} escapes the bundle folder: refusing to extract")
-        for n in links:
-            res.problems.append(f"entry {n!r} is a symbolic link: refusing to extract")
-        if bad or links:
-            return res
-        manifests = [n for n in names if n.endswith("manifest.json")]
-        if len(manifests) != 1:
-            raise InputFileError(f"{path}: not an edgepack bundle (expected one manifest.json, found {len(manifests)})")
-        prefix = manifests[0][: -len("manifest.json")]
-        try:
-            manifest = json.loads(zf.read(manifests[0]))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            res.problems.append(f"manifest.json is not valid JSON: {e}")
-            return res
-        listed = manifest.get("files", {})
-        for name, digest in listed.items():
-            full = prefix + name
-            if full not in names:
-                res.problems.append(f"{name}: listed in the manifest but missing from the bundle")
-                continue
-            actual = _sha(zf.read(full))
-            if actual != digest:
-                res.problems.append(f"{name}: sha256 mismatch (manifest {digest[:12]}..., file {actual[:12]}...)")
-            else:
-                res.checked.append(f"{name}: sha256 ok")
-        for n in names:
-            rel = n[len(prefix):] if n.startswith(prefix) else n
-            if rel not in listed and rel != "manifest.json" and not n.endswith("/"):
-                res.problems.append(f"{n}: in the bundle but not in the manifest")
-        if res.problems:
-            return res
-        with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:
-            model = Path(tmp) / manifest["model_file"]
-            model.write_bytes(zf.read(prefix + manifest["model_file"]))
-            golden = json.loads(zf.read(prefix + manifest["golden_vectors"]["file"]))
-            _check_golden(model, golden, res)
-    return res
-
-
-def _check_golden(model: Path, golden: dict[str, Any], res: VerifyResult) -> None:
-    from bench.runtime import open_model
-
-    try:
-        session = open_model(model)
-    except Exception as e:
-        res.problems.append(f"{model.name}: the runtime cannot load the model ({type(e).__name__}: {str(e).splitlines()[0]})")
-        return
-    tol = golden["tolerance"]
-    for i, vec in enumerate(golden["vectors"]):
-        xs = [_array_from_json(vec["inputs"][s["name"]]) for s in session.inputs]
-        ys = session.run(xs)
-        for s, y in zip(session.outputs, ys):
-            want = _array_from_json(vec["outputs"][s["name"]])
-            diff = float(np.abs(y.astype(np.float64) - want).max())
-            if not np.allclose(y, want, atol=tol["atol"], rtol=tol["rtol"]):
-                res.problems.append(f"golden vector {i}, output {s['name']}: max abs diff {diff:.3g} over tolerance "
-                                    f"(atol {tol['atol']:.3g}, rtol {tol['rtol']:g})")
-            elif golden.get("top1_must_match") and y.ndim == 2 and int(y.argmax()) != int(want.argmax()):
-                res.problems.append(f"golden vector {i}: predicted class {int(y.argmax())}, expected {int(want.argmax())}")
-            else:
-                res.checked.append(f"golden vector {i} output {s['name']}: max abs diff {diff:.2e}")
-
-
-def bundle_bytes(files: dict[str, bytes]) -> bytes:
-    """A zip of ``files`` in memory (tests build tampered bundles with it)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, d in files.items():
-            z.writestr(n, d)
-    return buf.getvalue()
+            "files": sorted(prefix + n for n in files), "sha256": _sha(out.read_bytes()), "signed_by": signed_by}

@@ -2,33 +2,54 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from export.bundle import bundle_bytes, verify_bundle
+from export.signing import DIGEST_FILE, digest_document
 from tests.conftest import ROOT
 
+PREFIX = "assets/digits-quickstart/"
 
-def compress(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+def compress(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env=env)
+
+
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quickstart run per test session, shared by the bundle test modules (they only read it)."""
+    out = tmp_path_factory.getbasetemp() / "bundle-quickstart-run"
+    if not (out / "report.json").is_file():
+        res = compress(str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out), "--set", "bench.runs=20", "-q")
+        assert res.returncode == 0, res.stderr
+    return out
+
+
+def reseal(files: dict[str, bytes], prefix: str = PREFIX, key: Any = None) -> None:
+    """Recompute the manifest's checksums and digest.json after a change: what an attacker without the key can do."""
+    m = json.loads(files[prefix + "manifest.json"])
+    m["files"] = {n: hashlib.sha256(files[prefix + n]).hexdigest() for n in m["files"]}
+    files[prefix + "manifest.json"] = json.dumps(m, indent=2).encode()
+    members = {n[len(prefix):]: d for n, d in files.items() if n.startswith(prefix) and not n.endswith(DIGEST_FILE)}
+    files[prefix + DIGEST_FILE] = digest_document(members, key)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "run"
-    res = compress(str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out), "--set", "bench.runs=20", "-q")
-    assert res.returncode == 0, res.stderr
-    return out
+    return quickstart_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def bundle(run_dir: Path) -> Path:
-    out = run_dir / "android.zip"
+    out = run_dir.parent / "android.zip"
     res = compress("package", str(run_dir), "--artifact", "onnx-fp32", "--platform", "android", "-o", str(out))
     assert res.returncode == 0, res.stderr
     return out
@@ -42,7 +63,8 @@ def _entries(path: Path) -> dict[str, bytes]:
 def test_bundle_contents(bundle: Path) -> None:
     files = _entries(bundle)
     prefix = "assets/digits-quickstart/"
-    assert set(files) == {prefix + n for n in ("model.onnx", "labels.txt", "golden.json", "MODEL_CARD.md", "manifest.json")}
+    assert set(files) == {prefix + n for n in ("model.onnx", "labels.txt", "golden.json", "MODEL_CARD.md", "manifest.json",
+                                               "digest.json")}
     m = json.loads(files[prefix + "manifest.json"])
     assert m["format"] == "onnx" and m["inputs"][0]["shape"][1:] == [1, 8, 8] and m["inputs"][0]["dtype"] == "float32"
     assert m["postprocessing"]["labels_file"] == "labels.txt" and m["preprocessing"]["layout"] == "NCHW"
@@ -52,12 +74,18 @@ def test_bundle_contents(bundle: Path) -> None:
     assert "Intended use" in card and "measured" in card and "accuracy" in card
     golden = json.loads(files[prefix + "golden.json"])
     assert len(golden["vectors"]) == 4 and golden["tolerance"]["atol"] > 0
+    # digest.json covers the manifest too; the overall digest is the sha256 of a sha256sum-style statement
+    d = json.loads(files[prefix + "digest.json"])
+    sums = {n[len(prefix):]: hashlib.sha256(b).hexdigest() for n, b in files.items() if not n.endswith("digest.json")}
+    assert d["files"] == sums and d["signature"] is None
+    lines = "".join(f"{sums[n]}  {n}\n" for n in sorted(sums)).encode()
+    assert d["digest"] == hashlib.sha256(lines).hexdigest()
 
 
 def test_verify_passes(bundle: Path) -> None:
     res = compress("verify", str(bundle))
     assert res.returncode == 0, res.stderr
-    assert "verified" in res.stdout
+    assert "verified (unsigned: internal consistency only)" in res.stdout and "digest.json: overall digest" in res.stdout
 
 
 def _tampered(bundle: Path, tmp_path: Path, change) -> Path:
@@ -95,8 +123,6 @@ def test_path_escape_fails_without_extracting(bundle: Path, tmp_path: Path) -> N
 
 
 def test_golden_mismatch_fails(bundle: Path, tmp_path: Path) -> None:
-    import hashlib
-
     def skew(files: dict[str, bytes]) -> None:
         p = "assets/digits-quickstart/"
         g = json.loads(files[p + "golden.json"])
@@ -104,9 +130,7 @@ def test_golden_mismatch_fails(bundle: Path, tmp_path: Path) -> None:
         key = next(iter(out))
         out[key]["data"] = [v + 1.0 for v in out[key]["data"]]
         files[p + "golden.json"] = json.dumps(g).encode()
-        m = json.loads(files[p + "manifest.json"])
-        m["files"]["golden.json"] = hashlib.sha256(files[p + "golden.json"]).hexdigest()
-        files[p + "manifest.json"] = json.dumps(m).encode()
+        reseal(files)
 
     res = verify_bundle(_tampered(bundle, tmp_path, skew))
     assert not res.ok and "golden vector 0" in res.problems[0]
@@ -116,7 +140,7 @@ def test_not_a_zip_and_unknown_artifact(run_dir: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"nope")
     res = compress("verify", str(junk))
-    assert res.returncode == 2 and "not a zip" in res.stderr
+    assert res.returncode == 2 and "not a valid bundle: not a zip" in res.stderr
     res = compress("package", str(run_dir), "--artifact", "nope", "-o", str(tmp_path / "x.zip"))
     assert res.returncode == 2 and "onnx-fp32" in res.stderr and not (tmp_path / "x.zip").exists()
 
