@@ -129,6 +129,7 @@ def bench_report(
     name: str | None,
     log: Any = None,
     shapes: dict[str, list[int]] | None = None,
+    repeats: int = 3,
 ) -> Any:
     """Benchmark one model file on one target; return a Report like a recipe run's.
 
@@ -190,12 +191,21 @@ def bench_report(
                 else "regression"
         art.metrics = task_metrics(kind, outputs, y)
         art.accuracy = art.metrics.get("accuracy")
-    for t in threads:
-        for b in batches:
-            if log:
-                log(f"bench {art.name} on {target_name} ({t} thread{'s' if t > 1 else ''}, batch {b})")
-            spec = BenchSpec(threads=t, warmup=warmup, runs=runs, batch=b, cpus=cpus)
-            art.targets.append(target.benchmark(model, spec, xs))
+    from types import SimpleNamespace
+
+    from compress.bench_schedule import benchmark_interleaved, results_and_errors
+    from compress.errors import TargetsFailed
+
+    # the same harness as a recipe run: `repeats` fresh processes per latency, pooled, with a
+    # hierarchical CI and the minimum detectable effect
+    specs = [BenchSpec(threads=t, warmup=warmup, runs=runs, batch=b, cpus=cpus) for t in threads for b in batches]
+    item = SimpleNamespace(name=art.name, format=fmt, path=model, parent=None)
+    results = benchmark_interleaved([item], [(target_name, target)], specs, repeats, lambda _a: xs,
+                                    log or (lambda _m: None))
+    by_artifact, failures = results_and_errors([item], results)
+    if failures:
+        raise TargetsFailed(failures)
+    art.targets.extend(by_artifact.get(art.name, []))
     return Report(
         tool={"name": "edgepack", **tool_versions()},
         recipe={"name": f"bench:{model.name}", "path": None, "hash": art.sha256[:16]},
@@ -253,7 +263,9 @@ def bench_cmd(
         "--shape", help="NAME=1x3x48x192: an input's shape for random inputs (dynamic dims); repeatable")] = None,
     threads: Annotated[list[int] | None, typer.Option("--threads", min=1, help="repeat for several")] = None,
     batch: Annotated[list[int] | None, typer.Option("--batch", min=1, help="items per run; repeat for several")] = None,
-    runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs")] = 200,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs in each process")] = 200,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, max=100,
+                                         help="fresh processes per latency (between-process variance in the CI)")] = 3,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="minimum warmup runs (goes on until stable)")] = 20,
     target: Annotated[str, typer.Option("--target", help="local, ssh:NAME, emulated:aarch64, estimate:PROFILE")] = "local",
     cpus: Annotated[str | None, typer.Option("--cpus", help="pin to these CPUs, e.g. 0 or 0-1")] = None,
@@ -278,7 +290,7 @@ def bench_cmd(
             if path is not None:
                 check_output_file(path, option)
         report = bench_report(model, target, threads or [1], batch or [1], runs, warmup, _parse_cpus(cpus), data, task,
-                              name, log=lambda m: err.print(m, markup=False), shapes=parse_shapes(shape or []))
+                              name, log=lambda m: err.print(m, markup=False), shapes=parse_shapes(shape or []), repeats=repeats)
     except EdgepackError as e:
         fail(e)
     sys.stdout.write(render_markdown(report))

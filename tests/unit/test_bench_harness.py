@@ -102,7 +102,7 @@ def test_compress_bench_cli(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     art = report["artifacts"][0]
     assert art["name"] == "clf" and art["precision"] == "fp32" and art["accuracy"] == 1.0
-    assert [t["batch"] for t in art["targets"]] == [1, 8] and all(len(t["times_ms"]) == 20 for t in art["targets"])
+    assert [t["batch"] for t in art["targets"]] == [1, 8] and all(len(t["times_ms"]) == 20 * 3 and t["latency_ms"]["repeats"] == 3 for t in art["targets"])
     assert report["env"]["cores"] >= 1 and "onnxruntime" in report["env"]["versions"]
     # Two bench reports compare like two runs.
     res = runner.invoke(app, ["compare", str(out), str(out), "--fail-on", "accuracy:-0.005"])
