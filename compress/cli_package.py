@@ -92,11 +92,12 @@ def keygen_cmd(
     out: Annotated[Path, typer.Argument(help="private key file to write (the public key goes to OUT.pub)")],
 ) -> None:
     """Write an Ed25519 key pair for signing bundles: OUT (private, mode 0600) and OUT.pub (public)."""
-    from export.signing import generate_keypair, key_fingerprint, load_public_key
+    from export.signing import generate_keypair, key_fingerprint, load_public_key, raw_public_key_b64
 
     try:
         private, public = generate_keypair(out)
-        fingerprint = key_fingerprint(load_public_key(public))
+        pub = load_public_key(public)
+        fingerprint, raw = key_fingerprint(pub), raw_public_key_b64(pub)
     except EdgepackError as e:
         fail(e)
     c = _console()
@@ -105,3 +106,4 @@ def keygen_cmd(
     c.print(f"public key  {public} (ship it in the app): compress verify bundle.zip --key {public}",
             markup=False, soft_wrap=True)
     c.print(f"fingerprint {fingerprint}", markup=False, soft_wrap=True)
+    c.print(f"raw public key for the app (base64, 32 bytes): {raw}", markup=False, soft_wrap=True)

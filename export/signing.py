@@ -76,6 +76,13 @@ def key_fingerprint(public_key: Any) -> str:
     return hashlib.sha256(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()
 
 
+def raw_public_key_b64(public_key: Any) -> str:
+    """The raw 32-byte Ed25519 public key, base64: what an app embeds to check signatures."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return base64.b64encode(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
 def _read_key_file(path: Path, what: str) -> bytes:
     if not path.is_file():
         raise InputFileError(f"{what} {path}: not found (make a key pair with `compress keygen KEYFILE`)")

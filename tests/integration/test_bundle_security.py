@@ -262,6 +262,23 @@ def test_signed_bundle_verifies_with_its_key(signed: Path, keys: tuple[Path, Pat
     assert code == 0 and "signature: Ed25519 by key" in out and "verified (signed by key" in out
     code, out = verify_cli(str(signed))
     assert code == 0 and "signature was not checked" in out
+    # what an app does, following docs/security.md literally: no edgepack code
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+    files = entries(signed)
+    d = json.loads(files[PREFIX + "digest.json"])
+    statement = ""
+    for name in sorted(d["files"], key=lambda n: n.encode()):
+        digest = hashlib.sha256(files[PREFIX + name]).hexdigest()
+        assert digest == d["files"][name]
+        statement += f"{digest}  {name}\n"
+    assert hashlib.sha256(statement.encode()).hexdigest() == d["digest"]
+    raw = load_pem_public_key(keys[1].read_bytes()).public_bytes(Encoding.Raw, PublicFormat.Raw)
+    Ed25519PublicKey.from_public_bytes(raw).verify(base64.b64decode(d["signature"]["value"]),
+                                                   f"edgepack-bundle/1 sha256:{d['digest']}".encode("ascii"))
 
 
 def test_swapped_model_signed_fails(signed: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
@@ -288,7 +305,8 @@ def test_bad_signature_and_wrong_key(signed: Path, keys: tuple[Path, Path], tmp_
     code, out = verify_cli(str(write_zip(tmp_path / "bad-sig.zip", files)), "--key", str(keys[1]))
     assert code == 1 and "signature does not match" in out
     other = tmp_path / "other"
-    assert compress("keygen", str(other)).returncode == 0
+    made = compress("keygen", str(other))
+    assert made.returncode == 0 and "raw public key for the app (base64, 32 bytes)" in made.stdout
     code, out = verify_cli(str(signed), "--key", str(other) + ".pub")
     assert code == 1 and "signed by another key" in out
     # re-signed by the attacker's own key: still not the key the app trusts
