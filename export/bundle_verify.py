@@ -27,6 +27,7 @@ import os
 import posixpath
 import re
 import stat
+import struct
 import tempfile
 import unicodedata
 import zipfile
@@ -269,6 +270,7 @@ def verify_bundle(path: Path, public_key: Path | None = None,
         from export.signing import load_public_key
 
         pub = load_public_key(public_key)
+    _check_directory_size(path, int(max_member_mb * MiB))
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
@@ -279,6 +281,28 @@ def verify_bundle(path: Path, public_key: Path | None = None,
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
             # a bad CRC or a corrupt stream: the bundle is damaged, not a checksum mismatch
             raise _invalid(path, show(str(e), 160)) from e
+
+
+def _check_directory_size(path: Path, max_model: int) -> None:
+    """Refuse a zip too large, or whose directory lists too many entries, before ``ZipFile`` parses it all.
+
+    ``ZipFile`` builds an object per entry on opening: a directory of millions of entries
+    would take gigabytes before any of our checks ran.
+    """
+    size = path.stat().st_size
+    if size > max_model + MAX_ENTRIES * MAX_SMALL_MEMBER:
+        raise _invalid(path, f"{size / MiB:.0f} MiB, larger than any bundle under --max-member-mb")
+    end_record = getattr(zipfile, "_EndRecData", None)  # private, stable since Python 2; skipped if it goes
+    if end_record is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            rec = end_record(f)
+    except (OSError, struct.error) as e:
+        raise _invalid(path, f"cannot read its directory ({show(str(e), 80)})") from e
+    if rec and (rec[zipfile._ECD_ENTRIES_TOTAL] > MAX_ENTRIES or rec[zipfile._ECD_SIZE] > MAX_ENTRIES * 66_000):
+        raise _invalid(path, f"its directory lists {rec[zipfile._ECD_ENTRIES_TOTAL]} entries "
+                             f"(a bundle has a handful; at most {MAX_ENTRIES})")
 
 
 def _verify_zip(zf: zipfile.ZipFile, path: Path, pub: Any, max_model: int) -> VerifyResult:
@@ -342,7 +366,8 @@ def _verify_zip(zf: zipfile.ZipFile, path: Path, pub: Any, max_model: int) -> Ve
         _check_sums(manifest, digest_doc, sums, pub, res)
         if res.problems:
             return res
-        _check_golden(model_path, _json(golden_bytes, "golden.json", path), path, res)
+        _check_golden(model_path, _json(golden_bytes, "golden.json", path), path, res,
+                      manifest["golden_vectors"].get("count"))
     return res
 
 
@@ -407,7 +432,8 @@ def _array(d: Any) -> np.ndarray:
     return np.asarray(d["data"], dtype=dtype).reshape([int(s) for s in d["shape"]])
 
 
-def _check_golden(model: Path, golden: Any, path: Path, res: VerifyResult) -> None:
+def _check_golden(model: Path, golden: Any, path: Path, res: VerifyResult, count: Any = None) -> None:
+    """Run the model on each golden vector; a missing or short set of vectors is a problem, not a pass."""
     # onnxruntime >= 1.32 on Linux writes telemetry files on import ($TMPDIR/.ses and
     # ~/.cache/Microsoft/DeveloperTools/): verify promises to write nowhere but its own folder
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -423,6 +449,11 @@ def _check_golden(model: Path, golden: Any, path: Path, res: VerifyResult) -> No
             raise ValueError(f"tolerance must be finite and >= 0 (atol {atol}, rtol {rtol})")
     except (KeyError, TypeError, ValueError) as e:
         raise _invalid(path, f"golden.json: {show(str(e), 120)}") from e
+    if not vectors:
+        res.problems.append("golden.json holds no vectors: nothing would check the model")
+        return
+    if count is not None and count != len(vectors):
+        res.problems.append(f"golden.json holds {len(vectors)} vectors, the manifest says {show(count, 20)}")
     try:
         session = open_model(model)
     except Exception as e:  # noqa: BLE001  (any runtime error: the model is what is wrong)

@@ -203,6 +203,12 @@ def test_zip_bomb_and_small_member_limits(bundle: Path, tmp_path: Path) -> None:
     assert code == 1 and "16 MiB limit" in out
 
 
+def test_a_directory_of_many_entries_is_refused_before_parsing(tmp_path: Path) -> None:
+    many = write_zip(tmp_path / "many.zip", {f"{PREFIX}{i}": b"" for i in range(5000)})
+    code, out = verify_cli(str(many))
+    assert code == 2 and "its directory lists 5000 entries" in out
+
+
 # --------------------------------------------------------------------------- manifest paths and coverage
 
 
@@ -255,6 +261,16 @@ def test_swapped_model_unsigned_is_consistent_but_says_so(bundle: Path, tmp_path
     # without a key nothing can tell this from the real bundle, and the output says so plainly
     assert code == 0 and "unsigned: the checksums only prove the bundle is internally consistent" in out
     assert "verified (unsigned: internal consistency only)" in out
+
+
+def test_golden_vectors_removed_is_not_a_pass(bundle: Path, tmp_path: Path) -> None:
+    files = entries(bundle)
+    g = json.loads(files[PREFIX + "golden.json"])
+    g["vectors"] = []
+    files[PREFIX + "golden.json"] = json.dumps(g).encode()
+    reseal(files)
+    code, out = verify_cli(str(write_zip(tmp_path / "empty.zip", files)))
+    assert code == 1 and "holds no vectors" in out
 
 
 def test_signed_bundle_verifies_with_its_key(signed: Path, keys: tuple[Path, Path]) -> None:
