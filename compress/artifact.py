@@ -7,6 +7,7 @@ targets, the cache and the bundle need files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ArtifactFormat = Literal["torch", "pt2", "onnx", "tflite"]
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def sha256_file(path: Path) -> str:
@@ -61,6 +63,11 @@ def atomic_path(dest: Path) -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~_umask())
             _fsync(tmp_path)
         os.replace(tmp_path, dest)
+    except OSError as e:
+        if e.errno in _NO_ROOM and e.filename in (None, tmp):
+            # say which file could not be written (a writer's error names no file, or the .part)
+            raise OSError(e.errno, e.strerror, str(dest)) from e
+        raise
     finally:
         # a failed write (full disk, read-only file system) must surface as itself, not as a
         # second error while cleaning up; a .part left behind is removed by the next run
