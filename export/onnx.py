@@ -82,7 +82,7 @@ def export_onnx(artifact: Artifact, config: OnnxExportConfig, ctx: StepContext) 
     """The ``onnx`` export: torch module -> ``model.onnx`` in the export folder."""
     dest = ctx.step_dir / "model.onnx"
     if artifact.format == "onnx":
-        shutil.copyfile(artifact.path, dest)
+        atomic_write_with(dest, lambda tmp: shutil.copyfile(artifact.path, tmp))
     else:
         specs = ctx.recipe.model.input_specs()
         try:
