@@ -24,6 +24,12 @@ def _writable_folder(folder: Path, what: str) -> None:
     except OSError as e:
         raise InputFileError(f"{what}: cannot create the folder {folder} ({e.strerror or e})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        if read_only:
+            raise InputFileError(f"{what}: {folder} is on a read-only file system")
         raise InputFileError(f"{what}: no permission to write in {folder}")
 
 

@@ -29,6 +29,8 @@ REPORT_FILES = ("report.json", "report.md", "report.html")
 # Scratch folders steps make with mkdtemp inside their step folder (quantize's ``work-``,
 # QAT's ``float-``): removed when the step ends, left behind only by a killed run.
 _SCRATCH_DIR = re.compile(r"^(work|float)-[a-z0-9_]{8}$")
+# compress.artifact.atomic_path's temp files: ``.NAME.`` + mkstemp's 8 characters + ``.part``
+_PART = re.compile(r"^\..+\.[a-zA-Z0-9_]{8}\.part$")
 
 # What an OSError while writing into the run folder means, in the user's words.
 _WRITE_ERRNOS = {
@@ -196,31 +198,43 @@ def _read_pid(fd: int) -> int | None:
 def remove_stale_files(folder: Path) -> list[Path]:
     """Remove what killed runs left in a run folder the caller holds the lock of.
 
-    ``*.part`` files (writes that never reached their rename) anywhere under the folder, and
-    the scratch folders steps make inside ``steps/*/`` and ``exports/*/``. Symlinks are not
+    Only edgepack's own leftovers, where a run writes (an ``--out`` may be a folder that
+    holds other files): ``.NAME.XXXXXXXX.part`` files (writes that never reached their
+    rename) in the folder itself and anywhere under ``steps/`` and ``exports/``, and the
+    scratch folders steps make inside ``steps/*/`` and ``exports/*/``. Symlinks are not
     followed.
 
     Returns:
         The paths removed.
     """
     removed: list[Path] = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        here = Path(root)
-        for name in files:
-            if name.endswith(".part"):
-                p = here / name
+
+    def parts_in(here: Path, names: list[str]) -> None:
+        for name in names:
+            if _PART.match(name) and not (here / name).is_symlink():
                 try:
-                    p.unlink()
-                    removed.append(p)
+                    (here / name).unlink()
+                    removed.append(here / name)
                 except OSError:
                     pass
-        if here.parent.name in ("steps", "exports") and here.parent.parent == folder:
-            for name in [d for d in dirs if _SCRATCH_DIR.match(d)]:
-                p = here / name
-                if not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p)
-                dirs.remove(name)
+
+    try:
+        parts_in(folder, [e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)])
+    except OSError:
+        return removed
+    for sub in ("steps", "exports"):
+        top = folder / sub
+        if top.is_symlink() or not top.is_dir():
+            continue
+        for root, dirs, files in os.walk(top, followlinks=False):
+            here = Path(root)
+            parts_in(here, files)
+            if here.parent == top:
+                for name in [d for d in dirs if _SCRATCH_DIR.match(d)]:
+                    if not (here / name).is_symlink():
+                        shutil.rmtree(here / name, ignore_errors=True)
+                        removed.append(here / name)
+                    dirs.remove(name)
     return removed
 
 

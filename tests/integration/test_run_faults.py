@@ -269,3 +269,19 @@ def test_disk_full_mid_run_is_a_failed_run(small_disk: Path, tiny_dir: Path) -> 
     report = assert_folder_sound(run)
     assert report is None or report["status"] == "failed"
     assert not list(run.rglob("*.part")) and not list(run.rglob("*.onnx"))
+
+
+def test_cleanup_removes_only_what_a_run_left(tmp_path: Path) -> None:
+    """An --out may be a folder with the user's files: only edgepack's own leftovers go."""
+    from compress.runfolder import remove_stale_files
+
+    ours = [tmp_path / ".report.html.abcd_123.part", tmp_path / "exports" / "onnx-fp32" / ".model.onnx.x9y8z7w6.part",
+            tmp_path / "steps" / "02-quantize" / "work-a1b2c3d4" / "trial-01.onnx"]
+    theirs = [tmp_path / "movie.mkv.part", tmp_path / "notes" / ".draft.abcd1234.part",
+              tmp_path / "steps" / "02-quantize" / "work-notes" / "keep.txt"]
+    for p in ours + theirs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    removed = remove_stale_files(tmp_path)
+    assert all(not p.exists() for p in ours) and all(p.exists() for p in theirs)
+    assert len(removed) == 3
