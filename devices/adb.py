@@ -219,13 +219,14 @@ class AdbTarget:
             raise TargetError(self.name, f"benchmark binary {binary} not found")
         return Path(binary)
 
-    def _shell(self, device: Any, command: str) -> tuple[int, str]:
+    def _shell(self, device: Any, command: str, timeout_s: float | None = None) -> tuple[int, str]:
         import adbutils
 
+        timeout = timeout_s or self.timeout_s
         try:
-            ret = device.shell2(command, timeout=self.timeout_s)
+            ret = device.shell2(command, timeout=timeout)
         except adbutils.AdbTimeout as e:
-            raise TargetError(self.name, f"the benchmark did not finish within {self.timeout_s:.0f} s") from e
+            raise TargetError(self.name, f"the benchmark did not finish within {timeout:.0f} s") from e
         except (adbutils.AdbError, OSError, EOFError) as e:
             raise TargetError(self.name, f"adb lost the device: {one_line(e, 300)}") from e
         return int(ret.returncode), str(ret.output)
@@ -327,6 +328,6 @@ class AdbTarget:
             command = (f'pid=$(cat {q}/.pid 2>/dev/null); case "$pid" in ""|1|*[!0-9]*) ;; *) kill -9 "$pid";; esac; '
                        + command)
         try:
-            self._shell(device, command)
+            self._shell(device, command, timeout_s=60)
         except TargetError:
             pass  # the phone is gone: nothing more can be cleaned from here

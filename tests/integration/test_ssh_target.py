@@ -175,6 +175,7 @@ def test_timeout_is_a_clear_error(sshd: Sshd, odd_model: Path) -> None:
     with pytest.raises(TargetError, match="no answer within 2 s"):
         SshTarget("slow", spec).benchmark(odd_model, BenchSpec(warmup=0, max_warmup=0, runs=1))
     assert time.monotonic() - t0 < 8
+    assert [p for p in sshd.remote_tmp.iterdir() if p.is_dir()] == []  # removed on the failure path too
 
 
 def test_dropped_connection_is_a_clear_error(sshd: Sshd, odd_model: Path) -> None:
@@ -182,6 +183,7 @@ def test_dropped_connection_is_a_clear_error(sshd: Sshd, odd_model: Path) -> Non
     spec = sshd.spec(remote_command=f"kill -9 $PPID; sleep 5; {sys.executable}")
     with pytest.raises(TargetError, match="dropped"):
         SshTarget("flaky", spec).benchmark(odd_model, BenchSpec(warmup=0, max_warmup=0, runs=1))
+    assert [p for p in sshd.remote_tmp.iterdir() if p.is_dir()] == []  # over a new connection
 
 
 def test_unreachable_board(tmp_path: Path) -> None:
