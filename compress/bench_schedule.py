@@ -73,6 +73,7 @@ def benchmark_interleaved(
     repeats: int,
     inputs_of: Callable[[Any], list[np.ndarray] | None],
     log: Callable[[str], None] = lambda _m: None,
+    parent_of: Callable[[Any], str | None] | None = None,
 ) -> dict[Key, TargetResult]:
     """Time every artifact on every target and setting, in interleaved rounds of fresh processes.
 
@@ -83,6 +84,7 @@ def benchmark_interleaved(
         repeats: Fresh processes per measured latency (targets that do not measure run once).
         inputs_of: The inputs an artifact takes (in its own layout), or None for random inputs.
         log: Progress lines.
+        parent_of: The name of the artifact a speed-up is measured against (default: ``parent``).
 
     Returns:
         One merged result per (artifact name, target name, threads, batch), in the order
@@ -115,7 +117,7 @@ def benchmark_interleaved(
                     except EdgepackError as e:
                         done.append(_failed(tname, target.how, spec, str(e)))
     merged = {key: merge_results(parts) for key, parts in results.items()}
-    _add_speedups(files, merged)
+    _add_speedups(files, merged, parent_of)
     order = {a.name: i for i, a in enumerate(files)}
     out = dict(sorted(merged.items(), key=lambda kv: order.get(kv[0][0], len(order))))
     for key, res in out.items():
@@ -123,9 +125,10 @@ def benchmark_interleaved(
     return out
 
 
-def _add_speedups(files: Sequence[Any], merged: dict[Key, TargetResult]) -> None:
+def _add_speedups(files: Sequence[Any], merged: dict[Key, TargetResult],
+                  parent_of: Callable[[Any], str | None] | None = None) -> None:
     for art in files:
-        parent = getattr(art, "parent", None)
+        parent = parent_of(art) if parent_of is not None else getattr(art, "parent", None)
         if not parent:
             continue
         for (name, tname, threads, batch), res in merged.items():

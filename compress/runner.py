@@ -430,6 +430,19 @@ class Runner:
             parent = self.state.torch_models.get(parent.parent or "")
         return None
 
+    def timed_parent(self, art: Artifact) -> str | None:
+        """What an artifact's speed-up is measured against: its parent when that is a file; for a
+        file made from a torch model, the fp32 file of the same format made from that model or from
+        the float model it was trained from (tflite-int8 vs tflite-fp32, a QAT ONNX vs its float parent)."""
+        if self.artifact_named(art.parent) is not None:
+            return art.parent
+        source = self.state.torch_models.get(art.parent or "")
+        if source is None:
+            return None
+        sources = {source.name} | ({f.name} if (f := self.float_ancestor(source)) is not None else set())
+        return next((a.name for a in self.state.artifacts if a is not art and a.format == art.format
+                     and a.precision == "fp32" and a.parent in sources and a.path is not None), None)
+
     def degraded(self) -> list[str]:
         """Names of the artifacts (and torch step models) that failed their gates."""
         names = [a.name for a in self.state.artifacts if (g := a.metadata.get("_gate")) is not None and not g.passed]
@@ -555,7 +568,8 @@ class Runner:
             targets.append((tname, target))
             settings[tname] = [BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch)
                                for threads in b.threads for batch in batches]
-        results = benchmark_interleaved(files, targets, settings, b.repeats, self.model_inputs, self.log)
+        results = benchmark_interleaved(files, targets, settings, b.repeats, self.model_inputs, self.log,
+                                        parent_of=self.timed_parent)
         by_artifact, failures = results_and_errors(files, results)
         for art in files:
             art.metadata.setdefault("_targets", []).extend(by_artifact.get(art.name, []))
