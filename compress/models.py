@@ -390,6 +390,13 @@ def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tu
         shapes = ", ".join(f"{tuple(np.shape(a))} {a.dtype}" for a in x)
         loc = shape_loc if specs is not None else ("data", "source")
         return [(loc, f"the model fails on {where} ({shapes}): {_first_line(e)}")]
+    from compress.data import describe_nonfinite
+
+    for k, out in enumerate(outs):
+        bad = describe_nonfinite(np.asarray(out))
+        if bad is not None:
+            return [(("model",), f"output {k} of the model has {bad} on {where}: a model that gives NaN or inf "
+                                 "cannot be compared, calibrated or measured")]
     return _task_problems(recipe, data, outs[0] if outs else None)
 
 

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -32,22 +31,28 @@ from compress.recipe_checks import (
     Dim,
     Epochs,
     Seed,
+    StrictModel,
     Threads,
     check_elements,
-    check_path_form,
     resolve_file,
     resolve_ref,
 )
-
-__all__ = ["resolve_file", "resolve_ref"]  # re-exported: older callers import them from here
+from compress.recipe_sections import (
+    AdbDeviceSpec,
+    BudgetConfig,
+    CloudConfig,
+    NetworkProfile,
+    PackageConfig,
+    SshDeviceSpec,
+    TradeoffConfig,
+)
 
 RECIPE_VERSION = 1
 
 
-class StrictModel(BaseModel):
-    """Base of every recipe mapping: unknown keys are errors, floats are finite (``.inf``, ``.nan`` refused)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+__all__ = ["AdbDeviceSpec", "BudgetConfig", "CloudConfig", "NetworkProfile", "PackageConfig", "SshDeviceSpec",
+           "StrictModel", "TradeoffConfig", "resolve_file", "resolve_ref"]  # re-exported: callers import them from here
 
 
 # --------------------------------------------------------------------------- model
@@ -452,31 +457,6 @@ ExportItem = Annotated[
 # --------------------------------------------------------------------------- bench, parity
 
 
-class SshDeviceSpec(StrictModel):
-    """A Linux board reached over SSH (``bench.targets: [ssh:NAME]``)."""
-
-    host: str
-    port: int = Field(22, ge=1, le=65535)
-    user: str
-    key: Path | None = None
-    known_hosts: Path | None = None
-    host_key: str | None = Field(None, description="pin the host key: 'ssh-ed25519 AAAA...' or SHA256:... fingerprint")
-    python: str = "python3"
-    remote_command: str | None = Field(None, description="command that runs the agent (default: python)")
-    timeout_s: float = Field(60.0, gt=0, le=86_400)
-
-
-class AdbDeviceSpec(StrictModel):
-    """An Android phone over adb (``bench.targets: [adb:NAME]``)."""
-
-    serial: str | None = None
-    adb_host: str = "127.0.0.1"
-    adb_port: int = Field(5037, ge=1, le=65535)
-    tflite_benchmark: Path | None = Field(None, description="benchmark_model binary for the phone")
-    onnx_benchmark: Path | None = Field(None, description="onnxruntime_perf_test binary for the phone")
-    workdir: str = "/data/local/tmp/edgepack"
-
-
 _TARGET_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.-]+)?|emulated:aarch64|estimate:[\w.-]+)$")
 
 
@@ -562,52 +542,6 @@ class FidelityConfig(StrictModel):
         merged = base.model_dump()
         merged.update(override.model_dump(exclude_unset=True))
         return GateTolerance(**merged)
-
-
-# --------------------------------------------------------------------------- tradeoff, package
-
-
-class CloudConfig(StrictModel):
-    price_per_hour: float = Field(0.10, ge=0, le=1e6, description="USD per hour of one server")
-    cores: Threads = 2
-    profile: str | None = Field(None, description="a device profile of the server; default: measured here")
-    batch: BatchSize = 8
-
-
-class BudgetConfig(StrictModel):
-    latency_ms: float | None = Field(None, gt=0, le=1e9)
-    size_mb: float | None = Field(None, gt=0, le=1e9)
-    memory_mb: float | None = Field(None, gt=0, le=1e9)
-
-
-class NetworkProfile(StrictModel):
-    """A network between the app and the cloud."""
-
-    rtt_ms: float = Field(..., gt=0, le=1e6)
-    up_mbps: float = Field(..., ge=1e-3, le=1e7)
-    down_mbps: float = Field(..., ge=1e-3, le=1e7)
-
-
-class TradeoffConfig(StrictModel):
-    network: list[str] = Field(default_factory=lambda: ["wifi", "4g"], description="wifi, 5g, 4g, 3g_poor or a name under networks")
-    networks: dict[str, NetworkProfile] = Field(default_factory=dict, description="extra or overriding network profiles")
-    device: str | None = Field(None, description="target used for the on-device side (default: first non-local)")
-    cloud: CloudConfig = Field(default_factory=CloudConfig)
-    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
-    raw_input_bytes: int | None = Field(None, ge=1, le=2**40, description="size of what the app uploads, e.g. a JPEG")
-    requests_per_day: int | None = Field(None, ge=1, le=10**12)
-
-
-class PackageConfig(StrictModel):
-    artifact: str
-    platform: Literal["android", "ios", "generic"] = "generic"
-    output: Path | None = None
-    golden_vectors: int = Field(4, ge=1, le=10_000)
-
-    @field_validator("output")
-    @classmethod
-    def _output(cls, v: Path | None) -> Path | None:
-        return None if v is None else check_path_form(v, "package.output")
 
 
 # --------------------------------------------------------------------------- recipe

@@ -13,7 +13,13 @@ import stat
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, StrictBool, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo
+
+class StrictModel(BaseModel):
+    """Base of every recipe mapping: unknown keys are errors, floats are finite (``.inf``, ``.nan`` refused)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 NAME_MAX = 255
 """Longest file or folder name most file systems allow (bytes)."""

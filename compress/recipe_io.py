@@ -60,7 +60,9 @@ def _message(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return "required key is missing"
     if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {shorten(repr(err['input']))})"
+        # a message of ours that already shows the value (a path) says it once
+        if not (err["type"] == "value_error" and str(err["input"])[:40] in msg):
+            msg += f" (got {shorten(repr(err['input']))})"
     return msg
 
 
@@ -166,6 +168,7 @@ def semantic_problems(src: RecipeSource) -> list[RecipeProblem]:
         idx = r.export_kinds().index("tflite")
         problems.append(src.problem(("export", idx), "tflite export converts a PyTorch model; the model is ONNX"))
     problems += _input_problems(src)
+    problems += _batch_problems(src)
     problems += _target_problems(src)
     if r.task.kind == "classification" and r.task.labels is not None and len(set(r.task.labels)) != len(r.task.labels):
         problems.append(src.problem(("task", "labels"), "labels must be unique"))
@@ -209,6 +212,27 @@ def _input_problems(src: RecipeSource) -> list[RecipeProblem]:
                         f"no data to resolve it: describe it as model.inputs[{i}] (name, shape, dtype) with "
                         f"dynamic: {{{axis}: SIZE}}, or add a data section")
             for i, s in enumerate(declared) for axis in s.dynamic_axes]
+
+
+def _batch_problems(src: RecipeSource) -> list[RecipeProblem]:
+    """The largest benchmark batch times one sample's elements, bounded like any one input."""
+    from compress.recipe_checks import MAX_ELEMENTS
+
+    r = src.recipe
+    specs = r.model.input_specs() or []
+    batch = max(r.bench.batch_sizes, default=1)
+    problems = []
+    for s in specs:
+        if s.batch_axis is None:
+            continue
+        n = batch
+        for axis, d in enumerate(s.resolved_shape()):
+            n *= 1 if axis == s.batch_axis else max(d, 1)
+        if n > MAX_ELEMENTS:
+            problems.append(src.problem(("bench", "batch_sizes"),
+                                        f"a batch of {batch} makes input {s.name!r} {n:.3g} elements; "
+                                        f"at most {MAX_ELEMENTS:,} (2**31) per input"))
+    return problems
 
 
 def _could_be_artifact(r: Recipe, name: str) -> bool:

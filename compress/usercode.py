@@ -12,7 +12,9 @@ the code raises itself, with no Ctrl-C, is an error of the code.
 
 The timeout needs the main thread (``SIGALRM``); elsewhere user code runs without one.
 It interrupts Python code and interruptible waits (``time.sleep``, I/O), not a C loop
-that never returns to the interpreter.
+that never returns to the interpreter. Code that catches ``BaseException`` and carries on
+is interrupted again every second; after :data:`SWALLOWED_ALARMS` of those the process
+prints the error and ends with exit code 2 (the only way left not to hang).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 from compress.errors import EdgepackError, UserCodeError, shorten
 
 DEFAULT_TIMEOUT_S = 600.0
+SWALLOWED_ALARMS = 10
+"""Interruptions (one a second after the timeout) user code may swallow before the process is ended."""
 
 _state = threading.local()
 
@@ -74,7 +78,7 @@ def call_user(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: Mapping[
     main = threading.current_thread() is threading.main_thread()
     saved_exit, saved_abort = os._exit, os.abort
     ctrl_c = {"pressed": False}
-    timed_out = {"fired": False}
+    timed_out: dict[str, Any] = {"fired": False, "count": 0}
     old_int = old_alrm = None
     old_timer = (0.0, 0.0)
     use_alarm = main and timeout_s is not None and hasattr(signal, "setitimer")
@@ -88,6 +92,15 @@ def call_user(fn: Callable[..., Any], args: Sequence[Any] = (), kwargs: Mapping[
 
     def on_alarm(signum: int, frame: Any) -> None:
         timed_out["fired"] = True
+        timed_out["count"] += 1
+        if timed_out["count"] > SWALLOWED_ALARMS:  # it catches BaseException and goes on: the last resort
+            import sys
+
+            sys.stderr.write(f"error: {what} did not finish within {timeout_s:g} s and ignored "
+                             f"{SWALLOWED_ALARMS} interruptions; stopping the process"
+                             + (f" (set {setting} to allow longer)" if setting else "") + "\n")
+            sys.stderr.flush()
+            saved_exit(UserCodeError.exit_code)
         raise _UserTimeout
 
     _state.active = True

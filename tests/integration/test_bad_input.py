@@ -61,9 +61,6 @@ def tiny_onnx(path: Path) -> Path:
     # a label list that does not match the model's outputs (it ran and reported numbers before)
     (TINY_RECIPE.replace("task: {kind: classification}", "task: {kind: classification, labels: [a, b, c]}"),
      "task.labels", ["3 labels", "10 outputs"]),
-    # class labels the model cannot predict (silently wrong accuracy before)
-    (TINY_RECIPE.replace("factory: tiny_model.py:tiny", "factory: tiny_model.py:tiny\n  kwargs: {classes: 1}"),
-     "data.source", ["classes 0 to 0"]),
 ])
 def test_model_and_data_that_do_not_fit_exit_2_and_leave_no_run(tiny_dir: Path, body: str, where: str,
                                                                 words: list[str]) -> None:
@@ -71,6 +68,18 @@ def test_model_and_data_that_do_not_fit_exit_2_and_leave_no_run(tiny_dir: Path, 
     res = compress(str(recipe), "--out", str(tiny_dir / "run"))
     refused(res, 2, "recipe.yaml:", where, *words)
     assert not (tiny_dir / "run").exists()  # only bookkeeping was there: nothing that looks like a run
+
+
+def test_class_labels_the_model_cannot_predict(tiny_dir: Path) -> None:
+    # silently wrong accuracy before; a one-value output takes two classes, so three classes are needed here
+    (tiny_dir / "three.py").write_text("import numpy as np\n\ndef data():\n    rng = np.random.default_rng(0)\n"
+                                       "    x = rng.standard_normal((60, 1, 8, 8)).astype('float32')\n"
+                                       "    return x, np.arange(60) % 3\n")
+    body = TINY_RECIPE.replace("factory: tiny_model.py:tiny", "factory: tiny_model.py:tiny\n  kwargs: {classes: 2}")
+    body = body.replace("source: tiny_model.py:data", "source: three.py:data")
+    res = compress(str(write_recipe(tiny_dir, body)), "--out", str(tiny_dir / "run"))
+    refused(res, 2, "recipe.yaml:", "data.source", "classes 0 to 1")
+    assert not (tiny_dir / "run").exists()
 
 
 def test_corrupt_exported_program_exit_2_without_torch_traceback(tiny_dir: Path) -> None:
@@ -170,3 +179,77 @@ def test_two_unreachable_targets_are_both_named_before_any_work(tiny_dir: Path) 
                    env={"EDGEPACK_CACHE": str(tiny_dir / "empty-cache")})
     refused(res, 1, "target emulated:aarch64", "target ssh:board")
     assert not (tiny_dir / "run").exists()
+
+
+# --------------------------------------------------------------------------- user code (issue 13)
+
+BAD_CODE = """
+import os, sys, time
+import torch
+
+class Stop(BaseException):
+    pass
+
+def exits():
+    sys.exit(0)
+
+def hard_exit():
+    os._exit(0)
+
+def base_exception():
+    raise Stop("not an Exception")
+
+def sleeps():
+    time.sleep(10_000)
+
+class NanNet(torch.nn.Module):
+    def forward(self, x):
+        return torch.log(-x.flatten(1)[:, :10].abs() - 1)  # NaN everywhere
+
+def nan_model():
+    return NanNet()
+"""
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"factory: tiny_model.py:tiny": "factory: bad.py:exits"}, ["model factory", "bad.py:exits", "sys.exit(0)"]),
+    ({"factory: tiny_model.py:tiny": "factory: bad.py:hard_exit"}, ["bad.py:hard_exit", "os._exit(0)"]),
+    ({"factory: tiny_model.py:tiny": "factory: bad.py:base_exception"}, ["raised Stop (a BaseException)"]),
+    ({"factory: tiny_model.py:tiny": "factory: bad.py:sleeps\n  timeout_s: 1"},
+     ["did not finish within 1 s", "model.timeout_s"]),
+    ({"source: tiny_model.py:data": "source: bad.py:exits, timeout_s: 5"}, ["data function", "sys.exit(0)"]),
+    ({"factory: tiny_model.py:tiny": "factory: exits_on_import.py:f"}, ["importing", "exits_on_import.py", "sys.exit(0)"]),
+    ({"factory: tiny_model.py:tiny": "factory: bad.py:nan_model"}, ["model:", "NaN", "on the data"]),
+])
+def test_user_code_that_exits_raises_hangs_or_gives_nan_is_a_clear_error(tiny_dir: Path, change: dict[str, str],
+                                                                          words: list[str]) -> None:
+    (tiny_dir / "bad.py").write_text(BAD_CODE)
+    (tiny_dir / "exits_on_import.py").write_text("import sys\nsys.exit(0)\ndef f():\n    pass\n")
+    body = TINY_RECIPE
+    for old, new in change.items():
+        body = body.replace(old, new)
+    res = compress(str(write_recipe(tiny_dir, body)), "--out", str(tiny_dir / "run"))
+    refused(res, 2, *words)
+    assert not (tiny_dir / "run").exists()
+
+
+def test_trust_pickle_yes_string_never_unpickles(tiny_dir: Path) -> None:
+    import pickle
+
+    marker = tiny_dir / "pwned"
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, (f"touch {marker}",))
+
+    (tiny_dir / "m.pt").write_bytes(pickle.dumps(Evil()))
+    body = TINY_RECIPE.replace("factory: tiny_model.py:tiny", "pickle: m.pt\n  trust_pickle: 'yes'")
+    refused(compress(str(write_recipe(tiny_dir, body)), "--out", str(tiny_dir / "run")), 2, "model.trust_pickle")
+    assert not marker.exists()
+
+
+def test_alias_bomb_through_the_cli_process(tiny_dir: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 20)]
+    recipe = write_recipe(tiny_dir, TINY_RECIPE + "bomb:\n" + "".join(f"  {x}\n" for x in lines))
+    refused(compress("validate", str(recipe)), 2, "more than 200,000 values")

@@ -1,0 +1,85 @@
+"""Recipe sections beside the pipeline: benchmark devices, the cloud-vs-device trade-off, packaging.
+
+Part of the recipe schema (:mod:`compress.recipe` re-exports every class); kept apart so that
+each module stays readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from compress.recipe_checks import BatchSize, StrictModel, Threads, check_path_form
+
+
+class SshDeviceSpec(StrictModel):
+    """A Linux board reached over SSH (``bench.targets: [ssh:NAME]``)."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str
+    key: Path | None = None
+    known_hosts: Path | None = None
+    host_key: str | None = Field(None, description="pin the host key: 'ssh-ed25519 AAAA...' or SHA256:... fingerprint")
+    python: str = "python3"
+    remote_command: str | None = Field(None, description="command that runs the agent (default: python)")
+    timeout_s: float = Field(60.0, gt=0, le=86_400)
+
+
+class AdbDeviceSpec(StrictModel):
+    """An Android phone over adb (``bench.targets: [adb:NAME]``)."""
+
+    serial: str | None = None
+    adb_host: str = "127.0.0.1"
+    adb_port: int = Field(5037, ge=1, le=65535)
+    tflite_benchmark: Path | None = Field(None, description="benchmark_model binary for the phone")
+    onnx_benchmark: Path | None = Field(None, description="onnxruntime_perf_test binary for the phone")
+    workdir: str = "/data/local/tmp/edgepack"
+
+
+# --------------------------------------------------------------------------- tradeoff, package
+
+
+class CloudConfig(StrictModel):
+    price_per_hour: float = Field(0.10, ge=0, le=1e6, description="USD per hour of one server")
+    cores: Threads = 2
+    profile: str | None = Field(None, description="a device profile of the server; default: measured here")
+    batch: BatchSize = 8
+
+
+class BudgetConfig(StrictModel):
+    latency_ms: float | None = Field(None, gt=0, le=1e9)
+    size_mb: float | None = Field(None, gt=0, le=1e9)
+    memory_mb: float | None = Field(None, gt=0, le=1e9)
+
+
+class NetworkProfile(StrictModel):
+    """A network between the app and the cloud."""
+
+    rtt_ms: float = Field(..., gt=0, le=1e6)
+    up_mbps: float = Field(..., ge=1e-3, le=1e7)
+    down_mbps: float = Field(..., ge=1e-3, le=1e7)
+
+
+class TradeoffConfig(StrictModel):
+    network: list[str] = Field(default_factory=lambda: ["wifi", "4g"], description="wifi, 5g, 4g, 3g_poor or a name under networks")
+    networks: dict[str, NetworkProfile] = Field(default_factory=dict, description="extra or overriding network profiles")
+    device: str | None = Field(None, description="target used for the on-device side (default: first non-local)")
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    raw_input_bytes: int | None = Field(None, ge=1, le=2**40, description="size of what the app uploads, e.g. a JPEG")
+    requests_per_day: int | None = Field(None, ge=1, le=10**12)
+
+
+class PackageConfig(StrictModel):
+    artifact: str
+    platform: Literal["android", "ios", "generic"] = "generic"
+    output: Path | None = None
+    golden_vectors: int = Field(4, ge=1, le=10_000)
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: Path | None) -> Path | None:
+        return None if v is None else check_path_form(v, "package.output")
