@@ -719,7 +719,15 @@ class Runner:
                 self.log(f"data {self.data.source}: {len(self.data.train)} train, {len(self.data.calib)} calibration, "
                          f"{len(self.data.eval)} eval")
             baseline = load_model(self.recipe.model)
-            self.preflight(baseline)
+            try:
+                self.preflight(baseline)
+            except (KeyboardInterrupt, Exception):
+                raise
+            except BaseException as e:  # the model's forward exited (SystemExit & co.) on the intake check
+                from compress.errors import UserCodeError
+
+                raise UserCodeError(f"the model's code raised {type(e).__name__} ({e}) on the intake check: "
+                                    "user code must return or raise an exception, not exit") from None
             self.check_targets()
             self._seed()
             status, error = "ok", None
@@ -733,6 +741,12 @@ class Runner:
                 if err is e:
                     raise
                 raise err from e
+            except BaseException as e:  # the model's own code (forward) raised SystemExit & co. mid-run
+                from compress.errors import UserCodeError
+
+                user = UserCodeError(f"the model's code raised {type(e).__name__} ({e}) during the run: "
+                                     "user code must return or raise an exception, not exit")
+                raise self._fail(user) from None
             degraded = self.degraded()
             if degraded:
                 status = "degraded"
