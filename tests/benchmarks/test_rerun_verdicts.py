@@ -70,45 +70,12 @@ SLOW_MODEL = textwrap.dedent(
     '''
 )
 
-# Until compress.runner's benchmark_all calls compress.bench_schedule, runs go through this
-# entry point, which puts the interleaved, repeated schedule in its place (the same code).
+# This checkout's toolkit (not whatever `compress` is installed), run as the CLI.
 ENTRY = textwrap.dedent(
     '''
-    import inspect
     import sys
 
     sys.path.insert(0, {root!r})
-    import compress.runner as R
-
-    if "bench_schedule" not in inspect.getsource(R.Runner.benchmark_all):
-        def benchmark_all(self):
-            from compress.bench_schedule import benchmark_interleaved, results_and_errors
-            from devices.base import BenchSpec, make_target
-
-            b = self.recipe.bench
-            files = [a for a in self.state.artifacts if a.format in ("onnx", "tflite") and a.path is not None]
-            errors, targets, settings = [], [], {{}}
-            for tname in b.targets:
-                try:
-                    target = make_target(tname, b)
-                except R.EdgepackError as e:
-                    errors.append(str(e))
-                    continue
-                batches = list(b.batch_sizes)
-                if tname == "local" and self.recipe.tradeoff is not None and self.recipe.tradeoff.cloud.batch not in batches:
-                    batches.append(self.recipe.tradeoff.cloud.batch)
-                targets.append((tname, target))
-                settings[tname] = [BenchSpec(threads=t, warmup=b.warmup, runs=b.runs, batch=n)
-                                   for t in b.threads for n in batches]
-            results = benchmark_interleaved(files, targets, settings, b.repeats, self.model_inputs, self.log)
-            by_artifact, failures = results_and_errors(files, results)
-            for art in files:
-                art.metadata.setdefault("_targets", []).extend(by_artifact.get(art.name, []))
-            errors += failures
-            if errors:
-                raise R.TargetsFailed(errors)
-
-        R.Runner.benchmark_all = benchmark_all
     from compress.cli import main
 
     sys.argv = ["compress", *sys.argv[1:]]
