@@ -475,31 +475,94 @@ def warm_up(call: Any, min_runs: int, max_runs: int, window: int = 10, tolerance
     return done, False
 
 
+def _time_into(call: Any, times: np.ndarray, start: int, stop: int) -> None:
+    """Time calls ``start`` to ``stop`` of ``call`` into ``times`` (ns), nothing else in the loop."""
+    clock = time.perf_counter_ns
+    if isinstance(call, functools.partial) and len(call.args) == 2 and not call.keywords:
+        # ``session.run(None, feed)`` called as a bare loop would: on a model of a few
+        # microseconds the partial's own dispatch is a measurable share.
+        fn, first, second = call.func, call.args[0], call.args[1]
+        for i in range(start, stop):
+            a = clock()
+            fn(first, second)
+            times[i] = clock() - a
+    else:
+        for i in range(start, stop):
+            a = clock()
+            call()
+            times[i] = clock() - a
+
+
 def time_runs(call: Any, runs: int) -> np.ndarray:
     """Per-run wall times in ns of ``runs`` back-to-back calls, garbage collector paused."""
     times = np.empty(runs, dtype=np.int64)
-    clock = time.perf_counter_ns
     gc_was_on = gc.isenabled()
     # A collection in the middle of the loop would be charged to one unlucky run.
     gc.disable()
     try:
-        if isinstance(call, functools.partial) and len(call.args) == 2 and not call.keywords:
-            # ``session.run(None, feed)`` called as a bare loop would: on a model of a few
-            # microseconds the partial's own dispatch is a measurable share.
-            fn, first, second = call.func, call.args[0], call.args[1]
-            for i in range(runs):
-                a = clock()
-                fn(first, second)
-                times[i] = clock() - a
-        else:
-            for i in range(runs):
-                a = clock()
-                call()
-                times[i] = clock() - a
+        _time_into(call, times, 0, runs)
     finally:
         if gc_was_on:
             gc.enable()
     return times
+
+
+def _block_size(call: Any, target_s: float = 2e-3, most: int = 10) -> int:
+    """Artifact runs per yardstick block: about ``target_s`` of work, 1 to ``most`` runs."""
+    a = time.perf_counter()
+    call()
+    once = time.perf_counter() - a
+    return max(1, min(most, int(target_s / once) if once > 0 else most))
+
+
+def time_blocks(call: Any, runs: int, yard: Any, block: int, yard_runs: int = 10,
+                rewarm: int = 2) -> tuple[np.ndarray, list[float], list[float]]:
+    """Per-run wall times in ns of ``runs`` calls, timed in blocks of ``block`` runs, each block
+    followed by ``yard_runs`` timed calls of the yardstick (see :mod:`bench.yardstick`).
+
+    The artifact's runs are timed exactly as :func:`time_runs` times them; the yardstick runs
+    between blocks, outside every artifact run's timing, and ``rewarm`` untimed calls of the
+    artifact follow it before the next block.
+
+    Returns:
+        (per-run times of ``call`` in ns, each block's median in ms, the yardstick's median
+        after each block in ms).
+    """
+    times = np.empty(runs, dtype=np.int64)
+    ytimes = np.empty(yard_runs, dtype=np.int64)
+    model_ms: list[float] = []
+    yard_ms: list[float] = []
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for start in range(0, runs, max(1, block)):
+            stop = min(runs, start + max(1, block))
+            if start:
+                # The yardstick has just had the caches: give them back before timing again
+                # (without this the first run of each block paid for it, +1.4-2% on the medians).
+                for _ in range(rewarm):
+                    call()
+            _time_into(call, times, start, stop)
+            _time_into(yard, ytimes, 0, yard_runs)
+            model_ms.append(float(np.median(times[start:stop])) / 1e6)
+            yard_ms.append(float(np.median(ytimes)) / 1e6)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return times, model_ms, yard_ms
+
+
+def _yardstick(path: str) -> Any:
+    """A zero-argument call of the yardstick model (one thread), or None without onnxruntime."""
+    try:
+        session = OrtSession(path, 1)
+    except Exception:  # no onnxruntime on this board, or an unreadable file: no yardstick
+        return None
+    feed = [np.zeros([d if d > 0 else 1 for d in session.inputs[0]["shape"]], dtype=np.float32)]
+    call = session.prepared(feed)
+    for _ in range(50):
+        call()
+    return call
 
 
 def benchmark(spec: dict[str, Any]) -> dict[str, Any]:
@@ -536,8 +599,15 @@ def benchmark(spec: dict[str, Any]) -> dict[str, Any]:
     done, stable = warm_up(call, int(spec.get("warmup", 20)), int(spec.get("max_warmup", 500)))
     result["warmup_runs"], result["warmup_stable"] = done, stable
     runs = int(spec.get("runs", 100))
+    yard = _yardstick(spec["yardstick"]) if spec.get("yardstick") else None
+    block = _block_size(call) if yard is not None else 0
     switches0, cpu0, wall0 = _involuntary_switches(), time.process_time(), time.perf_counter()
-    times = time_runs(call, runs)
+    if yard is not None:
+        times, model_ms, yard_ms = time_blocks(call, runs, yard, block)
+        result["yardstick"] = {"version": spec.get("yardstick_version"), "block_runs": block,
+                               "model_ms": model_ms, "yardstick_ms": yard_ms}
+    else:
+        times = time_runs(call, runs)
     wall = time.perf_counter() - wall0
     result["times_ms"] = (times / 1e6).tolist()
     # Facts for the noise flag: was the process pushed off its core while it was timed?

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from bench.repeats import ratio_ci
+from bench.repeats import ratio_ci, yardstick_ratio_ci
 from bench.report import ArtifactReport, Report, TargetResult, load_report
 
 # Latency statistics compared per timing setting: metric name -> percentile (or "mean").
@@ -70,7 +70,11 @@ class MetricDelta(BaseModel):
                                       "single_process_min_effect for single-process reports), neither run noisy")
     real: bool | None = Field(None, description="beyond the noise and at least min_effect (timing metrics)")
     unclear: bool = Field(False, description="past the tests, but a run was noisy or its MDE unknown")
-    ratio: float | None = Field(None, description="B/A of the median latency")
+    ratio: float | None = Field(None, description="B/A of the median latency, or of the yardstick ratio when judged by it")
+    judged_by: Literal["median", "yardstick"] | None = Field(
+        None, description="median: the raw median latencies; yardstick: each run's latency over the machine "
+                          "yardstick timed beside it in the same processes (bench.yardstick)")
+    raw_ratio: float | None = Field(None, description="B/A of the raw median latencies (shown beside a yardstick judgement)")
     ratio_ci: tuple[float, float] | None = Field(None, description="hierarchical-bootstrap 95% CI of the ratio")
     mde: float | None = Field(None, description="the larger minimum detectable effect of the two runs (None: unknown)")
     repeats: tuple[int, int] | None = Field(None, description="processes behind A's and B's latency")
@@ -131,6 +135,8 @@ class Gate:
 
     def exceeded(self, d: MetricDelta) -> bool:
         change = d.rel if self.relative else d.delta
+        if self.relative and d.tested and d.ratio is not None:
+            change = d.ratio - 1.0  # the judged ratio (the yardstick's when both runs have it)
         if change is None:
             return False
         return change * self.direction > self.threshold
@@ -250,7 +256,15 @@ def _timing_delta(
     d.repeats = (sa.repeats, sb.repeats)
     mde_known = sa.mde_rel is not None and sb.mde_rel is not None
     d.mde = max(sa.mde_rel, sb.mde_rel) if mde_known else None  # type: ignore[type-var]
-    if xa is None or xb is None:
+    yard = yardstick_ratio_ci(ta, tb)
+    if yard is not None:
+        # Both runs timed the same yardstick beside the artifact: judge the artifact's time
+        # relative to it, which the machine's state (a neighbour, a slower phase) moves alike.
+        d.judged_by, d.raw_ratio = "yardstick", sb.p50 / sa.p50
+        ratio, lo, hi = yard
+        mde_known = sa.yardstick_mde is not None and sb.yardstick_mde is not None
+        d.mde = max(sa.yardstick_mde, sb.yardstick_mde) if mde_known else None  # type: ignore[type-var]
+    elif xa is None or xb is None:
         if not (sa.ci95 and sb.ci95):
             d.verdict = _direction_word(metric, delta) + " (no per-run times or CI: not tested)"
             return d
@@ -259,6 +273,7 @@ def _timing_delta(
         ratio = sb.p50 / sa.p50
     else:
         ratio, lo, hi = ratio_ci(ta, tb)
+    d.judged_by = d.judged_by or "median"
     # Throughput is batch * 1000 / p50: its ratio is the inverse of the latency's, and it is
     # judged by the latency's change so that both get the same verdict.
     d.ratio, d.ratio_ci = (1 / ratio, (1 / hi, 1 / lo)) if metric == "throughput" else (ratio, (lo, hi))
@@ -271,10 +286,13 @@ def _timing_delta(
     # processes is too narrow to trust on its own (that is what the MDE is for).
     d.unclear = bool(d.significant and not d.beyond_noise and size >= min_effect)
     d.real = d.beyond_noise and size >= min_effect
-    word = _direction_word(metric, delta)
+    # The direction of the judged ratio (a yardstick judgement can disagree with the raw medians).
+    word = _direction_word(metric, d.ratio - 1.0 if d.judged_by == "yardstick" else delta)
     detects = f"these runs detect changes above {100 * d.mde:.0f}%" if d.mde is not None else "MDE unknown"
+    if d.judged_by == "yardstick":
+        detects += ", relative to the machine yardstick"
     if d.real:
-        d.verdict = word
+        d.verdict = word + (" (relative to the machine yardstick)" if d.judged_by == "yardstick" else "")
     elif d.unclear:
         d.verdict = f"unclear: {word} by {100 * size:.0f}%, but {_why_unclear(d, size, single_process_min_effect)}"
     elif not d.significant:
@@ -485,7 +503,10 @@ def render_markdown(cmp: Comparison) -> str:
             f"the CI but below the MDE, any change when a run was flagged noisy, and one below "
             f"{100 * cmp.single_process_min_effect:g}% when a report comes from a single process (MDE unknown) is "
             f"*unclear*" + (" and fails a gate (--strict)." if cmp.strict else ", never a gate failure (--strict to fail).")
-            + f" Mann-Whitney p on pooled runs is shown for information only (alpha {cmp.alpha:g}).")
+            + f" Mann-Whitney p on pooled runs is shown for information only (alpha {cmp.alpha:g})."
+            + " When both runs timed the machine yardstick beside each artifact (bench.yardstick), the ratio judged is "
+              "that of each run's latency over the yardstick's, which the machine's state moves alike; the raw "
+              "medians are shown beside it.")
     lines += ["", rule, ""]
     for letter, pair in zip(letters[1:], cmp.pairs):
         lines += [f"## {letter} vs A", "", f"**Median latency: {latency_summary(pair)}**", ""]
@@ -499,7 +520,9 @@ def render_markdown(cmp: Comparison) -> str:
                 verdict = d.verdict + (" · noisy run" if d.noisy and d.metric in LATENCY_STATS else "")
                 if d.ratio_ci is not None and d.ratio is not None and d.metric == "latency_p50":
                     procs = f", {d.repeats[0]} vs {d.repeats[1]} processes" if d.repeats else ""
-                    verdict += f" (B/A {d.ratio:.3f} [{d.ratio_ci[0]:.3f}, {d.ratio_ci[1]:.3f}]{procs})"
+                    how = (f" vs yardstick; raw medians {d.raw_ratio:.3f}" if d.judged_by == "yardstick"
+                           and d.raw_ratio is not None else "")
+                    verdict += f" (B/A {d.ratio:.3f} [{d.ratio_ci[0]:.3f}, {d.ratio_ci[1]:.3f}]{how}{procs})"
                 elif d.p_value is not None and d.metric in LATENCY_STATS:
                     verdict += f" (p={d.p_value:.1e})"
                 if d.real or d.unclear:

@@ -50,9 +50,13 @@ class LatencyStats(BaseModel):
     mde_rel: float | None = Field(None, description="minimum detectable relative change (95% two-sided, 80% power) "
                                                     "against an equally precise run; None: unknown (one process)")
 
-    @property
-    def ci_rel_width(self) -> float:
-        return (self.ci95[1] - self.ci95[0]) / self.p50 if self.p50 > 0 else 0.0
+    yardstick_ratio: float | None = Field(None, description="median over all blocks of the artifact's block median "
+                                                            "over the machine yardstick's, timed beside it "
+                                                            "(bench.yardstick); what compare judges when both runs have it")
+    yardstick_ci95: tuple[float, float] | None = Field(None, description="hierarchical-bootstrap 95% CI of yardstick_ratio")
+    yardstick_process_ratios: list[float] | None = Field(None, description="yardstick_ratio of each process")
+    yardstick_mde: float | None = Field(None, description="minimum detectable relative change of yardstick_ratio "
+                                                          "against an equally precise run; None: one process")
 
 
 def bootstrap_median_ci(times: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -280,3 +284,21 @@ def process_groups(stats: LatencyStats | None, times_ms: list[float] | None) -> 
     if not sizes or sum(sizes) != t.size:
         return [t]
     return np.split(t, np.cumsum(sizes)[:-1])
+
+
+def with_yardstick(stats: LatencyStats, groups: list[np.ndarray] | None) -> LatencyStats:
+    """``stats`` with the artifact/yardstick ratio of each process's blocks (see :mod:`bench.yardstick`).
+
+    The ratio's CI is a hierarchical bootstrap (processes, then blocks), its MDE Bloom's
+    (:func:`minimum_detectable_effect`) on the processes' ratios: the machine's state, which
+    moves both the artifact and the yardstick, is out of it.
+    """
+    groups = [np.asarray(g, dtype=np.float64) for g in (groups or []) if len(g)]
+    if not groups:
+        return stats
+    pooled = np.concatenate(groups)
+    per_process = [float(np.median(g)) for g in groups]
+    ci = hierarchical_ci(groups) if len(groups) > 1 else bootstrap_median_ci(pooled)
+    return stats.model_copy(update={
+        "yardstick_ratio": float(np.median(pooled)), "yardstick_ci95": ci, "yardstick_process_ratios": per_process,
+        "yardstick_mde": minimum_detectable_effect(per_process)})

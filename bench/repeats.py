@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.latency import hierarchical_bootstrap, noise_reasons, process_groups, summarize_processes
+from bench.latency import hierarchical_bootstrap, noise_reasons, process_groups, summarize_processes, with_yardstick
 from bench.report import TargetResult
+from bench.yardstick import block_ratios
 
 # Per-process facts kept in the merged result's ``details["processes"]``.
 _PROCESS_FACTS = ("loadavg_before", "involuntary_switches", "warmup_runs", "warmup_stable", "cpu_wall_ratio")
@@ -91,6 +92,12 @@ def merge_results(results: list[TargetResult]) -> TargetResult:
     batch = first.latency_ms.batch if first.latency_ms else first.batch
     stats = summarize_processes(groups, threads=first.threads, batch=batch, how="measured", reasons=reasons)
     details = dict(first.details)
+    yard = _merged_yardstick(ok)
+    if yard is not None:
+        details["yardstick"] = yard
+        stats = with_yardstick(stats, block_ratios(details))
+    else:
+        details.pop("yardstick", None)
     details["processes"] = [{"p50": r.latency_ms.p50 if r.latency_ms else None, "runs": r.latency_ms.runs if r.latency_ms else 0,
                              "load_ms": r.load_ms, "noise_reason": r.latency_ms.noise_reason if r.latency_ms else None,
                              **{k: r.details.get(k) for k in _PROCESS_FACTS}} for r in ok]
@@ -111,6 +118,15 @@ def merge_results(results: list[TargetResult]) -> TargetResult:
         peak_rss_mb=max(peaks) if peaks else None, runtime=first.runtime,
         parity=next((r.parity for r in ok if r.parity is not None), None), details=details,
     )
+
+
+def _merged_yardstick(results: list[TargetResult]) -> dict | None:
+    """The yardstick blocks of every process, when all of them timed the same yardstick."""
+    ys = [r.details.get("yardstick") for r in results]
+    if not ys or any(not isinstance(y, dict) for y in ys) or len({y.get("version") for y in ys}) != 1:
+        return None
+    return {"version": ys[0].get("version"), "block_runs": ys[0].get("block_runs"),
+            "processes": [p for y in ys for p in (y.get("processes") or [])]}
 
 
 def ratio_ci(
@@ -146,3 +162,23 @@ def ratio_ci(
     boot_b = hierarchical_bootstrap(gb, 50.0, n_boot, seed + 2, process_idx=idx_b)
     lo, hi = np.percentile(boot_b / boot_a, [2.5, 97.5])
     return float(ratio), float(lo), float(hi)
+
+
+def yardstick_ratio_ci(a: TargetResult, b: TargetResult, n_boot: int = 2000,
+                       seed: int = 0) -> tuple[float, float, float] | None:
+    """B/A of the artifact/yardstick ratios and its 95% CI (hierarchical bootstrap of both runs' blocks).
+
+    None unless both results timed the same yardstick version (see :mod:`bench.yardstick`).
+    """
+    from bench.yardstick import version_of
+
+    if version_of(a.details) is None or version_of(a.details) != version_of(b.details):
+        return None
+    ga, gb = block_ratios(a.details), block_ratios(b.details)
+    if not ga or not gb:
+        return None
+    ratio = float(np.median(np.concatenate(gb)) / np.median(np.concatenate(ga)))
+    boot_a = hierarchical_bootstrap(ga, 50.0, n_boot, seed + 1)
+    boot_b = hierarchical_bootstrap(gb, 50.0, n_boot, seed + 2)
+    lo, hi = np.percentile(boot_b / boot_a, [2.5, 97.5])
+    return ratio, float(lo), float(hi)

@@ -195,6 +195,10 @@ def repeats_cell(t: TargetResult) -> str:
         parts.append("medians " + ", ".join(_fmt_ms(m) for m in s.process_medians) + " ms")
     parts.append(f"detects changes above {100 * s.mde_rel:.0f}%" if s.mde_rel is not None
                  else "MDE unknown (one process)")
+    if s.yardstick_ratio is not None:
+        parts.append(f"{s.yardstick_ratio:.3f}x the machine yardstick"
+                     + (f" [{s.yardstick_ci95[0]:.3f}, {s.yardstick_ci95[1]:.3f}]" if s.yardstick_ci95 else "")
+                     + (f", detects changes above {100 * s.yardstick_mde:.0f}% relative to it" if s.yardstick_mde is not None else ""))
     speed = t.details.get("speedup_vs_parent")
     if speed:
         parts.append(f"{speed['speedup']:.2f}x vs {speed['parent']} [{speed['ci95'][0]:.2f}, {speed['ci95'][1]:.2f}]")

@@ -43,6 +43,8 @@ def _log_result(log: Callable[[str], None], name: str, res: TargetResult) -> Non
         log(f"  {name}: p50 {s.p50:.4g} ms ({res.how})")
         return
     mde = "detects changes above " + (f"{100 * s.mde_rel:.0f}%" if s.mde_rel is not None else "? (one process)")
+    if s.yardstick_mde is not None:
+        mde += f" ({100 * s.yardstick_mde:.0f}% relative to the machine yardstick)"
     speed = res.details.get("speedup_vs_parent")
     vs = (f", {speed['speedup']:.2f}x vs {speed['parent']} [{speed['ci95'][0]:.2f}, {speed['ci95'][1]:.2f}]"
           if speed else "")
@@ -74,6 +76,8 @@ def benchmark_interleaved(
     inputs_of: Callable[[Any], list[np.ndarray] | None],
     log: Callable[[str], None] = lambda _m: None,
     parent_of: Callable[[Any], str | None] | None = None,
+    max_repeats: int | None = None,
+    target_mde: float = 0.10,
 ) -> dict[Key, TargetResult]:
     """Time every artifact on every target and setting, in interleaved rounds of fresh processes.
 
@@ -83,6 +87,10 @@ def benchmark_interleaved(
         settings: Timing settings for every target, or per target name.
         repeats: Fresh processes per measured latency (targets that do not measure run once).
         inputs_of: The inputs an artifact takes (in its own layout), or None for random inputs.
+        max_repeats: More rounds, up to this many, while a measured latency's minimum detectable
+            effect is above ``target_mde`` (the yardstick ratio's when it has one, see
+            :mod:`bench.yardstick`); None or at most ``repeats``: exactly ``repeats`` rounds.
+        target_mde: See ``max_repeats``.
         log: Progress lines.
         parent_of: The name of the artifact a speed-up is measured against (default: ``parent``).
 
@@ -94,6 +102,7 @@ def benchmark_interleaved(
     """
     results: dict[Key, list[TargetResult]] = {}
     inputs: dict[str, Any] = {}
+    max_rounds = max(repeats, max_repeats or 0) if repeats > 1 else repeats
     for tname, target in targets:
         specs = list(settings[tname] if isinstance(settings, Mapping) else settings)
         arts = [a for a in files if a.format in target.formats]
@@ -102,7 +111,10 @@ def benchmark_interleaved(
             where = (f"on {tname} ({_plural(spec.threads, 'thread')}, batch {spec.batch})"
                      + (f", {rounds} interleaved rounds" if rounds > 1 else ""))
             log(f"bench {', '.join(a.name for a in arts)} {where}")
-            for r in range(rounds):
+            r = 0
+            while r < rounds or (target.how == "measured" and r < max_rounds
+                                 and _imprecise(results, arts, tname, spec, target_mde, log, r, max_rounds)):
+                r += 1
                 for art in arts:
                     key = (art.name, tname, spec.threads, spec.batch)
                     done = results.setdefault(key, [])
@@ -111,7 +123,7 @@ def benchmark_interleaved(
                     if art.name not in inputs:
                         inputs[art.name] = inputs_of(art)
                     if rounds > 1:
-                        log(f"  {art.name} process {r + 1}/{rounds}")
+                        log(f"  {art.name} process {r}/{max(rounds, r)}")
                     try:
                         done.append(target.benchmark(art.path, spec, inputs[art.name]))
                     except EdgepackError as e:
@@ -123,6 +135,30 @@ def benchmark_interleaved(
     for key, res in out.items():
         _log_result(log, f"{key[0]} on {key[1]} ({_plural(key[2], 'thread')}, batch {key[3]})", res)
     return out
+
+
+def _imprecise(results: dict[Key, list[TargetResult]], arts: Sequence[Any], tname: str, spec: BenchSpec,
+               target_mde: float, log: Callable[[str], None], done: int, most: int) -> bool:
+    """Whether a latency of this target and setting still has an MDE above ``target_mde``.
+
+    A latency whose processes all failed, or that is flagged noisy (more processes do not make a
+    busy machine quiet), does not ask for more rounds.
+    """
+    worst: tuple[float, str] | None = None
+    for art in arts:
+        parts = [x for x in results.get((art.name, tname, spec.threads, spec.batch), []) if x.error is None]
+        if len(parts) < 2:
+            continue
+        s = merge_results(parts).latency_ms
+        if s is None or s.noisy:
+            continue
+        mde = s.yardstick_mde if s.yardstick_mde is not None else s.mde_rel
+        if mde is not None and mde > target_mde and (worst is None or mde > worst[0]):
+            worst = (mde, art.name)
+    if worst is not None:
+        log(f"  {worst[1]} can only detect changes above {100 * worst[0]:.0f}% after {done} rounds "
+            f"(target {100 * target_mde:.0f}%): round {done + 1} of at most {most}")
+    return worst is not None
 
 
 def _add_speedups(files: Sequence[Any], merged: dict[Key, TargetResult],

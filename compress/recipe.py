@@ -466,6 +466,12 @@ class BenchConfig(StrictModel):
     warmup: int = Field(20, ge=0, le=1_000_000, description="minimum warmup runs; warmup goes on until stable")
     runs: int = Field(200, ge=1, le=1_000_000, description="timed runs in each process")
     repeats: int = Field(3, ge=1, le=100, description="fresh processes per measured latency, interleaved across artifacts")
+    max_repeats: int = Field(6, ge=1, le=100, description="more interleaved rounds, up to this many, while a measured "
+                             "latency cannot detect a change of target_mde (never fewer than repeats)")
+    target_mde: float = Field(0.10, gt=0, le=10, description="the minimum detectable effect extra rounds aim for "
+                              "(0.10: a comparison can tell a 10% change from noise)")
+    yardstick: Bool = Field(True, description="time the machine yardstick beside each artifact in the same process, "
+                            "so compare can judge changes with the machine's state cancelled out")
     batch_sizes: list[BatchSize] = Field(default_factory=lambda: [1])
     fresh_process: Bool = True
     ssh: dict[str, SshDeviceSpec] = Field(default_factory=dict)

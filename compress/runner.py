@@ -566,10 +566,10 @@ class Runner:
             if tname == "local" and self.recipe.tradeoff is not None and self.recipe.tradeoff.cloud.batch not in batches:
                 batches.append(self.recipe.tradeoff.cloud.batch)  # the cloud side's server time
             targets.append((tname, target))
-            settings[tname] = [BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch)
+            settings[tname] = [BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch, yardstick=b.yardstick)
                                for threads in b.threads for batch in batches]
         results = benchmark_interleaved(files, targets, settings, b.repeats, self.model_inputs, self.log,
-                                        parent_of=self.timed_parent)
+                                        parent_of=self.timed_parent, max_repeats=b.max_repeats, target_mde=b.target_mde)
         by_artifact, failures = results_and_errors(files, results)
         for art in files:
             art.metadata.setdefault("_targets", []).extend(by_artifact.get(art.name, []))

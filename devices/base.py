@@ -21,6 +21,7 @@ class BenchSpec:
     runs: int = 200
     batch: int = 1
     cpus: tuple[int, ...] | None = None
+    yardstick: bool = True  # time the machine yardstick beside the artifact (bench.yardstick)
 
 
 class Target(Protocol):

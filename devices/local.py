@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from bench.agent import take_samples
-from bench.latency import summarize
+from bench import yardstick
+from bench.latency import summarize, with_yardstick
+from bench.yardstick import block_ratios
 from bench.report import TargetResult
 from compress.errors import TargetError
 from devices.base import BenchSpec
@@ -36,6 +38,15 @@ def parse_agent_output(stdout: str, target: str) -> dict[str, Any]:
     raise TargetError(target, "benchmark agent printed no result" + (f" (last output: {' | '.join(tail)})" if tail else ""))
 
 
+def yardstick_details(out: dict[str, Any]) -> dict[str, Any]:
+    """``details["yardstick"]`` of a one-process result: the agent's block medians as one process."""
+    y = out.get("yardstick")
+    if not y:
+        return {}
+    return {"yardstick": {"version": y.get("version"), "block_runs": y.get("block_runs"),
+                          "processes": [{"model_ms": y["model_ms"], "yardstick_ms": y["yardstick_ms"]}]}}
+
+
 def result_from_agent(out: dict[str, Any], target: str, how: str, spec: BenchSpec) -> TargetResult:
     """Turn the agent's JSON into a TargetResult with statistics."""
     dev = out.get("device", {})
@@ -44,6 +55,7 @@ def result_from_agent(out: dict[str, Any], target: str, how: str, spec: BenchSpe
     stats = summarize(out["times_ms"], threads=spec.threads, batch=out.get("batch", spec.batch), how=how,
                       loadavg=load, cores=dev.get("cores"), involuntary_switches=out.get("involuntary_switches"),
                       warmup_stable=out.get("warmup_stable"))
+    stats = with_yardstick(stats, block_ratios(yardstick_details(out)))
     return TargetResult(
         target=target,
         how=how,
@@ -57,7 +69,7 @@ def result_from_agent(out: dict[str, Any], target: str, how: str, spec: BenchSpe
         memory_increase_mb=out.get("memory_increase_kb", 0) / 1024,
         peak_rss_mb=out.get("peak_rss_kb", 0) / 1024,
         runtime=f"{out.get('runtime')} {out.get('runtime_version')}",
-        details={"warmup_runs": out.get("warmup_runs"), "warmup_stable": out.get("warmup_stable"),
+        details={**yardstick_details(out), "warmup_runs": out.get("warmup_runs"), "warmup_stable": out.get("warmup_stable"),
                  "cpu_flags": dev.get("cpu_flags"),
                  "inputs": out.get("inputs"), "outputs": out.get("outputs"),
                  "affinity": dev.get("affinity"), "cpus_requested": list(spec.cpus) if spec.cpus else None,
@@ -117,6 +129,8 @@ class LocalTarget:
                                  "max_warmup": spec.max_warmup, "runs": spec.runs, "batch": spec.batch}
             if spec.cpus:
                 d["cpus"] = list(spec.cpus)
+            if spec.yardstick:
+                d["yardstick"], d["yardstick_version"] = str(yardstick.path()), yardstick.VERSION
             if inputs is not None:
                 p = Path(tmp) / "inputs.npz"
                 # The agent repeats rows when there are fewer than the batch asks for.

@@ -175,7 +175,25 @@ def validate_agent_result(result: Any, target: str) -> dict[str, Any]:
             if not isinstance(v, list) or len(v) > MAX_OUTPUT_ARRAYS:
                 raise TargetError(target, f"the board's {key} is not a list of tensor descriptions")
             out[key] = clean_json(v)
+    y = result.get("yardstick")
+    if y is not None:
+        out["yardstick"] = _yardstick(y, target)
     out["device"] = _device(result.get("device"), target)
+    return out
+
+
+def _yardstick(y: Any, target: str) -> dict[str, Any]:
+    """The yardstick's block medians beside the artifact's (see :mod:`bench.yardstick`)."""
+    if not isinstance(y, dict):
+        raise TargetError(target, "the board's yardstick timings are not a JSON object")
+    model = validate_times(y.get("model_ms"), target, "yardstick.model_ms")
+    yard = validate_times(y.get("yardstick_ms"), target, "yardstick.yardstick_ms")
+    if len(model) != len(yard):
+        raise TargetError(target, f"the board's yardstick timings do not pair up ({len(model)} artifact blocks, "
+                                  f"{len(yard)} yardstick blocks)")
+    out: dict[str, Any] = {"model_ms": model, "yardstick_ms": yard}
+    _text(out, y, "version")
+    _number(out, y, "block_runs", target, low=1, high=2**31, integer=True)
     return out
 
 

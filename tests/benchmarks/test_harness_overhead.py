@@ -61,25 +61,37 @@ def bare_loop(sess: object, feed: dict, runs: int) -> np.ndarray:
     return times
 
 
-def in_process_ratio(model: Path, runs: int, rounds: int) -> tuple[float, float, float]:
-    """(harness median, bare median, ratio) on one session, interleaved blocks."""
+def in_process_ratio(model: Path, runs: int, rounds: int, blocks: bool = False) -> tuple[float, float, float]:
+    """(harness median, bare median, ratio) on one session, interleaved blocks.
+
+    ``blocks``: the harness times as a recipe run does by default, in blocks with the machine
+    yardstick timed between them (``bench.agent.time_blocks``).
+    """
     sys.path.insert(0, str(ROOT))
-    from bench.agent import OrtSession, time_runs, warm_up
+    from bench import yardstick
+    from bench.agent import OrtSession, _block_size, _yardstick, time_blocks, time_runs, warm_up
 
     session = OrtSession(str(model), threads=1)
     xs = [np.random.default_rng(1).standard_normal(session.inputs[0]["shape"]).astype(np.float32)]
     call = session.prepared(xs)
     feed = {session.inputs[0]["name"]: xs[0]}
     warm_up(call, 50, 2000)
+    if blocks:
+        yard, block = _yardstick(str(yardstick.path())), _block_size(call)
+
+        def timed(c: object, n: int) -> np.ndarray:
+            return time_blocks(c, n, yard, block)[0]
+    else:
+        timed = time_runs
     harness, bare = [], []
     for r in range(rounds):
         # Alternate which goes first, so neither always runs on a cache the other warmed.
         if r % 2 == 0:
-            harness.append(time_runs(call, runs))
+            harness.append(timed(call, runs))
             bare.append(bare_loop(session._sess, feed, runs))
         else:
             bare.append(bare_loop(session._sess, feed, runs))
-            harness.append(time_runs(call, runs))
+            harness.append(timed(call, runs))
     # Each round is a matched pair; the median of the paired ratios shrugs off busy spells.
     ratio = float(np.median([np.median(x) / np.median(y) for x, y in zip(harness, bare)]))
     h, b = float(np.median(np.concatenate(harness))), float(np.median(np.concatenate(bare)))
@@ -132,11 +144,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["plain", "yardstick-blocks"])
 @pytest.mark.parametrize("size", ["micro", "milli"])
-def test_timed_loop_overhead_same_session(benchmark: object, models: dict[str, Path], size: str) -> None:
+def test_timed_loop_overhead_same_session(benchmark: object, models: dict[str, Path], size: str, blocks: bool) -> None:
     runs = 1000 if size == "micro" else 60
-    h, b, ratio = benchmark.pedantic(in_process_ratio, args=(models[size], runs, 31), rounds=1, iterations=1)  # type: ignore[attr-defined]
-    print(f"\n[{size}] same session, 31 interleaved rounds: harness median {h * 1e3:.2f} us, bare loop "
+    h, b, ratio = benchmark.pedantic(in_process_ratio, args=(models[size], runs, 31, blocks), rounds=1, iterations=1)  # type: ignore[attr-defined]
+    print(f"\n[{size}{', yardstick blocks' if blocks else ''}] same session, 31 interleaved rounds: harness median {h * 1e3:.2f} us, bare loop "
           f"{b * 1e3:.2f} us, median paired ratio {ratio:.4f}")
     benchmark.extra_info.update({"harness_ms": h, "bare_ms": b, "ratio": ratio})  # type: ignore[attr-defined]
     assert abs(ratio - 1) <= TOLERANCE

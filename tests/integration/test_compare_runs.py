@@ -66,7 +66,7 @@ SLOW_MODEL = textwrap.dedent(
 def _run(recipe: Path, out: Path) -> Path:
     # ONNX fp32 only: TFLite's converter folds the ballast branch away (x * 0.0), and the
     # quantized artifacts would only repeat what the fp32 one shows.
-    res = compress(str(recipe), "--out", str(out), "--set", "bench.runs=100", "--set", "bench.repeats=3",
+    res = compress(str(recipe), "--out", str(out), "--set", "bench.runs=100", "--set", "bench.repeats=3", "--set", "bench.max_repeats=3",
                    "--set", "steps=[]", "--set", "export=[onnx]", "--set", "tradeoff=null")
     assert res.returncode == 0, res.stderr
     return out

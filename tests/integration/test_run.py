@@ -36,7 +36,7 @@ def test_quickstart_report(quickstart: Path) -> None:
     assert abs(onnx["accuracy"] - report["baseline"]["accuracy"]) <= 0.005
     assert onnx["parity"]["passed"] and onnx["parity"]["max_abs_diff"] < 1e-4
     t = onnx["targets"][0]
-    assert t["how"] == "measured" and t["threads"] == 1 and len(t["times_ms"]) == 50 * t["latency_ms"]["repeats"] and t["latency_ms"]["repeats"] == 3
+    assert t["how"] == "measured" and t["threads"] == 1 and len(t["times_ms"]) == 50 * t["latency_ms"]["repeats"] and 3 <= t["latency_ms"]["repeats"] <= 6
     for key in ("p50", "p90", "p99", "mean", "ci95", "runs", "threads", "how"):
         assert key in t["latency_ms"], key
     assert (quickstart / onnx["path"]).is_file()
