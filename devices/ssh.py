@@ -252,6 +252,10 @@ class SshTarget:
                 for side in model.parent.glob(model.name + ".*"):
                     sftp.put(str(side), f"{remote_dir}/{side.name}")
                 d = dict(spec_dict, model=f"{remote_dir}/{model.name}")
+                if spec_dict.get("yardstick"):
+                    # the machine yardstick travels like the model (skipped by an agent without onnxruntime)
+                    sftp.put(str(spec_dict["yardstick"]), f"{remote_dir}/yardstick.onnx")
+                    d["yardstick"] = f"{remote_dir}/yardstick.onnx"
                 if inputs_file is not None:
                     sftp.put(str(inputs_file), f"{remote_dir}/inputs.npz")
                     d["inputs"] = f"{remote_dir}/inputs.npz"
@@ -334,6 +338,10 @@ class SshTarget:
                              "runs": spec.runs, "batch": spec.batch}
         if spec.cpus:
             d["cpus"] = list(spec.cpus)
+        if spec.yardstick:
+            from bench import yardstick
+
+            d["yardstick"], d["yardstick_version"] = str(yardstick.path()), yardstick.VERSION
         with tempfile.TemporaryDirectory(prefix="edgepack-in-") as tmp:
             p = None
             xs = None
