@@ -57,6 +57,7 @@ class TargetResult(_Model):
 class ArtifactReport(_Model):
     name: str
     format: str
+    cached: bool = Field(False, description="made by a step or export whose result came from the step cache")
     path: str | None
     size_bytes: int | None
     zipped_bytes: int | None = None
@@ -103,6 +104,8 @@ class StepReport(_Model):
     error: str | None = None
     fidelity: dict[str, Any] | None = Field(None, description="a torch step's model vs the baseline, per output")
     gate: dict[str, Any] | None = None
+    cached: bool = Field(False, description="the result came from the step cache (the step did not run)")
+    cache_key: str | None = Field(None, description="the step cache entry it was stored in or read from (first 16 hex)")
 
 
 class AdvisoryReport(_Model):

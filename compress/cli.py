@@ -59,15 +59,38 @@ def fail(err: EdgepackError) -> None:
     raise typer.Exit(err.exit_code)
 
 
+def _resume_folder(folder: Path, out: Optional[Path], no_cache: bool) -> Path:
+    """The run folder ``--resume`` names, checked: an edgepack run folder, and the cache on."""
+    from compress.errors import InputFileError
+
+    if no_cache:
+        raise InputFileError("--resume takes finished steps from the step cache: it cannot be used with --no-cache")
+    if out is not None and out.resolve() != folder.resolve():
+        raise InputFileError(f"--resume {folder} and --out {out}: a resumed run continues in its own folder; "
+                             "give one of them")
+    if not folder.is_dir():
+        raise InputFileError(f"--resume {folder}: no such run folder")
+    if not (folder / "recipe.resolved.yaml").is_file() and not (folder / "log.txt").is_file():
+        raise InputFileError(f"--resume {folder}: not an edgepack run folder (no recipe.resolved.yaml or log.txt)")
+    return folder
+
+
 @app.command("run")
 def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="recipe.yaml")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default runs/NAME/TIME-ID)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a value: path.to.key=value")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step (the step cache is neither read "
+                                                               "nor written)")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue an interrupted or failed run in its "
+                                                                    "folder: finished steps come from the step cache")] = None,
 ) -> None:
     """Run a recipe end to end and write the report.
 
+    Each step's result is kept in the step cache (``$EDGEPACK_CACHE``, default
+    ``~/.cache/edgepack``): a rerun, or a run that shares steps with an earlier one, takes them
+    from there (marked ``cached`` in the report and the log); latencies are always measured.
     One run at a time writes into a run folder: a second run into a folder in use is refused
     (exit 2, naming the pid of the run that holds it) and touches nothing. A full disk or a
     read-only folder fails the run (exit 1, the message names the file and the cause).
@@ -76,6 +99,8 @@ def run_cmd(
 
     try:
         source = parse_recipe(recipe, set_ or [])
+        if resume is not None:
+            out = _resume_folder(resume, out, no_cache)
     except EdgepackError as e:
         fail(e)
     from compress.outputs import check_output_dir
@@ -83,7 +108,7 @@ def run_cmd(
     from compress.runner import Runner
 
     console = None if quiet else _console()
-    runner = Runner(source, out, console)
+    runner = Runner(source, out, console, use_cache=not no_cache)
     existed = runner.run_dir.exists()
     try:
         check_output_dir(runner.run_dir, "--out" if out is not None else "run folder")

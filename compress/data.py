@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -126,7 +127,7 @@ def import_ref(ref: str, what: str = "function", timeout_s: float | None = DEFAU
     mod_name, _, fn = ref.rpartition(":")
     if mod_name.endswith(".py"):
         path = Path(mod_name)
-        name = f"edgepack_user_{path.stem}_{abs(hash(str(path)))}"
+        name = f"edgepack_user_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
         if name in sys.modules:
             module = sys.modules[name]
         else:

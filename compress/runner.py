@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -94,13 +95,19 @@ class RunState:
     baseline: dict[str, Any] | None = None
     # torch models by name (the baseline and every step's result): parents of exports, by lineage
     torch_models: dict[str, Artifact] = field(default_factory=dict)
+    # names of the artifacts a step or export answered from the step cache
+    cached: set[str] = field(default_factory=set)
 
 
 class Runner:
     """Runs one recipe into one run folder."""
 
-    def __init__(self, source: RecipeSource, out: Path | None = None, console: Any = None) -> None:
+    def __init__(self, source: RecipeSource, out: Path | None = None, console: Any = None,
+                 use_cache: bool = True) -> None:
         self.source = source
+        self.use_cache = use_cache
+        self.cache: Any = None  # compress.runcache.RunCache, once the data is loaded
+        self._dirs_used: set[Path] = set()  # step and export folders this run has written
         self.recipe: Recipe = source.recipe
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.run_dir = out or Path("runs") / self.recipe.name / f"{stamp}-{secrets.token_hex(3)}"
@@ -217,6 +224,11 @@ class Runner:
     # ------------------------------------------------------------------ stages
 
     def _context(self, step_dir: Path, step_name: str, reference: Any) -> StepContext:
+        if step_dir.is_dir() and step_dir not in self._dirs_used:
+            # what a killed or earlier run left in this step's folder (a resumed run, a rerun
+            # into the same folder): the step starts clean, and the cache stores only its files
+            shutil.rmtree(step_dir)
+        self._dirs_used.add(step_dir)
         step_dir.mkdir(parents=True, exist_ok=True)
         ctx = StepContext(
             recipe=self.recipe, run_dir=self.run_dir, step_dir=step_dir, step_name=step_name, data=self.data,
@@ -287,10 +299,16 @@ class Runner:
         else:
             record["before"] = self.file_facts(current)
         ctx = self._context(self.run_dir / "steps" / name, name, reference)
+        key = self.cache.key(kind, record["config"], current, reference) if self.cache is not None else None
+        hit = self.cache.lookup(key, self.run_dir, ctx.step_dir) if key is not None else None
         t0 = time.perf_counter()
         try:
-            fn = load(entry.run)
-            result = fn(current, cfg, ctx)
+            if hit is not None:
+                result = self._from_cache(record, ctx, hit)
+            else:
+                self._seed(index + 1)
+                fn = load(entry.run)
+                result = fn(current, cfg, ctx)
         except KeyboardInterrupt:
             record["status"] = "interrupted"
             raise
@@ -309,6 +327,11 @@ class Runner:
             record["duration_s"] = round(time.perf_counter() - t0, 3)
         result.step = result.step or name
         result.config_hash = result.config_hash or config_hash(cfg)
+        if hit is None and key is not None:
+            if self.cache.store(key, self.run_dir, ctx.step_dir, result, ctx.details, ctx.advisories,
+                                ctx.extra_artifacts, record["duration_s"]):
+                record["cache_key"] = key.digest[:16]
+                self.log(f"  stored in the step cache, entry {key.digest[:12]}")
         self.state.advisories.extend(ctx.advisories)
         record["details"] = ctx.details
         for extra in ctx.extra_artifacts:
@@ -330,6 +353,18 @@ class Runner:
             record["after"] = self.file_facts(result)
         record["output"] = result.name
         return result
+
+    def _from_cache(self, record: dict[str, Any], ctx: StepContext, hit: Any) -> Artifact:
+        """A step's result from the step cache, as if the step had just returned it."""
+        ctx.details.update(hit.details)
+        ctx.advisories.extend(hit.advisories)
+        ctx.extra_artifacts.extend(hit.extras)
+        record["cached"] = True
+        record["cache_key"] = hit.digest[:16]
+        self.state.cached.update(a.name for a in [hit.result, *hit.extras])
+        took = f" (it took {hit.duration_s:.1f} s)" if hit.duration_s is not None else ""
+        self.log(f"  cached: {record['name']} from the step cache, entry {hit.digest[:12]}{took}")
+        return hit.result
 
     def artifact_named(self, name: str | None) -> Artifact | None:
         """The file artifact of this run with that name."""
@@ -505,9 +540,23 @@ class Runner:
         step_name = f"export:{kind}"
         ctx = self._context(self.run_dir / "exports" / f"{kind}-{source.precision}", step_name, source.module)
         self.log(f"[bold]export {kind}[/bold] ({source.precision})")
+        key = (self.cache.key(step_name, cfg.model_dump(mode="json"), source, None)
+               if self.cache is not None and source.format == "torch" else None)
+        hit = self.cache.lookup(key, self.run_dir, ctx.step_dir) if key is not None else None
         t0 = time.perf_counter()
         try:
-            result = load(EXPORTS[kind])(source, cfg, ctx)
+            if hit is not None:
+                self.log(f"  cached: export {kind} from the step cache, entry {hit.digest[:12]}")
+                ctx.advisories.extend(hit.advisories)
+                ctx.extra_artifacts.extend(hit.extras)
+                result = hit.result
+                results_ = hit.result if isinstance(hit.result, list) else [hit.result]
+                self.state.cached.update(a.name for a in [*results_, *hit.extras])
+            else:
+                result = load(EXPORTS[kind])(source, cfg, ctx)
+                if key is not None:
+                    self.cache.store(key, self.run_dir, ctx.step_dir, result, ctx.details, ctx.advisories,
+                                     ctx.extra_artifacts, time.perf_counter() - t0)
         except EdgepackError:
             self.state.advisories.extend(ctx.advisories)
             raise
@@ -594,7 +643,8 @@ class Runner:
                 continue
             metrics = self.state.metrics.get(a.name, {})
             arts.append(ArtifactReport(
-                name=a.name, format=a.format, path=str(a.path.relative_to(self.run_dir)) if a.path and a.path.is_relative_to(self.run_dir) else (str(a.path) if a.path else None),
+                name=a.name, format=a.format, cached=a.name in self.state.cached,
+                path=str(a.path.relative_to(self.run_dir)) if a.path and a.path.is_relative_to(self.run_dir) else (str(a.path) if a.path else None),
                 size_bytes=a.size_bytes, zipped_bytes=a.metadata.get("zipped_bytes"), sha256=a.sha256,
                 precision=a.precision, parent=a.parent, step=a.step, config_hash=a.config_hash,
                 accuracy=metrics.get("accuracy"), metrics=metrics, parity=a.metadata.get("_parity"),
@@ -718,6 +768,12 @@ class Runner:
                 self.data = load_dataset(self.recipe.data, input_specs_of(self.recipe.model))
                 self.log(f"data {self.data.source}: {len(self.data.train)} train, {len(self.data.calib)} calibration, "
                          f"{len(self.data.eval)} eval")
+            from compress.runcache import RunCache
+
+            self.cache = RunCache(self.recipe, self.source.path.parent if self.source.path else None, self.data,
+                                  self.target_arch(), enabled=self.use_cache, log=self.log)
+            if not self.use_cache:
+                self.log("step cache off (--no-cache): every step runs")
             baseline = load_model(self.recipe.model)
             try:
                 self.preflight(baseline)
@@ -783,15 +839,19 @@ class Runner:
         if errors:
             raise TargetsFailed([str(e) for e in errors])
 
-    def _seed(self) -> None:
+    def _seed(self, step: int = 0) -> None:
+        """Seed every generator: with the recipe's seed, and before each step with the seed plus
+        the step's number, so a step draws the same numbers whether the steps before it ran or
+        came from the cache."""
         import random
 
-        random.seed(self.recipe.seed)
-        np.random.seed(self.recipe.seed)
+        seed = self.recipe.seed + step
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
         if self.recipe.model.source_kind != "onnx":
             import torch
 
-            torch.manual_seed(self.recipe.seed)
+            torch.manual_seed(seed)
 
     def _pipeline(self, baseline: Artifact) -> None:
         # Baseline: the reference outputs every later artifact is compared with.

@@ -12,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One step cache for the whole session (never the user's ~/.cache/edgepack): tests that run the
+# same steps share them, as a user's reruns would; a test about the cache sets its own.
+if "EDGEPACK_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["EDGEPACK_CACHE"] = tempfile.mkdtemp(prefix="edgepack-test-cache-")
 
 TINY_MODEL = textwrap.dedent(
     '''
