@@ -42,6 +42,9 @@ app = typer.Typer(
 )
 devices_app = typer.Typer(help="Benchmark targets: list, check, set up, calibrate.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
+cache_app = typer.Typer(help="The step cache ($EDGEPACK_CACHE, default ~/.cache/edgepack): ls, prune, clear.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 
 def _console(stderr: bool = False):
@@ -197,7 +200,7 @@ def schema_cmd() -> None:
 
 # Commands of later modules register themselves on ``app`` / ``devices_app`` when imported.
 # Each module imports its heavy dependencies inside its commands, never at import time.
-PLUGIN_MODULES = ("compress.cli_bench", "compress.cli_devices", "compress.cli_package")
+PLUGIN_MODULES = ("compress.cli_bench", "compress.cli_devices", "compress.cli_package", "compress.cli_cache")
 
 
 def _load_plugins() -> None:

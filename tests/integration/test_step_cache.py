@@ -1,0 +1,137 @@
+"""The step cache end to end: a rerun trains nothing, a change reruns what it touches, kill -9 then --resume.
+
+The quickstart-compressed recipe (distill -> prune -> qat -> ONNX) with fewer epochs, run by
+the real ``compress`` command with its own cache folder. Times are not asserted here (the
+benchmark ``tests/benchmarks/test_cache_rerun.py`` prints them); what is asserted is which
+steps ran and which came from the cache, and that cached and fresh runs made the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.test_run_faults import _start, _wait_for
+
+RECIPE = ROOT / "recipes" / "quickstart-compressed.yaml"
+FAST = ("--set", "steps[0].distill.epochs=4", "--set", "steps[1].prune.epochs=2", "--set", "steps[2].qat.epochs=1",
+        "--set", "bench.runs=20", "--set", "bench.warmup=2", "--set", "bench.repeats=1")
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return dict(os.environ, EDGEPACK_CACHE=str(cache))
+
+
+def _run(cache: Path, out: Path, *extra: str) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, "-m", "compress", str(RECIPE), "--out", str(out), *FAST, *extra],
+                         capture_output=True, text=True, cwd=ROOT, env=_env(cache), timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def _cached(report: dict[str, Any]) -> dict[str, bool]:
+    return {s["kind"]: s["cached"] for s in report["steps"]}
+
+
+def _hashes(report: dict[str, Any]) -> dict[str, str]:
+    return {a["name"]: a["sha256"] for a in report["artifacts"]}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("stepcache")
+    cache = tmp / "cache"
+    return {"tmp": tmp, "cache": cache, "report": _run(cache, tmp / "first")}
+
+
+def test_rerun_trains_nothing_and_makes_the_same_files(first: dict[str, Any]) -> None:
+    assert _cached(first["report"]) == {"distill": False, "prune": False, "qat": False}
+    again = _run(first["cache"], first["tmp"] / "again")
+    assert _cached(again) == {"distill": True, "prune": True, "qat": True}
+    assert all(a["cached"] for a in again["artifacts"]), [(a["name"], a["cached"]) for a in again["artifacts"]]
+    assert _hashes(again) == _hashes(first["report"])
+    assert [s["after"]["accuracy"] for s in again["steps"]] == [s["after"]["accuracy"] for s in first["report"]["steps"]]
+    log = (first["tmp"] / "again" / "log.txt").read_text()
+    assert "cached: 01-distill from the step cache" in log and "distill epoch" not in log
+    # latencies are measured again, never cached
+    assert all(t["latency_ms"]["p50"] > 0 and t["how"] == "measured" for a in again["artifacts"] for t in a["targets"])
+
+
+def test_changing_the_benchmark_retrains_nothing(first: dict[str, Any]) -> None:
+    report = _run(first["cache"], first["tmp"] / "bench", "--set", "bench.runs=30")
+    assert _cached(report) == {"distill": True, "prune": True, "qat": True}
+    assert all(len(t["times_ms"]) == 30 for a in report["artifacts"] for t in a["targets"])
+
+
+def test_changing_the_prune_ratio_reruns_prune_and_what_follows(first: dict[str, Any]) -> None:
+    report = _run(first["cache"], first["tmp"] / "ratio", "--set", "steps[1].prune.ratio=0.25")
+    assert _cached(report) == {"distill": True, "prune": False, "qat": False}
+    assert _hashes(report) != _hashes(first["report"])
+
+
+def test_no_cache_runs_every_step(first: dict[str, Any]) -> None:
+    report = _run(first["cache"], first["tmp"] / "nocache", "--no-cache")
+    assert _cached(report) == {"distill": False, "prune": False, "qat": False}
+    # the steps are deterministic: the same files as the cached run
+    assert _hashes(report) == _hashes(first["report"])
+
+
+def test_kill_9_in_prune_then_resume(first: dict[str, Any]) -> None:
+    tmp, cache = first["tmp"], first["tmp"] / "cache-kill"
+    out = tmp / "killed"
+    long_prune = ("--set", "steps[1].prune.epochs=60")
+    proc = _start(["-m", "compress", str(RECIPE), "--out", str(out), *FAST, *long_prune], ROOT, env=_env(cache))
+    log = out / "log.txt"
+    _wait_for(proc, lambda: log.is_file() and "fine-tune 1/1 epoch 1/60" in log.read_text(errors="replace"),
+              "the prune step's first epoch")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.json").exists() or json.loads((out / "report.json").read_text())["status"] != "ok"
+    res = subprocess.run([sys.executable, "-m", "compress", str(RECIPE), "--resume", str(out), *FAST, *long_prune],
+                         capture_output=True, text=True, cwd=ROOT, env=_env(cache), timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["status"] == "ok"
+    assert _cached(resumed) == {"distill": True, "prune": False, "qat": False}
+    clean = _run(tmp / "cache-clean", tmp / "clean", *long_prune)
+    assert _cached(clean) == {"distill": False, "prune": False, "qat": False}
+    assert _hashes(resumed) == _hashes(clean)
+    assert [s["after"]["accuracy"] for s in resumed["steps"]] == [s["after"]["accuracy"] for s in clean["steps"]]
+    assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--resume", "{tmp}/nowhere"), "no such run folder"),
+    (("--resume", "{tmp}"), "not an edgepack run folder"),
+    (("--resume", "{tmp}/first", "--no-cache"), "cannot be used with --no-cache"),
+])
+def test_resume_refuses_what_it_cannot_continue(first: dict[str, Any], args: tuple[str, ...], message: str) -> None:
+    argv = [a.format(tmp=first["tmp"]) for a in args]
+    res = subprocess.run([sys.executable, "-m", "compress", str(RECIPE), *argv], capture_output=True, text=True,
+                         cwd=ROOT, env=_env(first["cache"]), timeout=300)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_cache_commands(first: dict[str, Any]) -> None:
+    env = _env(first["cache"])
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "compress", "cache", *args], capture_output=True, text=True,
+                              cwd=ROOT, env=env, timeout=120)
+
+    ls = cli("ls", "--json")
+    entries = [json.loads(line) for line in ls.stdout.splitlines()]
+    assert ls.returncode == 0 and {"distill", "prune", "qat", "export:onnx"} <= {e["kind"] for e in entries}
+    assert all(e["complete"] and e["size_bytes"] > 0 for e in entries)
+    bad = cli("prune", "--older-than", "soon")
+    assert bad.returncode == 2 and "--older-than" in bad.stderr and "Traceback" not in bad.stderr
+    kept = cli("prune", "--older-than", "30d")
+    assert kept.returncode == 0 and "removed 0 entries" in kept.stdout
