@@ -462,8 +462,8 @@ class RunCache:
     # ------------------------------------------------------------------ evaluations
 
     def eval_get(self, art_hash: str, spec: str) -> dict[str, Any] | None:
-        return self.evals.get(art_hash, self.data_fingerprint(), spec, {"versions": self.versions()}) if self.enabled else None
+        return self.evals.get(art_hash, self.data_fingerprint(), spec, self.versions()) if self.enabled else None
 
     def eval_put(self, art_hash: str, spec: str, result: dict[str, Any]) -> None:
         if self.enabled:
-            self.evals.put(art_hash, self.data_fingerprint(), spec, result, {"versions": self.versions()})
+            self.evals.put(art_hash, self.data_fingerprint(), spec, result, self.versions())

@@ -202,12 +202,37 @@ class Runner:
         """Task metrics of a module or artifact on the eval split (``outputs``: its primary output, if known)."""
         from bench.accuracy import task_metrics
 
-        out = self.outputs_of(thing)[0] if outputs is None else outputs
         y = self.eval_split.y
         ncls = len(self.recipe.task.labels) if self.recipe.task.labels else None
         primary = self.gatekeeper.specs[0] if self.gatekeeper is not None and self.gatekeeper.specs else None
-        return task_metrics(self.recipe.task.kind, out, y, self.state.reference_outputs, ncls,
-                            probabilities=bool(primary and primary.probabilities))
+        probabilities = bool(primary and primary.probabilities)
+        # Cached per (model hash, eval data): the metrics of a model the cache answered need
+        # not be computed again (the outputs the gates compare are computed where needed).
+        key = self._eval_key(thing, ncls, probabilities) if outputs is None else None
+        if key is not None and (hit := self.cache.eval_get(*key)) is not None:
+            return hit
+        out = self.outputs_of(thing)[0] if outputs is None else outputs
+        metrics = task_metrics(self.recipe.task.kind, out, y, self.state.reference_outputs, ncls,
+                               probabilities=probabilities)
+        if key is not None:
+            self.cache.eval_put(*key, metrics)
+        return metrics
+
+    def _eval_key(self, thing: Any, ncls: int | None, probabilities: bool) -> tuple[str, str] | None:
+        """(model hash, metric spec) of an evaluation the cache may answer, or None."""
+        if self.cache is None or not self.cache.enabled or self.state.reference_outputs is None:
+            return None
+        import hashlib
+
+        try:
+            model_hash = self.cache.artifact_hash(thing)
+        except (TypeError, OSError, RuntimeError, AttributeError):
+            return None
+        ref = np.ascontiguousarray(self.state.reference_outputs)
+        spec = (f"{self.recipe.task.kind}|classes={ncls}|probabilities={probabilities}|"
+                f"reference={hashlib.sha256(ref.tobytes()).hexdigest()[:16]}|"
+                f"layout={thing.metadata.get('channels_last_inputs') if isinstance(thing, Artifact) else None}")
+        return model_hash, spec
 
     def torch_facts(self, module: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
         from compress.models import count_macs, count_params, torch_size_bytes
