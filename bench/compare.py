@@ -51,7 +51,6 @@ from bench.report import ArtifactReport, Report, TargetResult, load_report
 LATENCY_STATS: dict[str, float | str] = {"latency_p50": 50.0, "latency_p90": 90.0, "latency_p99": 99.0,
                                           "latency_mean": "mean"}
 TIMING_METRICS = (*LATENCY_STATS, "throughput", "memory", "load_time")
-ARTIFACT_METRICS = ("accuracy", "size", "zipped_size")
 HIGHER_IS_BETTER = {"accuracy", "throughput", "macro_f1", "roc_auc", "agreement", "cosine_mean", "cosine_min", "mrr"}
 
 

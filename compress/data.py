@@ -62,15 +62,6 @@ class Dataset:
     source: str
     inputs: list[InputSpec] | None = None
 
-    @property
-    def has_labels(self) -> bool:
-        return self.train.y is not None and len(self.train) > 0
-
-    def num_classes(self) -> int | None:
-        if self.train.y is None or not np.issubdtype(self.train.y.dtype, np.integer):
-            return None
-        return int(max(self.train.y.max(), self.eval.y.max() if self.eval.y is not None else 0)) + 1
-
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits

@@ -398,9 +398,6 @@ Step = Annotated[
     ),
 ]
 
-STEP_KINDS = ("distill", "prune", "qat", "quantize")
-
-
 def step_kind(step: BaseModel) -> str:
     """The kind of a validated step wrapper (``prune`` for ``PruneStep``)."""
     return next(iter(type(step).model_fields))

@@ -275,10 +275,7 @@ class Runner:
                                   "config": cfg.model_dump(mode="json"), "status": "ok"}
         self.state.steps.append(record)
         if current.format not in entry.accepts:
-            if "onnx" in entry.accepts and current.format == "torch":
-                current = self.ensure_onnx(current)
-            else:
-                raise StepError(name, f"{kind} accepts {', '.join(entry.accepts)} models, got {current.format}")
+            raise StepError(name, f"{kind} accepts {', '.join(entry.accepts)} models, got {current.format}")
         self.log(f"[bold]step {name}[/bold]")
         record["input"] = current.name
         if current.format == "torch":

@@ -10,7 +10,6 @@ is measured once and an alias reuses the measure of its anchor.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -193,7 +192,3 @@ def dotted(loc: Loc) -> str:
             out += ("." if out else "") + str(part)
     return out
 
-
-def read_text(path: Path) -> str:
-    """The text of a file, as UTF-8."""
-    return path.read_text(encoding="utf-8")

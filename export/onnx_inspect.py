@@ -194,14 +194,3 @@ def io_quant_params(model_or_path: Any) -> dict[str, Any]:
                 result["outputs"][out] = p
     return result
 
-
-def float_weight_nodes(model: Any) -> dict[str, tuple[str, str]]:
-    """Conv/MatMul/Gemm nodes with a float weight initializer: node name -> (op type, weight name)."""
-    import onnx
-
-    inits = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            out[node.name] = (node.op_type, node.input[1])
-    return out
