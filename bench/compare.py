@@ -146,7 +146,7 @@ _GATE_RE = re.compile(r"^\s*([A-Za-z_][\w@.]*)\s*:\s*([+-])\s*(\d+(?:\.\d*)?|\.\
 
 def parse_gate(text: str) -> Gate:
     """Parse ``NAME:+N%`` / ``NAME:-N`` (sign = the direction that fails)."""
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     m = _GATE_RE.match(text)
     if not m:
@@ -414,7 +414,7 @@ def _fmt_change(d: MetricDelta) -> str:
 
 def apply_gates(comparison: Comparison, pairs_reports: list[tuple[Report, Report]], gates: list[Gate]) -> None:
     """Evaluate each gate on every pair; fill ``comparison.gates`` and ``passed``."""
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     for gate in gates:
         res = GateResult(gate=gate.text, passed=True)
@@ -475,7 +475,7 @@ def compare_reports(
     Returns:
         The comparison, gates evaluated.
     """
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     if len(paths) < 2:
         raise InputFileError("compare needs at least two reports or run folders")

@@ -137,7 +137,7 @@ class Report(_Model):
 
 def load_report(path: Path) -> Report:
     """Read a ``report.json`` (or a run folder holding one)."""
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     p = path / "report.json" if path.is_dir() else path
     if not p.is_file():

@@ -23,7 +23,7 @@ from bench.agent import (  # noqa: F401  (re-exported)
 
 def open_model(path: Path, threads: int = 1) -> Any:
     """Open an ONNX or TFLite file; raises a clear error when the runtime is missing."""
-    from compress.errors import MissingDependencyError
+    from compress.core.errors import MissingDependencyError
 
     try:
         return open_session(str(path), threads)

@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.report import TargetResult
 from bench.repeats import merge_results, ratio_ci
-from compress.errors import EdgepackError
+from compress.core.errors import EdgepackError
 from devices.base import BenchSpec
 
 Key = tuple[str, str, int, int]  # artifact name, target name, threads, batch

@@ -15,7 +15,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from compress.errors import EdgepackError
+from compress.core.errors import EdgepackError
 
 
 class _DefaultRun(TyperGroup):

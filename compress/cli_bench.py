@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from compress.cli import app, fail
-from compress.errors import EdgepackError, InputFileError
+from compress.core.errors import EdgepackError, InputFileError
 
 
 def load_npz_data(path: Path, inputs: list[dict[str, Any]] | None = None) -> tuple[list[Any], Any]:
@@ -194,7 +194,7 @@ def bench_report(
     from types import SimpleNamespace
 
     from compress.bench_schedule import benchmark_interleaved, results_and_errors
-    from compress.errors import TargetsFailed
+    from compress.core.errors import TargetsFailed
 
     # the same harness as a recipe run: `repeats` fresh processes per latency, pooled, with a
     # hierarchical CI and the minimum detectable effect
@@ -220,7 +220,7 @@ def bench_report(
 def _model_inputs(model: Path, fmt: str) -> list[dict[str, Any]] | None:
     """The model's inputs, read by opening it here: a corrupt file is a wrong input, not a failed target."""
     from bench.runtime import open_model
-    from compress.errors import MissingDependencyError
+    from compress.core.errors import MissingDependencyError
 
     try:
         return list(open_model(model).inputs)

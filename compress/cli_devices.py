@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from compress.cli import _console, devices_app, fail
-from compress.errors import EdgepackError, TargetError
+from compress.core.errors import EdgepackError, TargetError
 
 
 def _bench_config(recipe: Path | None) -> Any:

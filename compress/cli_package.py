@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from compress.cli import _console, app
-from compress.errors import EdgepackError, InputFileError
+from compress.core.errors import EdgepackError, InputFileError
 
 
 def fail(err: EdgepackError) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bench.agent import ModelInputs, batch_axes_of, concat_samples, num_samples, take_samples
-from compress.errors import InputFileError, UserCodeError
+from compress.core.errors import InputFileError, UserCodeError
 from compress.recipe import DataSpec, InputSpec
 from compress.usercode import DEFAULT_TIMEOUT_S, call_user
 
@@ -105,7 +105,7 @@ def import_ref(ref: str, what: str = "function", timeout_s: float | None = DEFAU
     """Import ``/abs/file.py:function`` or ``package.module:function``.
 
     The module's own code runs under :func:`~compress.usercode.call_user` (an import that
-    exits, raises or hangs is a :class:`~compress.errors.UserCodeError`), and so does every
+    exits, raises or hangs is a :class:`~compress.core.errors.UserCodeError`), and so does every
     call of the returned function.
 
     Args:

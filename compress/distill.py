@@ -24,7 +24,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.context import StepContext
-from compress.errors import StepError
+from compress.core.errors import StepError
 from compress.recipe import DistillConfig, FeaturePair, Recipe
 from compress.training import model_outputs, primary_output
 

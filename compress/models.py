@@ -9,7 +9,7 @@ import numpy as np
 
 from compress.artifact import Artifact
 from compress.data import import_ref
-from compress.errors import InputFileError
+from compress.core.errors import InputFileError
 from compress.recipe import InputSpec, ModelSpec
 from compress.usercode import call_user
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from compress.errors import InputFileError
+from compress.core.errors import InputFileError
 
 
 def _writable_folder(folder: Path, what: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from compress.artifact import Artifact, zipped_size
 from compress.context import StepContext
-from compress.errors import StepError
+from compress.core.errors import StepError
 from compress.recipe import PruneConfig, Recipe, step_config, step_kind
 from compress.training import OutputPlan, model_outputs
 

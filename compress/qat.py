@@ -32,7 +32,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.context import StepContext
-from compress.errors import MissingDependencyError, StepError
+from compress.core.errors import MissingDependencyError, StepError
 from compress.recipe import QatConfig, Recipe
 
 Problems = list[tuple[tuple[Any, ...], str]]

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from compress.errors import RecipeError, RecipeProblem, shorten
+from compress.core.errors import RecipeError, RecipeProblem, shorten
 from compress.recipe import Recipe, step_config, step_kind
 from compress.registry import STEPS
 from compress.yamlpos import MAX_BYTES, Loc, YamlLimitError, dotted, line_of, load_value, load_with_lines
@@ -197,7 +197,7 @@ def _input_problems(src: RecipeSource) -> list[RecipeProblem]:
                 for i, s in enumerate(specs) for axis in s.dynamic_axes]
     if r.model.source_kind != "onnx":
         return []
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
     from compress.models import onnx_input_specs
 
     try:

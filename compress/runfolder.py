@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import atomic_write_text
-from compress.errors import EdgepackError
+from compress.core.errors import EdgepackError
 
 LOCK_NAME = ".lock"
 REPORT_FILES = ("report.json", "report.md", "report.html")

@@ -23,7 +23,7 @@ import yaml
 from compress.artifact import Artifact, atomic_write_text, config_hash, zipped_size
 from compress.context import Advisory, StepContext
 from compress.data import Dataset, Split, load_dataset, synthetic_inputs
-from compress.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
+from compress.core.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
 from compress.recipe import Recipe, step_config, step_kind
 from compress.recipe_io import RecipeSource
 from compress.registry import EXPORTS, STEPS, load
@@ -721,7 +721,7 @@ class Runner:
             except (KeyboardInterrupt, Exception):
                 raise
             except BaseException as e:  # the model's forward exited (SystemExit & co.) on the intake check
-                from compress.errors import UserCodeError
+                from compress.core.errors import UserCodeError
 
                 raise UserCodeError(f"the model's code raised {type(e).__name__} ({e}) on the intake check: "
                                     "user code must return or raise an exception, not exit") from None
@@ -739,7 +739,7 @@ class Runner:
                     raise
                 raise err from e
             except BaseException as e:  # the model's own code (forward) raised SystemExit & co. mid-run
-                from compress.errors import UserCodeError
+                from compress.core.errors import UserCodeError
 
                 user = UserCodeError(f"the model's code raised {type(e).__name__} ({e}) during the run: "
                                      "user code must return or raise an exception, not exit")

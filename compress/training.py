@@ -466,7 +466,7 @@ class MultiOutputLoss:
             self._check(plan)
 
     def _check(self, plan: OutputPlan) -> None:
-        from compress.errors import StepError
+        from compress.core.errors import StepError
 
         if self.teacher is None and not any(plan.has_labels(o.index) for o in plan.outputs):
             tasks = ", ".join(sorted({o.task for o in plan.outputs}))
@@ -493,7 +493,7 @@ class MultiOutputLoss:
         plan = self.plan
         labels = self._targets(targets, plan)
         if len(s_outs) != len(plan.outputs):
-            from compress.errors import StepError
+            from compress.core.errors import StepError
 
             raise StepError("train", f"the model returns {len(s_outs)} outputs, {len(plan.outputs)} expected")
         if self._spreads is None:
@@ -507,7 +507,7 @@ class MultiOutputLoss:
             self.recent[o.name] = self.recent[o.name][-20:]
             total = total + o.weight * value
         if not torch.is_tensor(total):
-            from compress.errors import StepError
+            from compress.core.errors import StepError
 
             tasks = ", ".join(sorted({o.task for o in plan.outputs}))
             raise StepError("train", f"fine-tuning a {tasks} model without a teacher needs labels (data y)")

@@ -3,7 +3,7 @@
 User code is trusted to run, not to behave: a factory that calls ``sys.exit(0)`` or
 ``os._exit(0)``, raises a ``BaseException`` (``SystemExit``, ``GeneratorExit``, its own
 subclass), or never returns must not make the run exit 0 without a report, nor hang it.
-:func:`call_user` turns each of these into a :class:`~compress.errors.UserCodeError`,
+:func:`call_user` turns each of these into a :class:`~compress.core.errors.UserCodeError`,
 which the CLI reports as bad input (exit 2, like a factory that raises: the fix is in the
 user's code, and nothing has run yet).
 
@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from compress.errors import EdgepackError, UserCodeError, shorten
+from compress.core.errors import EdgepackError, UserCodeError, shorten
 
 DEFAULT_TIMEOUT_S = 600.0
 SWALLOWED_ALARMS = 10

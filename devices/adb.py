@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.latency import LatencyStats, summarize
 from bench.report import TargetResult
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from compress.recipe import AdbDeviceSpec
 from devices.base import BenchSpec
 from devices.untrusted import clean_text, one_line, validate_times

@@ -46,7 +46,7 @@ class Target(Protocol):
 
 def make_target(name: str, recipe_bench: Any = None) -> Target:
     """The target a recipe or CLI names (``local``, ``ssh:pi``, ``emulated:aarch64``...)."""
-    from compress.errors import TargetNameError
+    from compress.core.errors import TargetNameError
 
     kind, _, arg = name.partition(":")
     if kind == "local":

@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.agent import take_samples
 from bench.report import Parity, TargetResult
-from compress.errors import MissingDependencyError, TargetError, TargetNameError
+from compress.core.errors import MissingDependencyError, TargetError, TargetNameError
 from devices.base import BenchSpec
 
 AGENT = Path(__file__).resolve().parent.parent / "bench" / "agent.py"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.latency import LatencyStats
 from bench.report import TargetResult
-from compress.errors import InputFileError, TargetError, TargetNameError
+from compress.core.errors import InputFileError, TargetError, TargetNameError
 from devices.base import BenchSpec
 from devices.graph_cost import KINDS, Layer, model_layers, summarize_layers
 

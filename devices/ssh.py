@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.agent import take_samples
 from bench.report import TargetResult
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from compress.recipe import SshDeviceSpec
 from devices.base import BenchSpec
 from devices.local import AGENT, parse_agent_output, read_outputs, result_from_agent, write_inputs

@@ -6,7 +6,7 @@ import shutil
 
 from compress.artifact import Artifact, atomic_write_with, config_hash
 from compress.context import StepContext
-from compress.errors import StepError
+from compress.core.errors import StepError
 from compress.models import example_inputs
 from compress.recipe import OnnxExportConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.report import Parity
-from compress.errors import NonFiniteOutputError
+from compress.core.errors import NonFiniteOutputError
 
 
 def _nonfinite(a: np.ndarray) -> str | None:

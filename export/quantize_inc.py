@@ -20,7 +20,7 @@ from typing import Any
 
 from compress.artifact import Artifact
 from compress.context import StepContext
-from compress.errors import MissingDependencyError, StepError
+from compress.core.errors import MissingDependencyError, StepError
 from compress.recipe import QuantizeConfig
 
 INC_HINT = 'pip install "edgepack[inc]"   (neural-compressor[pt] 3.x)'

@@ -31,7 +31,7 @@ import numpy as np
 
 from compress.artifact import Artifact, atomic_write_with
 from compress.context import StepContext
-from compress.errors import StepError
+from compress.core.errors import StepError
 from compress.recipe import QuantizeConfig
 from export.cpu import (  # noqa: F401  (re-exported: the names this module has always offered)
     ARM_DOT_FLAGS,

@@ -32,7 +32,7 @@ import numpy as np
 
 from compress.artifact import Artifact, atomic_write_with, config_hash
 from compress.context import StepContext
-from compress.errors import EdgepackError, MissingDependencyError, StepError
+from compress.core.errors import EdgepackError, MissingDependencyError, StepError
 from compress.recipe import TfliteExportConfig
 
 STEP = "export:tflite"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from devices.base import BenchSpec
 from devices.ssh import SshTarget
 from tests.conftest import ROOT, write_recipe

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from devices.base import BenchSpec
 from tests.conftest import ROOT
 

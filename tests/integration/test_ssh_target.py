@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from compress.recipe import SshDeviceSpec
 from devices.base import BenchSpec
 from devices.ssh import SshTarget, fingerprint

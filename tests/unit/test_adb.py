@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from compress.recipe import AdbDeviceSpec
 from devices.adb import (
     AdbTarget,

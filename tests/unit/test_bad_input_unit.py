@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from compress.data import Dataset, Split, _as_arrays, input_mismatches, load_dataset
-from compress.errors import InputFileError, RecipeError, TargetNameError, TargetsFailed
+from compress.core.errors import InputFileError, RecipeError, TargetNameError, TargetsFailed
 from compress.outputs import check_output_dir, check_output_file
 from compress.recipe import DataSpec, ModelSpec
 from compress.recipe_io import apply_overrides, parse_recipe_text
@@ -235,7 +235,7 @@ def test_quantize_exclude_must_name_a_node(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from compress.errors import StepError
+    from compress.core.errors import StepError
     from export.quantize_onnx import check_exclude
 
     w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")

@@ -13,7 +13,7 @@ from bench.compare import compare_reports, parse_gate, real_latency_changes, ren
 from bench.latency import LatencyStats, summarize, summarize_processes
 from bench.report import ArtifactReport, Report, TargetResult
 from compress.cli import app
-from compress.errors import InputFileError
+from compress.core.errors import InputFileError
 
 
 def _times(median_ms: float, seed: int, n: int = 300) -> np.ndarray:

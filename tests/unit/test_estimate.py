@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from devices.base import BenchSpec
 from devices.estimate import (
     EstimateTarget,

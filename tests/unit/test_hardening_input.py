@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compress.cli import app
-from compress.errors import InputFileError, NonFiniteOutputError, RecipeError, UserCodeError
+from compress.core.errors import InputFileError, NonFiniteOutputError, RecipeError, UserCodeError
 from compress.recipe_io import apply_overrides, parse_recipe
 from tests.conftest import ROOT, TINY_RECIPE, write_recipe
 

@@ -19,7 +19,7 @@ from bench.agent import (
 from bench.runtime import predict
 from bench.tradeoff import _bytes_of, _recipe_input_specs
 from compress.data import Split, input_mismatches, load_dataset, synthetic_inputs
-from compress.errors import InputFileError, RecipeError
+from compress.core.errors import InputFileError, RecipeError
 from compress.recipe import DataSpec, InputSpec
 from compress.recipe_io import parse_recipe_text
 from tests.conftest import write_recipe

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compress.data import import_ref, load_dataset
-from compress.errors import InputFileError
+from compress.core.errors import InputFileError
 from compress.models import load_model, torch_predict
 from compress.recipe import DataSpec, ModelSpec
 from tests.conftest import ROOT

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from compress.errors import RecipeError
+from compress.core.errors import RecipeError
 from compress.models import count_macs
 from compress.prune import channel_counts, global_sparsity, prune, sparsity_at
 from compress.recipe import InputSpec, PruneConfig

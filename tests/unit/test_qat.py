@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compress.errors import RecipeError
+from compress.core.errors import RecipeError
 from compress.models import count_macs, count_params
 from compress.qat import qat, qat_for
 from compress.recipe import InputSpec, QatConfig

@@ -398,7 +398,7 @@ def test_advisories_fp16_on_x86_and_weight_only_on_conv(tmp_path: Path) -> None:
 
 
 def test_engine_inc_without_neural_compressor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compress.errors import MissingDependencyError
+    from compress.core.errors import MissingDependencyError
     from export.quantize_onnx import quantize
 
     monkeypatch.setitem(sys.modules, "neural_compressor", None)  # import fails as if not installed
@@ -616,7 +616,7 @@ def test_opset_upgrade_that_changes_outputs_fails_clearly(tmp_path: Path, monkey
     import onnx.version_converter
     from onnx import numpy_helper
 
-    from compress.errors import StepError
+    from compress.core.errors import StepError
 
     real = onnx.version_converter.convert_version
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from compress.cli import app
-from compress.errors import RecipeError
+from compress.core.errors import RecipeError
 from compress.recipe import PruneConfig, Recipe
 from compress.recipe_io import parse_recipe, parse_recipe_text
 from tests.conftest import ROOT, TINY_RECIPE, write_recipe

@@ -19,7 +19,7 @@ from bench.latency import (
 from bench.repeats import merge_results, ratio_ci
 from bench.report import TargetResult
 from compress.bench_schedule import benchmark_interleaved, results_and_errors
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 from devices.base import BenchSpec
 
 

@@ -186,7 +186,7 @@ def unsupported_op_model(folder: Path) -> Any:
 
 
 def test_unsupported_op_names_the_op_and_the_layer(tiny_dir: Path) -> None:
-    from compress.errors import StepError
+    from compress.core.errors import StepError
     from compress.recipe import TfliteExportConfig
     from export.tflite import export_tflite
 
@@ -200,7 +200,7 @@ def test_unsupported_op_names_the_op_and_the_layer(tiny_dir: Path) -> None:
 
 
 def test_missing_converter_is_a_missing_dependency(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from compress.errors import MissingDependencyError
+    from compress.core.errors import MissingDependencyError
     from compress.recipe import TfliteExportConfig
     from export.tflite import export_tflite
 
@@ -213,7 +213,7 @@ def test_missing_converter_is_a_missing_dependency(tiny_dir: Path, monkeypatch: 
 
 def test_onnx_model_is_refused_with_a_reason(tiny_dir: Path) -> None:
     from compress.artifact import Artifact
-    from compress.errors import StepError
+    from compress.core.errors import StepError
     from compress.recipe import TfliteExportConfig
     from export.tflite import export_tflite
 
