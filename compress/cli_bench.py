@@ -278,7 +278,7 @@ def bench_cmd(
     from rich.console import Console
 
     from bench.report import render_markdown
-    from compress.artifact import atomic_write_text
+    from compress.core.fileio import atomic_write_text
 
     if task not in ("auto", "classification", "regression"):
         fail(InputFileError(f"--task {task!r}: use auto, classification or regression"))
@@ -337,7 +337,7 @@ def compare_cmd(
     Real: the CI of B/A (processes resampled) excludes 1 and the change beats both runs' MDE. Noisy: unclear.
     """
     from bench.compare import compare_reports, render_markdown
-    from compress.artifact import atomic_write_text
+    from compress.core.fileio import atomic_write_text
 
     if fmt not in ("md", "json"):
         fail(InputFileError(f"--format {fmt!r}: use md or json"))

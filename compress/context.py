@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.data import Dataset
 from compress.recipe import Recipe
 

@@ -22,7 +22,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.core.errors import StepError
 from compress.recipe import DistillConfig, FeaturePair, Recipe

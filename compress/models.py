@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.data import import_ref
 from compress.core.errors import InputFileError
 from compress.recipe import InputSpec, ModelSpec

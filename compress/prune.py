@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, zipped_size
+from compress.core.fileio import zipped_size
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.core.errors import StepError
 from compress.recipe import PruneConfig, Recipe, step_config, step_kind

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.core.errors import MissingDependencyError, StepError
 from compress.recipe import QatConfig, Recipe

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import atomic_write_text
+from compress.core.fileio import atomic_write_text
 from compress.core.errors import EdgepackError
 
 LOCK_NAME = ".lock"
@@ -29,7 +29,7 @@ REPORT_FILES = ("report.json", "report.md", "report.html")
 # Scratch folders steps make with mkdtemp inside their step folder (quantize's ``work-``,
 # QAT's ``float-``): removed when the step ends, left behind only by a killed run.
 _SCRATCH_DIR = re.compile(r"^(work|float)-[a-z0-9_]{8}$")
-# compress.artifact.atomic_path's temp files: ``.NAME.`` + mkstemp's 8 characters + ``.part``
+# compress.core.fileio.atomic_path's temp files: ``.NAME.`` + mkstemp's 8 characters + ``.part``
 _PART = re.compile(r"^\..+\.[a-zA-Z0-9_]{8}\.part$")
 
 # What an OSError while writing into the run folder means, in the user's words.

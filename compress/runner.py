@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from compress.artifact import Artifact, atomic_write_text, config_hash, zipped_size
+from compress.core.fileio import atomic_write_text, config_hash, zipped_size
+from compress.core.types import Artifact
 from compress.context import Advisory, StepContext
 from compress.data import Dataset, Split, load_dataset, synthetic_inputs
 from compress.core.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed

@@ -329,7 +329,7 @@ def calibrate(reports: list[Path], profile: str | None = None, log: Any = print)
            "fit": [{"what": s["what"], "measured_ms": s["ms"], "fitted_ms": p} for s, p in zip(samples, pred)]}
     path = calibration_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from compress.artifact import atomic_write_text
+    from compress.core.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(cal, indent=2))
     cal["path"] = str(path)

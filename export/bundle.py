@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compress.artifact import atomic_path, sha256_file
+from compress.core.fileio import atomic_path, sha256_file
 from compress.core.errors import InputFileError
 from export.bundle_verify import VerifyResult, bundle_bytes, verify_bundle
 from export.signing import DIGEST_FILE, digest_document

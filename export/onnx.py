@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from compress.artifact import Artifact, atomic_write_with, config_hash
+from compress.core.fileio import atomic_write_with, config_hash
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.core.errors import StepError
 from compress.models import example_inputs

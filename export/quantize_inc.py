@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.core.errors import MissingDependencyError, StepError
 from compress.recipe import QuantizeConfig
@@ -98,7 +98,7 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
     if q_model is None:
         ctx.details["goal_met"] = False
         raise StepError(ctx.step_name, f"neural-compressor found no configuration within tolerable_loss {tolerable}")
-    from compress.artifact import atomic_write_with
+    from compress.core.fileio import atomic_write_with
     from compress.models import set_mode
 
     set_mode(q_model, False)

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, atomic_write_with
+from compress.core.fileio import atomic_write_with
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.core.errors import StepError
 from compress.recipe import QuantizeConfig
@@ -355,7 +356,7 @@ def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
     cached = artifact.metadata.get("_onnx_export")
     if cached is not None:
         return cached
-    from compress.artifact import config_hash
+    from compress.core.fileio import config_hash
     from compress.recipe import OnnxExportConfig
     from export.onnx import export_module_to_onnx
 

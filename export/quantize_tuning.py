@@ -427,7 +427,7 @@ def tune(plan: Plan, config: Any, ctx: Any, pre: Path, names: list[str], batch: 
     """
     import onnx
 
-    from compress.artifact import Artifact
+    from compress.core.types import Artifact
     from compress.core.errors import StepError
     from export.equalize import apply_moves
     from export.quantize_onnx import feeds_of, quantize_plan

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, atomic_write_with, config_hash
+from compress.core.fileio import atomic_write_with, config_hash
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.core.errors import EdgepackError, MissingDependencyError, StepError
 from compress.recipe import TfliteExportConfig

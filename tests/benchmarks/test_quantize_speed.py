@@ -71,7 +71,7 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     float_path = folder / "float.onnx"
     export_module_to_onnx(torch_art.module, recipe.model.input_specs(), float_path)
 
-    from compress.artifact import Artifact
+    from compress.core.types import Artifact
 
     float_art = Artifact(name="onnx-fp32", format="onnx", path=float_path)
     ctx = StepContext(recipe=recipe, run_dir=folder, step_dir=folder / "edgepack", step_name="01-quantize",
@@ -117,7 +117,7 @@ MINILM_CLAIM = 2.0
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """fp32 and edgepack dynamic-int8 ONNX of MiniLM, as recipes/minilm-embedding.yaml makes them."""
-    from compress.artifact import Artifact
+    from compress.core.types import Artifact
     from compress.context import StepContext
     from compress.data import load_dataset
     from compress.models import load_model

@@ -94,7 +94,7 @@ def test_params_and_macs_follow_the_model_they_came_from(run: tuple) -> None:
 
 def test_every_file_artifact_has_its_zipped_size(run: tuple) -> None:
     report, run_dir, _ = run
-    from compress.artifact import zipped_size
+    from compress.core.fileio import zipped_size
 
     for a in report.artifacts:
         assert a.zipped_bytes == zipped_size(run_dir / a.path), a.name

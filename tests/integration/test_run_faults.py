@@ -99,7 +99,7 @@ SLOW_REPORT = textwrap.dedent('''
     import contextlib, sys, time
     from pathlib import Path
 
-    import compress.artifact as artifact
+    import compress.core.fileio as artifact
 
     marker = Path(sys.argv.pop(1))
     original = artifact.atomic_path

@@ -19,7 +19,7 @@ PACKAGES = ("compress", "export", "bench", "devices")
 UNITS: dict[str, str] = {
     # the kernel
     "compress.core": "core",
-    "compress.core.errors": "core", "compress.artifact": "core", "compress.recipe_checks": "core",
+    "compress.core.errors": "core", "compress.core.fileio": "core", "compress.recipe_checks": "core",
     # bench runtime and statistics
     **dict.fromkeys(["bench.agent", "bench.runtime", "bench.latency", "bench.repeats", "bench.accuracy",
                      "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick",

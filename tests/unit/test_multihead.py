@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.data import Dataset, Split
 from compress.distill import distill, kd_loss

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.context import StepContext
 from compress.data import Dataset, Split
 from compress.recipe import QuantizeConfig, Recipe

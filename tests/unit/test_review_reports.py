@@ -6,7 +6,7 @@ from __future__ import annotations
 from bench.latency import summarize
 from bench.report import ArtifactReport, Report, StepReport, TargetResult
 from bench.tradeoff import tradeoff_section
-from compress.artifact import Artifact
+from compress.core.types import Artifact
 from compress.recipe_io import parse_recipe_text
 
 RECIPE = """

@@ -31,7 +31,7 @@ def make_context(folder: Path, body: str = TINY_RECIPE, step: str = "tflite") ->
 
 
 def tiny_artifact(ctx: Any, module: Any = None) -> Any:
-    from compress.artifact import Artifact
+    from compress.core.types import Artifact
     from compress.models import load_model
 
     if module is None:
@@ -212,7 +212,7 @@ def test_missing_converter_is_a_missing_dependency(tiny_dir: Path, monkeypatch: 
 
 
 def test_onnx_model_is_refused_with_a_reason(tiny_dir: Path) -> None:
-    from compress.artifact import Artifact
+    from compress.core.types import Artifact
     from compress.core.errors import StepError
     from compress.recipe import TfliteExportConfig
     from export.tflite import export_tflite
@@ -262,7 +262,7 @@ def _pt2e_quantized(module: Any, x: np.ndarray, target: str) -> Any:
 @pytest.mark.parametrize("target", ["x86", "arm"])
 def test_pt2e_quantized_model_converts_with_its_own_parameters(tiny_dir: Path, target: str) -> None:
     """A QAT (pt2e) model: only int8 is exported, from its own quantization parameters."""
-    from compress.artifact import Artifact
+    from compress.core.types import Artifact
     from compress.recipe import TfliteExportConfig
     from export.tflite import export_tflite, is_pt2e_quantized, pt2e_for_litert
 
