@@ -45,7 +45,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from bench.repeats import ratio_ci, yardstick_ratio_ci
-from bench.report import ArtifactReport, Report, TargetResult, load_report
+from compress.core.report_schema import ArtifactReport, Report, TargetResult, load_report
 
 # Latency statistics compared per timing setting: metric name -> percentile (or "mean").
 LATENCY_STATS: dict[str, float | str] = {"latency_p50": 50.0, "latency_p90": 90.0, "latency_p99": 99.0,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import TargetResult
+from compress.core.report_schema import TargetResult
 from bench.repeats import merge_results, ratio_ci
 from compress.core.errors import EdgepackError
 from devices.base import BenchSpec

@@ -141,7 +141,7 @@ def bench_report(
 
     from bench.accuracy import task_metrics
     from bench.agent import num_samples
-    from bench.report import ArtifactReport, Report
+    from compress.core.report_schema import ArtifactReport, Report
     from compress.runner import environment, tool_versions
     from devices.base import BenchSpec, make_target
 

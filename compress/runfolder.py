@@ -278,7 +278,8 @@ def write_reports(folder: Path, report: Any, log: Callable[[str], None]) -> None
     Raises:
         RunFolderWriteError: A report file could not be written.
     """
-    from bench.report import AdvisoryReport, render_markdown
+    from bench.report import render_markdown
+    from compress.core.report_schema import AdvisoryReport
 
     if report.status in ("ok", "degraded"):
         missing = missing_files(folder, report)

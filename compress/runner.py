@@ -403,7 +403,7 @@ class Runner:
                 ref = (parent.name, self.outputs_of(parent)) if parent is not None else None
                 g = self.gatekeeper.gate(art.name, art.precision, outs, ref)
             except ValueError as e:
-                from bench.fidelity import GateResult
+                from compress.core.report_schema import GateResult
 
                 g = {"vs_parent": None, "vs_baseline": None,
                      "gate": GateResult(passed=False, reasons=[f"outputs cannot be compared: {e}"], fixes=[])}
@@ -578,13 +578,7 @@ class Runner:
     # ------------------------------------------------------------------ report
 
     def build_report(self, status: str, error: str | None) -> Any:
-        from bench.report import (
-            AdvisoryReport,
-            ArtifactReport,
-            ModelFacts,
-            Report,
-            StepReport,
-        )
+        from compress.core.report_schema import AdvisoryReport, ArtifactReport, ModelFacts, Report, StepReport
 
         arts = []
         for a in self.state.artifacts:
@@ -625,7 +619,7 @@ class Runner:
         Raises:
             RunFolderWriteError: A report file could not be written (the run has failed).
         """
-        from bench.report import AdvisoryReport
+        from compress.core.report_schema import AdvisoryReport
 
         report = self.build_report(status, error)
         extras = self.report_extras(report)

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import LatencyStats, summarize
-from bench.report import TargetResult
+from bench.latency import summarize
+from compress.core.report_schema import LatencyStats
+from compress.core.report_schema import TargetResult
 from compress.core.errors import TargetError
 from compress.recipe import AdbDeviceSpec
 from devices.base import BenchSpec

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bench.report import TargetResult
+from compress.core.report_schema import TargetResult
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import Parity
+from compress.core.report_schema import Parity
 
 FLOAT_ATOL = 1e-4
 INT8_MIN_AGREEMENT = 1.0

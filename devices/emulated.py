@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.agent import take_samples
-from bench.report import Parity, TargetResult
+from compress.core.report_schema import Parity, TargetResult
 from compress.core.errors import MissingDependencyError, TargetError, TargetNameError
 from devices.base import BenchSpec
 

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.latency import LatencyStats
-from bench.report import TargetResult
+from compress.core.report_schema import LatencyStats
+from compress.core.report_schema import TargetResult
 from compress.core.errors import InputFileError, TargetError, TargetNameError
 from devices.base import BenchSpec
 from devices.graph_cost import KINDS, Layer, model_layers, summarize_layers
@@ -243,7 +243,7 @@ def band(est_ms: float, cal: dict[str, Any]) -> tuple[float, float]:
 
 
 def _samples_from_reports(reports: list[Path], profile: str | None, log: Any) -> list[dict[str, Any]]:
-    from bench.report import load_report
+    from compress.core.report_schema import load_report
 
     samples = []
     for rp in reports:

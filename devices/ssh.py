@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.agent import take_samples
-from bench.report import TargetResult
+from compress.core.report_schema import TargetResult
 from compress.core.errors import TargetError
 from compress.recipe import SshDeviceSpec
 from devices.base import BenchSpec

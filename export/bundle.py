@@ -244,7 +244,7 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
 
         private_key = load_private_key(sign_key)
     from bench.agent import num_samples, take_samples
-    from bench.report import load_report
+    from compress.core.report_schema import load_report
     from bench.runtime import open_model, predict
 
     report = load_report(run_dir)

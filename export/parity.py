@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.report import Parity
+from compress.core.report_schema import Parity
 from compress.core.errors import NonFiniteOutputError
 
 

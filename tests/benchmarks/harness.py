@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.repeats import ratio_ci
-from bench.report import TargetResult
+from compress.core.report_schema import TargetResult
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.compare import compare_reports, parse_gate, real_latency_changes, render_markdown
-from bench.latency import LatencyStats, summarize, summarize_processes
-from bench.report import ArtifactReport, Report, TargetResult
+from bench.latency import summarize, summarize_processes
+from compress.core.report_schema import LatencyStats
+from compress.core.report_schema import ArtifactReport, Report, TargetResult
 from compress.cli import app
 from compress.core.errors import InputFileError
 

@@ -123,7 +123,7 @@ def _synthetic_report(folder: Path, params: dict[str, float]) -> Path:
     """A saved run whose 'measured' latencies follow known efficiencies on this host's profile."""
     from bench.agent import device_facts
     from bench.latency import summarize
-    from bench.report import ArtifactReport, Report, TargetResult
+    from compress.core.report_schema import ArtifactReport, Report, TargetResult
 
     env = device_facts()
     prof = host_profile(env)

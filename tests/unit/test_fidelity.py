@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from bench.accuracy import classification_metrics, roc_auc, task_metrics
-from bench.fidelity import SQNR_CAP_DB, Fidelity, evaluate_gate, measure_fidelity, summary_line
+from bench.fidelity import evaluate_gate, measure_fidelity, summary_line
+from compress.core.report_schema import SQNR_CAP_DB, Fidelity
 from bench.outputs import resolve_outputs
 from compress.recipe import DetectionSpec, FidelityConfig, GateTolerance, OutputSpec
 from export.parity import compare_outputs

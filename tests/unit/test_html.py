@@ -9,7 +9,15 @@ import numpy as np
 
 from bench.html import markdown_to_html, pareto_front, render_html
 from bench.latency import summarize
-from bench.report import AdvisoryReport, ArtifactReport, ModelFacts, Parity, Report, StepReport, TargetResult
+from compress.core.report_schema import (
+    AdvisoryReport,
+    ArtifactReport,
+    ModelFacts,
+    Parity,
+    Report,
+    StepReport,
+    TargetResult,
+)
 
 
 class _Collector(HTMLParser):

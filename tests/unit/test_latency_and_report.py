@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from bench.accuracy import classification_metrics, embedding_metrics, regression_metrics, task_metrics
 from bench.latency import summarize
-from bench.report import ArtifactReport, Report, TargetResult, render_markdown
+from bench.report import render_markdown
+from compress.core.report_schema import ArtifactReport, Report, TargetResult
 
 
 @settings(max_examples=50, deadline=None)

@@ -86,16 +86,7 @@ KNOWN: set[str] = {
     "compress.qat -> export.quantize_onnx",
     "compress.recipe_io -> bench.tradeoff",
     "export.cpu -> export.quantize_tuning",
-    "export.parity -> bench.report",
-    "bench.repeats -> bench.report",
-    "devices.adb -> bench.report",
     "devices.adb -> compress.recipe",
-    "devices.base -> bench.report",
-    "devices.crosscheck -> bench.report",
-    "devices.emulated -> bench.report",
-    "devices.estimate -> bench.report",
-    "devices.local -> bench.report",
-    "devices.ssh -> bench.report",
     "devices.ssh -> compress.recipe",
 }
 

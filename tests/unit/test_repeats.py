@@ -17,7 +17,7 @@ from bench.latency import (
     summarize_processes,
 )
 from bench.repeats import merge_results, ratio_ci
-from bench.report import TargetResult
+from compress.core.report_schema import TargetResult
 from compress.bench_schedule import benchmark_interleaved, results_and_errors
 from compress.core.errors import TargetError
 from devices.base import BenchSpec
@@ -77,7 +77,7 @@ def test_merge_pools_runs_and_keeps_process_medians() -> None:
     assert len(m.details["processes"]) == 3 and m.details["warmup_runs"] == 60 and m.peak_rss_mb == 50.0
     assert m.throughput_items_s == pytest.approx(1e3 / m.latency_ms.p50)
     # old reports still load: the new fields are optional
-    from bench.latency import LatencyStats
+    from compress.core.report_schema import LatencyStats
 
     old = {k: v for k, v in m.latency_ms.model_dump().items()
            if k not in ("repeats", "process_medians", "process_runs", "between_spread", "mde_rel")}

@@ -4,7 +4,7 @@ multi-thread-only runs, HTML lineage through torch steps, estimated rows, inheri
 from __future__ import annotations
 
 from bench.latency import summarize
-from bench.report import ArtifactReport, Report, StepReport, TargetResult
+from compress.core.report_schema import ArtifactReport, Report, StepReport, TargetResult
 from bench.tradeoff import tradeoff_section
 from compress.core.types import Artifact
 from compress.recipe_io import parse_recipe_text

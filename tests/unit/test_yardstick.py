@@ -11,7 +11,7 @@ import pytest
 from bench import yardstick
 from bench.agent import benchmark as agent_benchmark
 from bench.compare import compare_reports
-from bench.report import ArtifactReport, Report, TargetResult
+from compress.core.report_schema import ArtifactReport, Report, TargetResult
 from bench.repeats import merge_results, yardstick_ratio_ci
 from devices.base import BenchSpec
 from devices.local import result_from_agent
