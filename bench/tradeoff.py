@@ -125,7 +125,7 @@ def _io_specs(art: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def _profile_server_side(art: Any, profile: str, batch: int, run_dir: Path | None) -> tuple[float, float, str] | None:
     """(ms per item, items per second per core, source) estimated from a cloud device profile."""
-    from devices.base import BenchSpec
+    from compress.core.types import BenchSpec
     from devices.estimate import EstimateTarget
 
     if not art.path:

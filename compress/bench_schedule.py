@@ -18,7 +18,7 @@ import numpy as np
 from compress.core.report_schema import TargetResult
 from bench.repeats import merge_results, ratio_ci
 from compress.core.errors import EdgepackError
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 
 Key = tuple[str, str, int, int]  # artifact name, target name, threads, batch
 

@@ -143,7 +143,8 @@ def bench_report(
     from bench.agent import num_samples
     from compress.core.report_schema import ArtifactReport, Report
     from compress.runner import environment, tool_versions
-    from devices.base import BenchSpec, make_target
+    from devices.targets import make_target
+    from compress.core.types import BenchSpec
 
     fmt = {".onnx": "onnx", ".tflite": "tflite"}.get(model.suffix.lower())
     if fmt is None:

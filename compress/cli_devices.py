@@ -86,7 +86,7 @@ def check_cmd(
 
     import numpy as np
 
-    from devices.base import make_target
+    from devices.targets import make_target
 
     console = _console()
     try:
@@ -99,7 +99,7 @@ def check_cmd(
                 model = _tiny_onnx(Path(tmp) / "check.onnx")
                 x = [np.linspace(-2, 2, 24, dtype=np.float32).reshape(3, 8)]
                 if target.startswith("ssh"):
-                    from devices.base import BenchSpec
+                    from compress.core.types import BenchSpec
 
                     res = t.benchmark(model, BenchSpec(warmup=1, max_warmup=10, runs=3), x)
                     ok = bool(res.parity and res.parity.passed)

@@ -548,7 +548,8 @@ class Runner:
         """Time every ONNX/TFLite artifact on every target: ``bench.repeats`` fresh processes per
         latency, artifacts interleaved (A B C A B C ...), speed-ups over the parent with their CI."""
         from compress.bench_schedule import benchmark_interleaved, results_and_errors
-        from devices.base import BenchSpec, make_target
+        from devices.targets import make_target
+        from compress.core.types import BenchSpec
 
         b = self.recipe.bench
         files = [a for a in self.state.artifacts if a.format in ("onnx", "tflite") and a.path is not None]
@@ -759,7 +760,7 @@ class Runner:
     def check_targets(self) -> None:
         """Reach every device target before any work: an unreachable board, a phone that is
         not there or an emulation root never set up fails now, not after the training."""
-        from devices.base import make_target
+        from devices.targets import make_target
 
         errors = []
         for name in self.recipe.bench.targets:

@@ -31,7 +31,7 @@ from compress.core.report_schema import LatencyStats
 from compress.core.report_schema import TargetResult
 from compress.core.errors import TargetError
 from compress.recipe import AdbDeviceSpec
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from devices.untrusted import clean_text, one_line, validate_times
 
 MAX_RESULT_FILE_BYTES = 64 * 2**20

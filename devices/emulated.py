@@ -32,7 +32,7 @@ import numpy as np
 from bench.agent import take_samples
 from compress.core.report_schema import Parity, TargetResult
 from compress.core.errors import MissingDependencyError, TargetError, TargetNameError
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 
 AGENT = Path(__file__).resolve().parent.parent / "bench" / "agent.py"
 ARCHES = ("aarch64",)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compress.core.report_schema import LatencyStats
 from compress.core.report_schema import TargetResult
 from compress.core.errors import InputFileError, TargetError, TargetNameError
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from devices.graph_cost import KINDS, Layer, model_layers, summarize_layers
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"

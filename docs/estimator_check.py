@@ -112,7 +112,7 @@ def measure(items: list[tuple[str, str, Path]], run_dir: Path, runs: int) -> Pat
 
     from bench.agent import device_facts
     from compress.core.report_schema import ArtifactReport, Report
-    from devices.base import BenchSpec
+    from compress.core.types import BenchSpec
     from devices.local import LocalTarget
 
     target = LocalTarget()

@@ -67,3 +67,16 @@ class Artifact:
         }
         base.update(changes)
         return Artifact(**base)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """How to time one artifact."""
+
+    threads: int = 1
+    warmup: int = 20
+    max_warmup: int = 500
+    runs: int = 200
+    batch: int = 1
+    cpus: tuple[int, ...] | None = None
+    yardstick: bool = True  # time the machine yardstick beside the artifact (bench.yardstick)

@@ -41,7 +41,7 @@ def interleaved(
 ) -> dict[str, TargetResult]:
     """Merged results per model name, timed in interleaved rounds of fresh processes."""
     from compress.bench_schedule import benchmark_interleaved
-    from devices.base import BenchSpec
+    from compress.core.types import BenchSpec
     from devices.local import LocalTarget
 
     models = [Model(name, p) for name, p in paths.items()]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from compress.core.errors import TargetError
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from devices.ssh import SshTarget
 from tests.conftest import ROOT, write_recipe
 from tests.integration.test_ssh_target import Sshd, _gemm_model, _inputs, sshd  # noqa: F401  (sshd: a fixture)

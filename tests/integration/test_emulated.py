@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from compress.core.errors import TargetError
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

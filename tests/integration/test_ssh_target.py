@@ -21,7 +21,7 @@ import pytest
 
 from compress.core.errors import TargetError
 from compress.recipe import SshDeviceSpec
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from devices.ssh import SshTarget, fingerprint
 
 SSHD = "/usr/sbin/sshd"

@@ -27,7 +27,7 @@ from devices.adb import (
     stats_from_summary,
     tflite_benchmark_args,
 )
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data"

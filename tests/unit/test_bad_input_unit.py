@@ -210,7 +210,7 @@ def test_output_paths_are_checked_before_work(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["lcoal", "ssh:pi", "estimate:nope", "emulated:x86"])
 def test_a_target_name_that_names_nothing_is_a_wrong_input(name: str) -> None:
-    from devices.base import make_target
+    from devices.targets import make_target
 
     with pytest.raises(TargetNameError) as exc:
         make_target(name)

@@ -74,7 +74,7 @@ def test_agent_repeats_data_rows_up_to_the_batch(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
 def test_local_target_pins_and_records_affinity(tmp_path: Path) -> None:
-    from devices.base import BenchSpec
+    from compress.core.types import BenchSpec
     from devices.local import LocalTarget
 
     cpu = min(os.sched_getaffinity(0))

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compress.core.errors import TargetError
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from devices.estimate import (
     EstimateTarget,
     calibrate,

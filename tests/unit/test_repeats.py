@@ -20,7 +20,7 @@ from bench.repeats import merge_results, ratio_ci
 from compress.core.report_schema import TargetResult
 from compress.bench_schedule import benchmark_interleaved, results_and_errors
 from compress.core.errors import TargetError
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 
 
 def _process(median: float, seed: int, n: int = 200, within: float = 0.001) -> np.ndarray:

@@ -13,7 +13,7 @@ from bench.agent import benchmark as agent_benchmark
 from bench.compare import compare_reports
 from compress.core.report_schema import ArtifactReport, Report, TargetResult
 from bench.repeats import merge_results, yardstick_ratio_ci
-from devices.base import BenchSpec
+from compress.core.types import BenchSpec
 from devices.local import result_from_agent
 
 
