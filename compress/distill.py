@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.core.errors import StepError
 from compress.recipe import DistillConfig, FeaturePair, Recipe
 from compress.training import model_outputs, primary_output

@@ -20,7 +20,7 @@ import numpy as np
 
 from compress.core.fileio import zipped_size
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.core.errors import StepError
 from compress.recipe import PruneConfig, Recipe, step_config, step_kind
 from compress.training import OutputPlan, model_outputs

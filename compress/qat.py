@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.core.errors import MissingDependencyError, StepError
 from compress.recipe import QatConfig, Recipe
 

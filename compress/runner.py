@@ -22,7 +22,8 @@ import yaml
 
 from compress.core.fileio import atomic_write_text, config_hash, zipped_size
 from compress.core.types import Artifact
-from compress.context import Advisory, StepContext
+from compress.core.step import StepContext
+from compress.core.types import Advisory
 from compress.data import Dataset, Split, load_dataset, synthetic_inputs
 from compress.core.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
 from compress.recipe import Recipe, step_config, step_kind

@@ -6,7 +6,7 @@ import shutil
 
 from compress.core.fileio import atomic_write_with, config_hash
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.core.errors import StepError
 from compress.models import example_inputs
 from compress.recipe import OnnxExportConfig

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.core.errors import MissingDependencyError, StepError
 from compress.recipe import QuantizeConfig
 

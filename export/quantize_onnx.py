@@ -31,7 +31,7 @@ import numpy as np
 
 from compress.core.fileio import atomic_write_with
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.core.errors import StepError
 from compress.recipe import QuantizeConfig
 from export.cpu import (  # noqa: F401  (re-exported: the names this module has always offered)

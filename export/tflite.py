@@ -32,7 +32,7 @@ import numpy as np
 
 from compress.core.fileio import atomic_write_with, config_hash
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.core.errors import EdgepackError, MissingDependencyError, StepError
 from compress.recipe import TfliteExportConfig
 

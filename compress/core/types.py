@@ -80,3 +80,20 @@ class BenchSpec:
     batch: int = 1
     cpus: tuple[int, ...] | None = None
     yardstick: bool = True  # time the machine yardstick beside the artifact (bench.yardstick)
+
+
+Severity = Literal["info", "warning", "error"]
+
+
+@dataclass
+class Advisory:
+    """A note in the report that a choice will not pay off, and what to do instead."""
+
+    code: str
+    message: str
+    severity: Severity = "warning"
+    artifact: str | None = None
+    step: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}

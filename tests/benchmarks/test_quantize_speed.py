@@ -37,7 +37,7 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Float, edgepack-default and onnxruntime-default int8 models, and the eval data."""
     from onnxruntime.quantization import quantize_static
 
-    from compress.context import StepContext
+    from compress.core.step import StepContext
     from compress.data import load_dataset
     from compress.models import load_model
     from compress.recipe import QuantizeConfig
@@ -118,7 +118,7 @@ MINILM_CLAIM = 2.0
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """fp32 and edgepack dynamic-int8 ONNX of MiniLM, as recipes/minilm-embedding.yaml makes them."""
     from compress.core.types import Artifact
-    from compress.context import StepContext
+    from compress.core.step import StepContext
     from compress.data import load_dataset
     from compress.models import load_model
     from compress.recipe import QuantizeConfig

@@ -37,7 +37,7 @@ WEIGHTS = MODELS / "mobilenet_digits.pt"
 @pytest.fixture(scope="module")
 def mobilenet_tflite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """fp32 and int8 .tflite of the MobileNetV2-style model, made by the export step."""
-    from compress.context import StepContext
+    from compress.core.step import StepContext
     from compress.data import load_dataset
     from compress.models import load_model
     from compress.recipe import TfliteExportConfig

@@ -29,7 +29,7 @@ UNITS: dict[str, str] = {
     # what comes in: the recipe, its data, the model
     "compress.intake": "intake",
     **dict.fromkeys(["compress.recipe", "compress.recipe_sections", "compress.yamlpos", "compress.usercode",
-                     "compress.data", "compress.models", "compress.context"], "intake"),
+                     "compress.data", "compress.models", "compress.core.step"], "intake"),
     # format exporters
     **dict.fromkeys(["export.onnx", "export.tflite", "export.onnx_inspect", "export.tflite_inspect"], "exporters"),
     # code shared by several steps

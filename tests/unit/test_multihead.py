@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.data import Dataset, Split
 from compress.distill import distill, kd_loss
 from compress.models import torch_predict

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.data import Dataset, Split
 from compress.recipe import QuantizeConfig, Recipe
 

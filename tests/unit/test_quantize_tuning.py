@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from compress.core.types import Artifact
-from compress.context import StepContext
+from compress.core.step import StepContext
 from compress.data import Dataset, Split
 from compress.recipe import QuantizeConfig, Recipe
 from tests.unit.test_quantize_onnx import _save, run_onnx

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def make_context(folder: Path, body: str = TINY_RECIPE, step: str = "tflite") -> Any:
     """A StepContext for the tiny recipe, its data loaded, writing under ``folder/step``."""
-    from compress.context import StepContext
+    from compress.core.step import StepContext
     from compress.data import load_dataset
     from compress.recipe_io import parse_recipe
 

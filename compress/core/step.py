@@ -6,25 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from compress.core.types import Artifact
-from compress.data import Dataset
-from compress.recipe import Recipe
-
-Severity = Literal["info", "warning", "error"]
-
-
-@dataclass
-class Advisory:
-    """A note in the report that a choice will not pay off, and what to do instead."""
-
-    code: str
-    message: str
-    severity: Severity = "warning"
-    artifact: str | None = None
-    step: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+from compress.core.types import Advisory, Artifact, Severity
 
 
 @dataclass
@@ -42,11 +24,11 @@ class StepContext:
         evaluate: Task metrics of a torch module or file artifact on the eval split.
     """
 
-    recipe: Recipe
+    recipe: Any  # compress.intake.recipe.Recipe (the kernel imports nothing of the project)
     run_dir: Path
     step_dir: Path
     step_name: str
-    data: Dataset | None
+    data: Any  # compress.intake.data.Dataset, or None
     reference: Any
     log: Callable[[str], None]
     evaluate: Callable[[Any], dict[str, Any]]
