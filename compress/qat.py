@@ -126,13 +126,13 @@ def _freeze_bn(prepared: Any) -> None:
 
 def qat(artifact: Artifact, config: QatConfig, ctx: StepContext) -> Artifact:
     """Fine-tune the incoming float module with fake quantization; return the int8 module."""
-    from export.cpu import detect_cpu
+    from compress.core.env import detect_cpu
 
     return qat_for(artifact, config, ctx, detect_cpu(ctx.target_arch if config.target == "auto" else config.target))
 
 
 def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -> Artifact:
-    """The ``qat`` step with the target CPU's features (:class:`export.cpu.CpuFeatures`) given explicitly."""
+    """The ``qat`` step with the target CPU's features (:class:`compress.core.env.CpuFeatures`) given explicitly."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from compress.models import count_macs, count_params, set_mode
@@ -210,7 +210,8 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     import shutil
 
     from compress.recipe import OnnxExportConfig
-    from export.cpu import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, describe_cpu, host_cpu, kernel_fidelity
+    from compress.core.env import describe_cpu, host_cpu
+    from bench.host import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, kernel_fidelity
     from export.onnx import export_onnx
     from export.quantize_onnx import feeds_of, input_names
 
@@ -258,7 +259,8 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
     import shutil
     import tempfile
 
-    from export.cpu import SLOWER_RATIO, describe_cpu, host_cpu, relative_speed
+    from compress.core.env import describe_cpu, host_cpu
+    from bench.host import SLOWER_RATIO, relative_speed
     from export.onnx import export_module_to_onnx
     from export.quantize_onnx import feeds_of
 

@@ -57,7 +57,7 @@ def tool_versions() -> dict[str, str]:
 def environment() -> dict[str, Any]:
     from bench.agent import device_facts
 
-    from export.cpu import detect_cpu, host_cpu
+    from compress.core.env import detect_cpu, host_cpu
 
     env = device_facts()
     env["versions"] = tool_versions()

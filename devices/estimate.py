@@ -64,7 +64,7 @@ class DeviceProfile(BaseModel):
 
 
 def _user_profiles_dir() -> Path:
-    from devices.emulated import cache_dir
+    from compress.core.env import cache_dir
 
     return cache_dir() / "profiles"
 
@@ -143,7 +143,7 @@ def host_measurements() -> dict[str, float]:
     import subprocess
     import sys
 
-    from devices.emulated import cache_dir
+    from compress.core.env import cache_dir
 
     cached = cache_dir() / "host-bandwidth.json"
     try:
@@ -186,7 +186,7 @@ def default_efficiencies(fam: str) -> dict[str, Any]:
 
 
 def calibration_path(profile: str) -> Path:
-    from devices.emulated import cache_dir
+    from compress.core.env import cache_dir
 
     return cache_dir() / "calibration" / f"{profile}.json"
 

@@ -43,9 +43,9 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         artifact: The torch model.
         config: The step's configuration (``engine: inc``).
         ctx: The step context.
-        cpu: The target CPU's :class:`export.cpu.CpuFeatures` (detected when None).
+        cpu: The target CPU's :class:`compress.core.env.CpuFeatures` (detected when None).
     """
-    from export.cpu import detect_cpu
+    from compress.core.env import detect_cpu
 
     cpu = cpu or detect_cpu(ctx.target_arch if config.target == "auto" else config.target)
     inc = _import_inc()

@@ -34,13 +34,10 @@ from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import StepError
 from compress.recipe import QuantizeConfig
-from export.cpu import (  # noqa: F401  (re-exported: the names this module has always offered)
-    ARM_DOT_FLAGS,
+from compress.core.env import (
     CPUINFO_ENV,
-    X86_DOT_FLAGS,
     CpuFeatures,
     detect_cpu,
-    has_int8_dot,
     host_arch,
     host_cpu,
     read_cpu_flags,
@@ -478,14 +475,8 @@ def verify_loads(path: Path, step: str) -> None:
 def measure_on_artifact(dest: Path, float_path: Path, cpu: CpuFeatures, feeds: list[dict[str, np.ndarray]],
                         one: dict[str, np.ndarray], name: str, ctx: StepContext) -> None:
     """Advisories from the artifact on this CPU: int8 kernels vs QDQ in float, int8 vs fp32 speed."""
-    from export.cpu import (
-        MIN_KERNEL_AGREEMENT,
-        MIN_KERNEL_COSINE,
-        SLOWER_RATIO,
-        describe_cpu,
-        kernel_fidelity,
-        relative_speed,
-    )
+    from compress.core.env import describe_cpu
+    from bench.host import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, SLOWER_RATIO, kernel_fidelity, relative_speed
 
     here = describe_cpu(cpu)
     try:
@@ -518,7 +509,7 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         artifact: The model to quantize (ONNX, or torch: exported here).
         config: The step's configuration.
         ctx: The step context.
-        cpu: The target CPU's features (:func:`export.cpu.detect_cpu` for the real one).
+        cpu: The target CPU's features (:func:`compress.core.env.detect_cpu` for the real one).
     """
     if config.engine == "inc":
         from export.quantize_inc import quantize_inc

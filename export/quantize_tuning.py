@@ -32,13 +32,14 @@ left unquantized on both sides.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.host import measure_latency_ms
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # SQNR of ideal 8-bit uniform quantization of a full-scale signal (6.02 * 8 + 1.76 dB). Above
@@ -118,26 +119,6 @@ class Goal:
     def met(self, accuracy: float) -> bool:
         # a hair of slack so that a loss equal to the allowance (up to float rounding) counts
         return self.loss(accuracy) <= self.allowed + 1e-9
-
-
-def measure_latency_ms(path: Path, feed: dict[str, np.ndarray], runs: int = 15, warmup: int = 3,
-                       budget_s: float = 2.0) -> float:
-    """Median single-thread latency of one input, in-process (a quick ranking, not a benchmark)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    t_end = time.perf_counter() + budget_s
-    while len(times) < runs and (len(times) < 3 or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
 
 
 def _sqnr(ref: list[np.ndarray], test: list[np.ndarray]) -> float:

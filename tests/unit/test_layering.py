@@ -23,7 +23,7 @@ UNITS: dict[str, str] = {
     # bench runtime and statistics
     **dict.fromkeys(["bench.agent", "bench.runtime", "bench.latency", "bench.repeats", "bench.accuracy",
                      "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick",
-                     "export.parity", "export.cpu"], "runtime"),
+                     "export.parity", "compress.core.env"], "runtime"),
     # targets
     "devices": "devices",
     # what comes in: the recipe, its data, the model
@@ -85,7 +85,6 @@ KNOWN: set[str] = {
     "compress.qat -> compress.prune",
     "compress.qat -> export.quantize_onnx",
     "compress.recipe_io -> bench.tradeoff",
-    "export.cpu -> export.quantize_tuning",
     "devices.adb -> compress.recipe",
     "devices.ssh -> compress.recipe",
 }

@@ -86,7 +86,7 @@ def test_freeze_bn_after_last_epoch_is_a_recipe_error(tmp_path: Path) -> None:
 def test_x86_quantizer_weights_follow_the_cpu(cpu: str) -> None:
     """Full 8-bit weights with VNNI; 7-bit (-64..63) without, as PTQ's reduce_range."""
     from compress.qat import make_quantizer
-    from export.cpu import NAMED_CPUS
+    from compress.core.env import NAMED_CPUS
 
     features = NAMED_CPUS[cpu]
     quantizer, name = make_quantizer("x86", True, reduce_range=features.u8s8_saturates)
@@ -105,7 +105,7 @@ def torch_uint8() -> Any:
 @pytest.fixture(scope="module")
 def qat_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The digits teacher QAT-trained with each CPU's settings (1 epoch) and its ONNX export."""
-    from export.cpu import NAMED_CPUS
+    from compress.core.env import NAMED_CPUS
 
     out: dict[str, Any] = {}
     for cpu in ("avx2", "vnni"):

@@ -121,7 +121,7 @@ def make_ctx(tmp_path: Path, x: np.ndarray, float_path: Path, target_arch: str =
 def quantize_onnx(tmp_path: Path, model: Path, x: np.ndarray, arch: str = "x86", cpu: str | None = None,
                   **cfg: Any) -> tuple[Artifact, StepContext]:
     """Quantize on this machine's own CPU, or on an explicitly named one (``vnni``, ``avx2``)."""
-    from export.cpu import NAMED_CPUS
+    from compress.core.env import NAMED_CPUS
     from export.quantize_onnx import quantize, quantize_for
 
     ctx = make_ctx(tmp_path, x, model, arch)
@@ -143,7 +143,7 @@ def vectors(n: int = 160) -> np.ndarray:
 
 
 def test_cpu_flags_from_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
-    from export.quantize_onnx import has_int8_dot, read_cpu_flags
+    from compress.core.env import has_int8_dot, read_cpu_flags
 
     x86 = tmp_path / "x86"
     x86.write_text(X86_CPUINFO.format(extra="avx512_vnni"))
@@ -202,7 +202,7 @@ def test_static_is_u8s8_qdq_per_channel_on_x86(tmp_path: Path, cpu: str) -> None
     import onnx
     from onnx import TensorProto
 
-    from export.cpu import NAMED_CPUS, detect_cpu
+    from compress.core.env import NAMED_CPUS, detect_cpu
 
     model = conv_model(tmp_path / "conv.onnx")
     x = images()
@@ -362,7 +362,7 @@ def test_advisory_sparsity_from_parent_metadata(tmp_path: Path) -> None:
     ("arm", ARM_CPUINFO.format(extra="asimddp"), False),
 ])
 def test_advisory_int8_without_dot_product(tmp_path: Path, arch: str, cpuinfo: str, expect: bool) -> None:
-    from export.cpu import features_from_flags, read_cpu_flags
+    from compress.core.env import features_from_flags, read_cpu_flags
     from export.quantize_onnx import quantize_for
 
     info = tmp_path / "cpuinfo"
@@ -379,7 +379,7 @@ def test_advisory_int8_without_dot_product(tmp_path: Path, arch: str, cpuinfo: s
 
 def test_cpuinfo_env_describes_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``$EDGEPACK_CPUINFO`` names the target CPU's cpuinfo: the default path follows it."""
-    from export.cpu import detect_cpu
+    from compress.core.env import detect_cpu
 
     info = tmp_path / "cpuinfo"
     info.write_text(X86_CPUINFO.format(extra=""))
@@ -521,7 +521,7 @@ def test_fold_weight_quantize_keeps_outputs_and_shrinks_the_file(tmp_path: Path)
 
 
 def test_detect_cpu_reads_this_machine() -> None:
-    from export.cpu import detect_cpu, host_arch, read_cpu_flags
+    from compress.core.env import detect_cpu, host_arch, read_cpu_flags
 
     cpu = detect_cpu()
     flags = read_cpu_flags("/proc/cpuinfo")
