@@ -468,7 +468,7 @@ def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:
     from compress.data import synthetic_inputs
     from compress.models import torch_predict
     from export.onnx import export_module_to_onnx
-    from export.parity import compare_outputs
+    from bench.parity import compare_outputs
 
     specs = ctx.recipe.model.input_specs() or []
     dense_path, sparse_path = ctx.step_dir / "dense.onnx", ctx.step_dir / "sparse.onnx"

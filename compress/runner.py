@@ -526,7 +526,7 @@ class Runner:
 
     def check_parity(self, art: Artifact, source: Artifact) -> None:
         """Compare an exported artifact with the model it came from, on eval inputs."""
-        from export.parity import compare_outputs
+        from bench.parity import compare_outputs
 
         ref = self.outputs_of(source)[0]
         out = self.outputs_of(art)[0]

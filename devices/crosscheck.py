@@ -59,7 +59,7 @@ def crosscheck(model: Path, reference: list[np.ndarray], outputs: list[np.ndarra
     Returns:
         The parity verdict on the primary output.
     """
-    from export.parity import compare_outputs
+    from bench.parity import compare_outputs
 
     if quantized is None:
         quantized = is_quantized(model)

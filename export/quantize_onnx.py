@@ -381,7 +381,7 @@ def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext) 
     from bench.runtime import open_model, predict
     from compress.data import synthetic_inputs
     from compress.models import torch_predict
-    from export.parity import compare_outputs
+    from bench.parity import compare_outputs
 
     specs = ctx.recipe.model.input_specs() or []
     x = ctx.data.eval.x if ctx.data is not None else synthetic_inputs([(s.shape, s.dtype) for s in specs], 64).x

@@ -15,7 +15,7 @@ from bench.fidelity import evaluate_gate, measure_fidelity, summary_line
 from compress.core.report_schema import SQNR_CAP_DB, Fidelity
 from bench.outputs import resolve_outputs
 from compress.recipe import DetectionSpec, FidelityConfig, GateTolerance, OutputSpec
-from export.parity import compare_outputs
+from bench.parity import compare_outputs
 
 INT8 = FidelityConfig().int8
 FP32 = FidelityConfig().fp32

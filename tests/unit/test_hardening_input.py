@@ -246,7 +246,7 @@ def test_nan_or_inf_in_data_is_refused_at_intake(tmp_path: Path) -> None:
 
 
 def test_nan_outputs_fail_parity_with_the_count() -> None:
-    from export.parity import compare_outputs
+    from bench.parity import compare_outputs
 
     ref = np.zeros((4, 3))
     out = ref.copy()

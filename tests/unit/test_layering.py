@@ -23,7 +23,7 @@ UNITS: dict[str, str] = {
     # bench runtime and statistics
     **dict.fromkeys(["bench.agent", "bench.runtime", "bench.latency", "bench.repeats", "bench.accuracy",
                      "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick",
-                     "export.parity", "compress.core.env"], "runtime"),
+                     "bench.parity", "compress.core.env"], "runtime"),
     # targets
     "devices": "devices",
     # what comes in: the recipe, its data, the model

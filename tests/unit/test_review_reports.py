@@ -162,7 +162,7 @@ def test_parity_cosine_of_zero_outputs_is_zero() -> None:
     """An artifact that outputs zeros (a broken int8 model) has cosine 0 to a real model, not 1."""
     import numpy as np
 
-    from export.parity import compare_outputs
+    from bench.parity import compare_outputs
 
     ref = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
     broken = np.zeros_like(ref)
