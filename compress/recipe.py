@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from compress.recipe_checks import (
+from compress.core.checks import (
     MAX_DIM,
     MAX_RANK,
     BatchSize,
@@ -37,15 +37,8 @@ from compress.recipe_checks import (
     resolve_file,
     resolve_ref,
 )
-from compress.recipe_sections import (
-    AdbDeviceSpec,
-    BudgetConfig,
-    CloudConfig,
-    NetworkProfile,
-    PackageConfig,
-    SshDeviceSpec,
-    TradeoffConfig,
-)
+from compress.recipe_sections import BudgetConfig, CloudConfig, NetworkProfile, PackageConfig, TradeoffConfig
+from devices.specs import AdbDeviceSpec, SshDeviceSpec
 
 RECIPE_VERSION = 1
 

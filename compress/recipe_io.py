@@ -216,7 +216,7 @@ def _input_problems(src: RecipeSource) -> list[RecipeProblem]:
 
 def _batch_problems(src: RecipeSource) -> list[RecipeProblem]:
     """The largest benchmark batch times one sample's elements, bounded like any one input."""
-    from compress.recipe_checks import MAX_ELEMENTS
+    from compress.core.checks import MAX_ELEMENTS
 
     r = src.recipe
     specs = r.model.input_specs() or []
@@ -309,7 +309,7 @@ def parse_recipe_text(text: str, path: Path | None, overrides: list[str] | None 
 
 def parse_recipe(path: Path, overrides: list[str] | None = None) -> RecipeSource:
     """Read and validate a recipe file (a regular, readable file of at most :data:`~compress.yamlpos.MAX_BYTES`)."""
-    from compress.recipe_checks import check_path_form, check_readable_file
+    from compress.core.checks import check_path_form, check_readable_file
 
     file = shorten(str(path))
     try:

@@ -30,7 +30,7 @@ from bench.latency import summarize
 from compress.core.report_schema import LatencyStats
 from compress.core.report_schema import TargetResult
 from compress.core.errors import TargetError
-from compress.recipe import AdbDeviceSpec
+from devices.specs import AdbDeviceSpec
 from compress.core.types import BenchSpec
 from devices.untrusted import clean_text, one_line, validate_times
 

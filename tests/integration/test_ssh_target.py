@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from compress.core.errors import TargetError
-from compress.recipe import SshDeviceSpec
+from devices.specs import SshDeviceSpec
 from compress.core.types import BenchSpec
 from devices.ssh import SshTarget, fingerprint
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from compress.core.errors import TargetError
-from compress.recipe import AdbDeviceSpec
+from devices.specs import AdbDeviceSpec
 from devices.adb import (
     AdbTarget,
     ort_perf_test_args,

@@ -19,7 +19,7 @@ PACKAGES = ("compress", "export", "bench", "devices")
 UNITS: dict[str, str] = {
     # the kernel
     "compress.core": "core",
-    "compress.core.errors": "core", "compress.core.fileio": "core", "compress.recipe_checks": "core",
+    "compress.core.errors": "core", "compress.core.fileio": "core", "compress.core.checks": "core",
     # bench runtime and statistics
     **dict.fromkeys(["bench.agent", "bench.runtime", "bench.latency", "bench.repeats", "bench.accuracy",
                      "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick",
@@ -85,8 +85,6 @@ KNOWN: set[str] = {
     "compress.qat -> compress.prune",
     "compress.qat -> export.quantize_onnx",
     "compress.recipe_io -> bench.tradeoff",
-    "devices.adb -> compress.recipe",
-    "devices.ssh -> compress.recipe",
 }
 
 _STRING_REF = re.compile(r"^((?:%s)(?:\.\w+)+)(?::\w+)?$" % "|".join(PACKAGES))
