@@ -19,15 +19,7 @@ from typing import Any
 
 import yaml
 
-# Typical figures, deliberately round; a recipe can override any of them under
-# tradeoff.networks. Medians of the kind reported by public mobile network surveys
-# (e.g. Opensignal / Ookla reports): a user's own numbers are better.
-NETWORKS: dict[str, dict[str, float]] = {
-    "wifi": {"rtt_ms": 20.0, "up_mbps": 20.0, "down_mbps": 50.0},
-    "5g": {"rtt_ms": 30.0, "up_mbps": 15.0, "down_mbps": 100.0},
-    "4g": {"rtt_ms": 60.0, "up_mbps": 5.0, "down_mbps": 20.0},
-    "3g_poor": {"rtt_ms": 300.0, "up_mbps": 0.3, "down_mbps": 1.0},
-}
+from compress.recipe_sections import NETWORKS
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "devices" / "profiles"
 

@@ -254,7 +254,7 @@ def _target_problems(src: RecipeSource) -> list[RecipeProblem]:
             problems.append(src.problem(("bench", "targets", i), f"no device profile {t.split(':', 1)[1]!r}; "
                                                                  f"available: {', '.join(profiles)}"))
     if r.tradeoff is not None:
-        from bench.tradeoff import NETWORKS
+        from compress.recipe_sections import NETWORKS
 
         known = set(NETWORKS) | set(r.tradeoff.networks)
         for i, name in enumerate(r.tradeoff.network):

@@ -17,6 +17,17 @@ from compress.core.checks import BatchSize, StrictModel, Threads, check_path_for
 # --------------------------------------------------------------------------- tradeoff, package
 
 
+# Typical figures, deliberately round; a recipe can override any of them under
+# tradeoff.networks. Medians of the kind reported by public mobile network surveys
+# (e.g. Opensignal / Ookla reports): a user's own numbers are better.
+NETWORKS: dict[str, dict[str, float]] = {
+    "wifi": {"rtt_ms": 20.0, "up_mbps": 20.0, "down_mbps": 50.0},
+    "5g": {"rtt_ms": 30.0, "up_mbps": 15.0, "down_mbps": 100.0},
+    "4g": {"rtt_ms": 60.0, "up_mbps": 5.0, "down_mbps": 20.0},
+    "3g_poor": {"rtt_ms": 300.0, "up_mbps": 0.3, "down_mbps": 1.0},
+}
+
+
 class CloudConfig(StrictModel):
     price_per_hour: float = Field(0.10, ge=0, le=1e6, description="USD per hour of one server")
     cores: Threads = 2

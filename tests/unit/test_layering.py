@@ -84,7 +84,6 @@ KNOWN: set[str] = {
     "compress.distill -> compress.prune",
     "compress.qat -> compress.prune",
     "compress.qat -> export.quantize_onnx",
-    "compress.recipe_io -> bench.tradeoff",
 }
 
 _STRING_REF = re.compile(r"^((?:%s)(?:\.\w+)+)(?::\w+)?$" % "|".join(PACKAGES))
