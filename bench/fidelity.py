@@ -410,7 +410,7 @@ def evaluate_gate(
     Args:
         vs_parent: The artifact against the model it was made from, or None.
         vs_baseline: The artifact against the baseline model, or None.
-        tolerance: Attributes of ``compress.recipe.GateTolerance``; None fields are not checked.
+        tolerance: Attributes of ``compress.intake.recipe.GateTolerance``; None fields are not checked.
         precision: The artifact's precision (fp32, fp16, int8, ...), for the fixes.
         baseline_metrics: The baseline's task metrics by output index (default: from
             ``baseline``, else those measured in ``vs_baseline`` from labels).

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from compress.recipe_sections import NETWORKS
+from compress.intake.recipe_sections import NETWORKS
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "devices" / "profiles"
 

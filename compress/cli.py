@@ -72,7 +72,7 @@ def run_cmd(
     (exit 2, naming the pid of the run that holds it) and touches nothing. A full disk or a
     read-only folder fails the run (exit 1, the message names the file and the cause).
     """
-    from compress.recipe_io import parse_recipe
+    from compress.intake.recipe_io import parse_recipe
 
     try:
         source = parse_recipe(recipe, set_ or [])
@@ -151,7 +151,7 @@ def _remove_unstarted_run(run_dir: Path) -> None:
 @app.command("validate")
 def validate_cmd(recipe: Annotated[Path, typer.Argument(help="recipe.yaml")]) -> None:
     """Check a recipe; print every problem with file:line and dotted path."""
-    from compress.recipe_io import parse_recipe
+    from compress.intake.recipe_io import parse_recipe
 
     try:
         parse_recipe(recipe)
@@ -165,7 +165,7 @@ def schema_cmd() -> None:
     """Print the JSON Schema of the recipe format (for editors)."""
     import json
 
-    from compress.recipe import Recipe
+    from compress.intake.recipe import Recipe
 
     sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
 

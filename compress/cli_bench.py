@@ -20,8 +20,8 @@ def load_npz_data(path: Path, inputs: list[dict[str, Any]] | None = None) -> tup
     Inputs are ``x`` or ``x0``, ``x1``... by position, or named ``x_<input>`` or by the
     model's input names (``inputs``: the model's declared inputs, rank-0 ones fixed).
     """
-    from compress.data import read_npz
-    from compress.recipe import InputSpec
+    from compress.intake.data import read_npz
+    from compress.intake.recipe import InputSpec
 
     if not path.is_file():
         raise InputFileError(f"{path}: file not found")
@@ -80,8 +80,8 @@ def bench_shapes(inputs: list[dict[str, Any]], shapes: dict[str, list[int]]) -> 
 
 def _random_inputs(inputs: list[dict[str, Any]], used: dict[str, list[int]], rows: int) -> list[Any]:
     """Random inputs of ``rows`` samples in the shapes used (quantized TFLite inputs: floats)."""
-    from compress.data import synthetic_inputs
-    from compress.recipe import InputSpec
+    from compress.intake.data import synthetic_inputs
+    from compress.intake.recipe import InputSpec
 
     specs = []
     for i in inputs:
@@ -174,7 +174,7 @@ def bench_report(
         names = [i["name"] for i in inputs] if inputs is not None else [f"x{k}" for k in range(len(xs))]
         log("inputs (data): " + ", ".join(f"{n}={'x'.join(map(str, s)) or 'scalar'}" for n, s in zip(names, per)))
     if data and xs is not None and inputs is not None:
-        from compress.data import input_mismatches
+        from compress.intake.data import input_mismatches
 
         # a TFLite session quantizes float inputs itself, so only ONNX dtypes must match exactly
         wrong = input_mismatches([(i["shape"], i["dtype"] if fmt == "onnx" else None) for i in inputs], xs)

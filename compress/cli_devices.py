@@ -15,7 +15,7 @@ from compress.core.errors import EdgepackError, TargetError
 def _bench_config(recipe: Path | None) -> Any:
     if recipe is None:
         return None
-    from compress.recipe_io import parse_recipe
+    from compress.intake.recipe_io import parse_recipe
 
     return parse_recipe(recipe).recipe.bench
 

@@ -25,7 +25,7 @@ from typing import Any
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import StepError
-from compress.recipe import DistillConfig, FeaturePair, Recipe
+from compress.intake.recipe import DistillConfig, FeaturePair, Recipe
 from compress.training import model_outputs, primary_output
 
 Problems = list[tuple[tuple[Any, ...], str]]
@@ -178,7 +178,7 @@ def derive_student(teacher: Any, width: float, example: list[Any]) -> Any:
     Every output's head layer is kept whole (:func:`compress.prune.head_layers`), so each
     output keeps its shape and every head starts from the teacher's own weights.
     """
-    from compress.models import set_mode
+    from compress.intake.models import set_mode
     from compress.prune import structured_prune
 
     student = copy.deepcopy(teacher)
@@ -190,7 +190,7 @@ def derive_student(teacher: Any, width: float, example: list[Any]) -> Any:
 def build_student(config: DistillConfig, teacher: Any, example: list[Any], seed: int) -> Any:
     import torch
 
-    from compress.data import import_ref
+    from compress.intake.data import import_ref
     from compress.training import seed_everything
 
     if config.width is not None:
@@ -214,7 +214,7 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
     variance, embeddings by ``embedding_loss``; outputs with labels blend in their label
     loss by ``1 - alpha``; ``model.outputs[].weight`` weighs each output.
     """
-    from compress.models import count_params, set_mode
+    from compress.intake.models import count_params, set_mode
     from compress.prune import channel_counts, model_example
     from compress.training import fit, multi_output_loss, plan_outputs
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.recipe import GateTolerance, Recipe
+from compress.intake.recipe import GateTolerance, Recipe
 
 
 @dataclass

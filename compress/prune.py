@@ -22,7 +22,7 @@ from compress.core.fileio import zipped_size
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import StepError
-from compress.recipe import PruneConfig, Recipe, step_config, step_kind
+from compress.intake.recipe import PruneConfig, Recipe, step_config, step_kind
 from compress.training import OutputPlan, model_outputs
 
 Problems = list[tuple[tuple[Any, ...], str]]
@@ -151,7 +151,7 @@ def head_layers(module: Any, example: list[Any]) -> list[str]:
 
 def model_example(module: Any, recipe: Recipe) -> list[Any]:
     """A batch-2 random example of the recipe's inputs, with the module put in eval mode."""
-    from compress.models import example_inputs, set_mode
+    from compress.intake.models import example_inputs, set_mode
 
     set_mode(module, False)
     return example_inputs(recipe.model.input_specs() or [], batch=2, seed=recipe.seed)
@@ -355,7 +355,7 @@ def prune(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Artifact
 
 def _teacher_copy(module: Any, config: PruneConfig, plan: OutputPlan | None) -> Any | None:
     """A frozen copy of the unpruned model, when some output learns from it."""
-    from compress.models import set_mode
+    from compress.intake.models import set_mode
 
     if plan is None or not (config.distill_from_unpruned or plan.needs_teacher()):
         return None
@@ -375,7 +375,7 @@ def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Ar
     history: list[dict[str, Any]] = []
 
     def between(i: int) -> None:
-        from compress.models import count_macs
+        from compress.intake.models import count_macs
 
         entry: dict[str, Any] = {"step": i + 1, "macs": count_macs(module, ctx.recipe.model.input_specs() or [])}
         entry["fine_tune"] = _fine_tune(module, teacher, config, ctx, plan,
@@ -409,7 +409,7 @@ def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Ar
 
 def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Artifact:
     module = copy.deepcopy(artifact.module)
-    from compress.models import set_mode
+    from compress.intake.models import set_mode
 
     set_mode(module, False)
     plan = _plan(artifact.module, ctx) if config.epochs > 0 else None
@@ -465,8 +465,8 @@ def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:
     beside the sparse one and the report shows the unchanged latency.
     """
     from bench.runtime import open_model, predict
-    from compress.data import synthetic_inputs
-    from compress.models import torch_predict
+    from compress.intake.data import synthetic_inputs
+    from compress.intake.models import torch_predict
     from export.onnx import export_module_to_onnx
     from bench.parity import compare_outputs
 
@@ -496,7 +496,7 @@ def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:
 
 def module_seen_by(config: Any, baseline: Artifact, recipe: Recipe) -> Any | None:
     """The module a step will receive: the baseline, or the student of an earlier distill."""
-    from compress.data import import_ref
+    from compress.intake.data import import_ref
 
     module = baseline.module if baseline.format == "torch" else None
     for step in recipe.steps:

@@ -33,7 +33,7 @@ from typing import Any
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import MissingDependencyError, StepError
-from compress.recipe import QatConfig, Recipe
+from compress.intake.recipe import QatConfig, Recipe
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
@@ -135,7 +135,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     """The ``qat`` step with the target CPU's features (:class:`compress.core.env.CpuFeatures`) given explicitly."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from compress.models import count_macs, count_params, set_mode
+    from compress.intake.models import count_macs, count_params, set_mode
     from compress.prune import model_example
     from compress.training import fit, multi_output_loss, plan_outputs
 
@@ -209,7 +209,7 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     """
     import shutil
 
-    from compress.recipe import OnnxExportConfig
+    from compress.intake.recipe import OnnxExportConfig
     from compress.core.env import describe_cpu, host_cpu
     from bench.host import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, kernel_fidelity
     from export.onnx import export_onnx

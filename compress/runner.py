@@ -24,10 +24,10 @@ from compress.core.fileio import atomic_write_text, config_hash, zipped_size
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.types import Advisory
-from compress.data import Dataset, Split, load_dataset, synthetic_inputs
+from compress.intake.data import Dataset, Split, load_dataset, synthetic_inputs
 from compress.core.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
-from compress.recipe import Recipe, step_config, step_kind
-from compress.recipe_io import RecipeSource
+from compress.intake.recipe import Recipe, step_config, step_kind
+from compress.intake.recipe_io import RecipeSource
 from compress.registry import EXPORTS, STEPS, load
 from compress.runfolder import (
     RunFolderLock,
@@ -136,7 +136,7 @@ class Runner:
     def eval_split(self) -> Split:
         if self.data is not None:
             return self.data.eval
-        from compress.models import input_specs_of
+        from compress.intake.models import input_specs_of
 
         return synthetic_inputs(input_specs_of(self.recipe.model) or [], 64, self.recipe.seed)
 
@@ -174,7 +174,7 @@ class Runner:
             if key is not None:
                 self.state.outputs[key] = outs
             return outs
-        from compress.models import set_mode, torch_predict
+        from compress.intake.models import set_mode, torch_predict
 
         was_training = getattr(thing, "training", False)
         if was_training:
@@ -205,7 +205,7 @@ class Runner:
                             probabilities=bool(primary and primary.probabilities))
 
     def torch_facts(self, module: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
-        from compress.models import count_macs, count_params, torch_size_bytes
+        from compress.intake.models import count_macs, count_params, torch_size_bytes
 
         specs = self.recipe.model.input_specs() or []
         facts: dict[str, Any] = {"params": count_params(module), "macs": count_macs(module, specs)}
@@ -249,7 +249,7 @@ class Runner:
 
     def preflight(self, baseline: Artifact) -> None:
         """Step checks against the loaded model, before any work starts."""
-        from compress.models import intake_problems
+        from compress.intake.models import intake_problems
 
         problems: list[RecipeProblem] = [self.source.problem(loc, msg)
                                          for loc, msg in intake_problems(baseline, self.recipe, self.data)]
@@ -492,7 +492,7 @@ class Runner:
         cached = torch_art.metadata.get("_onnx_export")
         if cached is not None:
             return cached
-        from compress.recipe import OnnxExportConfig
+        from compress.intake.recipe import OnnxExportConfig
 
         cfg = self.recipe.export_config("onnx") or OnnxExportConfig()
         art = self.run_export("onnx", cfg, torch_art)[0]
@@ -692,7 +692,7 @@ class Runner:
             lock.release()
 
     def _run_locked(self) -> Any:
-        from compress.models import load_model
+        from compress.intake.models import load_model
 
         removed = remove_stale_files(self.run_dir)
         remove_old_reports(self.run_dir)
@@ -707,7 +707,7 @@ class Runner:
             atomic_write_text(self.run_dir / "env.json", json.dumps(self.env, indent=2))
             self.log(f"run folder: {self.run_dir}")
             if self.recipe.data is not None:
-                from compress.models import input_specs_of
+                from compress.intake.models import input_specs_of
 
                 self.data = load_dataset(self.recipe.data, input_specs_of(self.recipe.model))
                 self.log(f"data {self.data.source}: {len(self.data.train)} train, {len(self.data.calib)} calibration, "

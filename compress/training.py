@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from compress.data import Split
-from compress.recipe import Recipe, TrainConfig
+from compress.intake.data import Split
+from compress.intake.recipe import Recipe, TrainConfig
 
 LossFn = Callable[[list[Any], Any], Any]
 
@@ -48,7 +48,7 @@ def primary_output(out: Any) -> Any:
 def model_outputs(out: Any) -> list[Any]:
     """Every tensor a model returns, in order (nested tuples, lists and dicts flattened).
 
-    The order is the one :func:`compress.models.torch_predict` and the exported ONNX model use.
+    The order is the one :func:`compress.intake.models.torch_predict` and the exported ONNX model use.
     """
     if isinstance(out, dict):
         return [t for v in out.values() for t in model_outputs(v)]
@@ -177,7 +177,7 @@ def fit(
     """
     import torch
 
-    from compress.models import set_mode
+    from compress.intake.models import set_mode
 
     n_epochs = cfg.epochs if epochs is None else epochs
     result = TrainResult()
@@ -351,7 +351,7 @@ def plan_outputs(reference: Any, recipe: Recipe, split: Split, samples: int = 51
         samples: How many samples the reference runs on to see its outputs.
     """
     from bench.outputs import resolve_outputs
-    from compress.models import set_mode, torch_predict
+    from compress.intake.models import set_mode, torch_predict
 
     was_training = bool(getattr(reference, "training", False))
     set_mode(reference, False)

@@ -21,7 +21,7 @@ from typing import Any
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import MissingDependencyError, StepError
-from compress.recipe import QuantizeConfig
+from compress.intake.recipe import QuantizeConfig
 
 INC_HINT = 'pip install "edgepack[inc]"   (neural-compressor[pt] 3.x)'
 
@@ -55,7 +55,7 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         raise StepError(ctx.step_name, "engine: inc calibrates on data: add a data section")
     import torch
 
-    from compress.models import example_inputs, inputs_from_split
+    from compress.intake.models import example_inputs, inputs_from_split
     from export.onnx import export_module_to_onnx
 
     specs = ctx.recipe.model.input_specs()
@@ -99,7 +99,7 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         ctx.details["goal_met"] = False
         raise StepError(ctx.step_name, f"neural-compressor found no configuration within tolerable_loss {tolerable}")
     from compress.core.fileio import atomic_write_with
-    from compress.models import set_mode
+    from compress.intake.models import set_mode
 
     set_mode(q_model, False)
     dest = ctx.step_dir / "model.onnx"

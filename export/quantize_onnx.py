@@ -33,7 +33,7 @@ from compress.core.fileio import atomic_write_with
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import StepError
-from compress.recipe import QuantizeConfig
+from compress.intake.recipe import QuantizeConfig
 from compress.core.env import (
     CPUINFO_ENV,
     CpuFeatures,
@@ -100,7 +100,7 @@ def check(config: QuantizeConfig, baseline: Artifact, recipe: Any, data: Any) ->
     if config.tolerable_loss is not None and recipe.task.kind == "classification" and data is not None \
             and data.eval.y is None:
         problems.append((("tolerable_loss",), "a classification task needs labels (y) to measure accuracy loss"))
-    # (engine: inc on an ONNX model is a recipe-level rule, checked in compress.recipe_io)
+    # (engine: inc on an ONNX model is a recipe-level rule, checked in compress.intake.recipe_io)
     if config.engine == "inc" and config.method != "static":
         problems.append((("method",), ("engine: inc supports method: static (its dynamic config is broken in "
                                       "neural-compressor 3.x)")))
@@ -354,7 +354,7 @@ def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
     if cached is not None:
         return cached
     from compress.core.fileio import config_hash
-    from compress.recipe import OnnxExportConfig
+    from compress.intake.recipe import OnnxExportConfig
     from export.onnx import export_module_to_onnx
 
     cfg = ctx.recipe.export_config("onnx") or OnnxExportConfig()
@@ -379,8 +379,8 @@ def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
 def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext) -> Any:
     """Float parity of the step's own ONNX export, gated like the runner's export check."""
     from bench.runtime import open_model, predict
-    from compress.data import synthetic_inputs
-    from compress.models import torch_predict
+    from compress.intake.data import synthetic_inputs
+    from compress.intake.models import torch_predict
     from bench.parity import compare_outputs
 
     specs = ctx.recipe.model.input_specs() or []

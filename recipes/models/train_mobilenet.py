@@ -20,9 +20,9 @@ import torch  # noqa: E402 (after the sys.path set-up)
 from mobilenet import mobilenet_v2  # noqa: E402 (after the sys.path set-up)
 
 from compress.core.fileio import atomic_write_with  # noqa: E402 (after the sys.path set-up)
-from compress.data import load_dataset  # noqa: E402 (after the sys.path set-up)
-from compress.models import torch_predict  # noqa: E402 (after the sys.path set-up)
-from compress.recipe import DataSpec, TrainConfig  # noqa: E402 (after the sys.path set-up)
+from compress.intake.data import load_dataset  # noqa: E402 (after the sys.path set-up)
+from compress.intake.models import torch_predict  # noqa: E402 (after the sys.path set-up)
+from compress.intake.recipe import DataSpec, TrainConfig  # noqa: E402 (after the sys.path set-up)
 from compress.training import fit  # noqa: E402 (after the sys.path set-up)
 
 IMAGE_SIZE = 64

@@ -38,10 +38,10 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from onnxruntime.quantization import quantize_static
 
     from compress.core.step import StepContext
-    from compress.data import load_dataset
-    from compress.models import load_model
-    from compress.recipe import QuantizeConfig
-    from compress.recipe_io import parse_recipe
+    from compress.intake.data import load_dataset
+    from compress.intake.models import load_model
+    from compress.intake.recipe import QuantizeConfig
+    from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
     from export.quantize_onnx import _Reader, feeds_of, quantize
 
@@ -119,10 +119,10 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """fp32 and edgepack dynamic-int8 ONNX of MiniLM, as recipes/minilm-embedding.yaml makes them."""
     from compress.core.types import Artifact
     from compress.core.step import StepContext
-    from compress.data import load_dataset
-    from compress.models import load_model
-    from compress.recipe import QuantizeConfig
-    from compress.recipe_io import parse_recipe
+    from compress.intake.data import load_dataset
+    from compress.intake.models import load_model
+    from compress.intake.recipe import QuantizeConfig
+    from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
     from export.quantize_onnx import quantize
 

@@ -40,7 +40,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, Counter
     """One in-process run of prune -> prune -> quantize dynamic -> quantize static, counting
     how often each model file is run on the eval split."""
     import bench.runtime
-    from compress.recipe_io import parse_recipe
+    from compress.intake.recipe_io import parse_recipe
     from compress.runner import Runner
 
     tmp = tmp_path_factory.mktemp("review")

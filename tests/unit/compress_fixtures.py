@@ -28,7 +28,7 @@ bench: {{targets: [local], threads: [1], warmup: 2, runs: 5}}
 
 def digits_source(tmp_path: Path, steps: str = "[]", task: str = "classification") -> Any:
     """A validated recipe around the quickstart teacher, written to ``tmp_path/recipe.yaml``."""
-    from compress.recipe_io import parse_recipe
+    from compress.intake.recipe_io import parse_recipe
 
     path = tmp_path / "recipe.yaml"
     path.write_text(textwrap.dedent(DIGITS_RECIPE.format(models=MODELS, steps=steps, task=task)).lstrip())
@@ -39,8 +39,8 @@ def digits_runner(tmp_path: Path, steps: str = "[]", task: str = "classification
     """A runner with data and the loaded teacher; ``train`` trims the training split for speed."""
     import numpy as np
 
-    from compress.data import load_dataset
-    from compress.models import load_model
+    from compress.intake.data import load_dataset
+    from compress.intake.models import load_model
     from compress.runner import Runner
 
     runner = Runner(digits_source(tmp_path, steps, task), tmp_path / "run")

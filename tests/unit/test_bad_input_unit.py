@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.data import Dataset, Split, _as_arrays, input_mismatches, load_dataset
+from compress.intake.data import Dataset, Split, _as_arrays, input_mismatches, load_dataset
 from compress.core.errors import InputFileError, RecipeError, TargetNameError, TargetsFailed
 from compress.outputs import check_output_dir, check_output_file
-from compress.recipe import DataSpec, ModelSpec
-from compress.recipe_io import apply_overrides, parse_recipe_text
+from compress.intake.recipe import DataSpec, ModelSpec
+from compress.intake.recipe_io import apply_overrides, parse_recipe_text
 from tests.conftest import TINY_RECIPE, write_recipe
 
 # --------------------------------------------------------------------------- data intake
@@ -70,7 +70,7 @@ def _recipe(tiny_dir: Path, extra: str = "", **replace: str) -> object:
 
 @pytest.fixture()
 def tiny_baseline(tiny_dir: Path) -> object:
-    from compress.models import load_model
+    from compress.intake.models import load_model
 
     spec = ModelSpec.model_validate({"factory": "tiny_model.py:tiny", "input_shape": [1, 1, 8, 8]},
                                     context={"base_dir": tiny_dir})
@@ -78,7 +78,7 @@ def tiny_baseline(tiny_dir: Path) -> object:
 
 
 def _problems(baseline: object, recipe: object, data: Dataset | None) -> dict[str, str]:
-    from compress.models import intake_problems
+    from compress.intake.models import intake_problems
 
     return {".".join(map(str, loc)): msg for loc, msg in intake_problems(baseline, recipe, data)}
 
@@ -116,7 +116,7 @@ def test_labels_and_class_indices_must_match_the_outputs(tiny_dir: Path, tiny_ba
 
 
 def test_garbage_weights_are_not_called_a_pickle(tiny_dir: Path) -> None:
-    from compress.models import _load_state_dict
+    from compress.intake.models import _load_state_dict
 
     (tiny_dir / "w.pt").write_bytes(b"garbage" * 10)
     with pytest.raises(InputFileError, match="not a file written by torch.save"):
@@ -126,7 +126,7 @@ def test_garbage_weights_are_not_called_a_pickle(tiny_dir: Path) -> None:
 @pytest.mark.parametrize("content", ["garbage", "zip"])
 def test_corrupt_exported_program_logs_no_traceback(tiny_dir: Path, content: str,
                                                     capfd: pytest.CaptureFixture[str]) -> None:
-    from compress.models import load_model
+    from compress.intake.models import load_model
 
     path = tiny_dir / "m.pt2"
     if content == "zip":

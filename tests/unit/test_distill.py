@@ -12,7 +12,7 @@ import torch
 from compress.distill import distill, embedding_loss, kd_loss
 from compress.core.errors import RecipeError
 from compress.prune import channel_counts
-from compress.recipe import DistillConfig
+from compress.intake.recipe import DistillConfig
 from tests.unit.compress_fixtures import MODELS, digits_runner, step_ctx
 
 

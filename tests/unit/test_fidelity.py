@@ -14,7 +14,7 @@ from bench.accuracy import classification_metrics, roc_auc, task_metrics
 from bench.fidelity import evaluate_gate, measure_fidelity, summary_line
 from compress.core.report_schema import SQNR_CAP_DB, Fidelity
 from bench.outputs import resolve_outputs
-from compress.recipe import DetectionSpec, FidelityConfig, GateTolerance, OutputSpec
+from compress.intake.recipe import DetectionSpec, FidelityConfig, GateTolerance, OutputSpec
 from bench.parity import compare_outputs
 
 INT8 = FidelityConfig().int8

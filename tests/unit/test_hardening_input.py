@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from compress.cli import app
 from compress.core.errors import InputFileError, NonFiniteOutputError, RecipeError, UserCodeError
-from compress.recipe_io import apply_overrides, parse_recipe
+from compress.intake.recipe_io import apply_overrides, parse_recipe
 from tests.conftest import ROOT, TINY_RECIPE, write_recipe
 
 runner = CliRunner()
@@ -232,8 +232,8 @@ def test_thousands_of_unknown_keys_are_counted_not_listed(tiny_dir: Path) -> Non
 
 
 def test_nan_or_inf_in_data_is_refused_at_intake(tmp_path: Path) -> None:
-    from compress.data import load_dataset
-    from compress.recipe import DataSpec
+    from compress.intake.data import load_dataset
+    from compress.intake.recipe import DataSpec
 
     x = np.zeros((10, 3), np.float32)
     x[4, 1], x[7, 2] = np.nan, np.inf
@@ -262,7 +262,7 @@ def test_nan_outputs_fail_parity_with_the_count() -> None:
 
 
 def test_user_code_that_exits_or_raises_base_exceptions(tmp_path: Path) -> None:
-    from compress.usercode import call_user
+    from compress.intake.usercode import call_user
 
     class Mine(BaseException):
         pass
@@ -284,14 +284,14 @@ def test_user_code_that_exits_or_raises_base_exceptions(tmp_path: Path) -> None:
 
 
 def test_a_real_ctrl_c_stays_a_keyboard_interrupt() -> None:
-    from compress.usercode import call_user
+    from compress.intake.usercode import call_user
 
     with pytest.raises(KeyboardInterrupt):
         call_user(lambda: signal.raise_signal(signal.SIGINT), what="f")
 
 
 def test_code_that_swallows_every_interruption_ends_the_process(tmp_path: Path) -> None:
-    code = ("import time, compress.usercode as u\nu.SWALLOWED_ALARMS = 2\n"
+    code = ("import time, compress.intake.usercode as u\nu.SWALLOWED_ALARMS = 2\n"
             "def f():\n    while True:\n        try:\n            time.sleep(100)\n        except BaseException:\n"
             "            pass\nu.call_user(f, what='model factory f.py:f', timeout_s=0.2, setting='model.timeout_s')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -299,7 +299,7 @@ def test_code_that_swallows_every_interruption_ends_the_process(tmp_path: Path) 
 
 
 def test_student_and_module_code_go_through_the_guard(tmp_path: Path) -> None:
-    from compress.data import import_ref
+    from compress.intake.data import import_ref
 
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\ndef f():\n    pass\n")
     with pytest.raises(UserCodeError, match="importing .*exits.py called sys.exit"):

@@ -18,10 +18,10 @@ from bench.agent import (
 )
 from bench.runtime import predict
 from bench.tradeoff import _bytes_of, _recipe_input_specs
-from compress.data import Split, input_mismatches, load_dataset, synthetic_inputs
+from compress.intake.data import Split, input_mismatches, load_dataset, synthetic_inputs
 from compress.core.errors import InputFileError, RecipeError
-from compress.recipe import DataSpec, InputSpec
-from compress.recipe_io import parse_recipe_text
+from compress.intake.recipe import DataSpec, InputSpec
+from compress.intake.recipe_io import parse_recipe_text
 from tests.conftest import write_recipe
 
 SPECS = [
@@ -128,7 +128,7 @@ def test_input_mismatches_compare_apart_from_each_batch_axis() -> None:
 
 
 def test_example_inputs_respect_batch_axis_and_dtype() -> None:
-    from compress.models import example_inputs, ties_batch_to_one
+    from compress.intake.models import example_inputs, ties_batch_to_one
 
     specs = [InputSpec(name="f", shape=[1, -1, 4], dynamic={1: 5}), InputSpec(name="s", shape=[2, 1, 3], batch_axis=1),
              InputSpec(name="sr", shape=[], dtype="int64", batch_axis=None),
@@ -145,7 +145,7 @@ def test_example_inputs_respect_batch_axis_and_dtype() -> None:
 def test_torch_predict_runs_a_batch_tied_model_sample_by_sample() -> None:
     import torch
 
-    from compress.models import torch_predict
+    from compress.intake.models import torch_predict
 
     class Gru(torch.nn.Module):
         def __init__(self) -> None:
@@ -269,7 +269,7 @@ def test_an_onnx_model_without_inputs_is_read_for_its_shapes(tmp_path: Path) -> 
     assert "input 'img'" in exc.value.problems[0].message and "model.inputs[0]" in exc.value.problems[0].message
     model(["N", 3, 8, 8])  # only the batch is symbolic: random inputs of the file's own shape
     src = parse_recipe_text(text, write_recipe(tmp_path, text))
-    from compress.models import input_specs_of
+    from compress.intake.models import input_specs_of
 
     (spec,) = input_specs_of(src.recipe.model)
     assert spec.shape == [-1, 3, 8, 8] and spec.batch_axis == 0

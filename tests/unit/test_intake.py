@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from compress.data import import_ref, load_dataset
+from compress.intake.data import import_ref, load_dataset
 from compress.core.errors import InputFileError
-from compress.models import load_model, torch_predict
-from compress.recipe import DataSpec, ModelSpec
+from compress.intake.models import load_model, torch_predict
+from compress.intake.recipe import DataSpec, ModelSpec
 from tests.conftest import ROOT
 
 
@@ -116,7 +116,7 @@ def test_exported_program(tiny_dir: Path) -> None:
 
 def test_onnx_file(tiny_dir: Path) -> None:
     from export.onnx import export_module_to_onnx
-    from compress.recipe import InputSpec
+    from compress.intake.recipe import InputSpec
 
     art = load_model(_spec(tiny_dir, factory="tiny_model.py:tiny"))
     export_module_to_onnx(art.module, [InputSpec(shape=[1, 1, 8, 8])], tiny_dir / "m.onnx")

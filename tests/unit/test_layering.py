@@ -28,8 +28,8 @@ UNITS: dict[str, str] = {
     "devices": "devices",
     # what comes in: the recipe, its data, the model
     "compress.intake": "intake",
-    **dict.fromkeys(["compress.recipe", "compress.recipe_sections", "compress.yamlpos", "compress.usercode",
-                     "compress.data", "compress.models", "compress.core.step"], "intake"),
+    **dict.fromkeys(["compress.intake.recipe", "compress.intake.recipe_sections", "compress.intake.yamlpos", "compress.intake.usercode",
+                     "compress.intake.data", "compress.intake.models", "compress.core.step"], "intake"),
     # format exporters
     **dict.fromkeys(["export.onnx", "export.tflite", "export.onnx_inspect", "export.tflite_inspect"], "exporters"),
     # code shared by several steps
@@ -41,7 +41,7 @@ UNITS: dict[str, str] = {
                      "export.quantize_onnx", "export.quantize_inc", "export.quantize_tuning", "export.equalize",
                      "export.opset", "export.onnx_fp16"], "steps"),
     # the whole-recipe check: validates the step order against the step registry, so it sits above the steps
-    **dict.fromkeys(["compress.intake.recipe_io", "compress.recipe_io"], "recipe"),
+    **dict.fromkeys(["compress.intake.recipe_io", "compress.intake.recipe_io"], "recipe"),
     # what is made of results: reports, comparisons, the trade-off, bundles
     **dict.fromkeys(["bench.report", "bench.html", "bench.compare", "bench.tradeoff"], "report"),
     **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata"], "bundle"),

@@ -18,11 +18,11 @@ from torch import nn
 
 from compress.core.types import Artifact
 from compress.core.step import StepContext
-from compress.data import Dataset, Split
+from compress.intake.data import Dataset, Split
 from compress.distill import distill, kd_loss
-from compress.models import torch_predict
+from compress.intake.models import torch_predict
 from compress.prune import channel_counts, final_layer, head_layers, head_layers_by_output, prune, structured_prune
-from compress.recipe import DistillConfig, PruneConfig, Recipe, TrainConfig
+from compress.intake.recipe import DistillConfig, PruneConfig, Recipe, TrainConfig
 from compress.training import (
     OutputPlan,
     fit,

@@ -18,10 +18,10 @@ import onnxruntime as ort
 import pytest
 
 from compress.core.errors import RecipeError
-from compress.models import count_macs, count_params
+from compress.intake.models import count_macs, count_params
 from compress.qat import qat, qat_for
-from compress.recipe import InputSpec, QatConfig
-from compress.recipe_io import parse_recipe_text
+from compress.intake.recipe import InputSpec, QatConfig
+from compress.intake.recipe_io import parse_recipe_text
 from export.onnx import export_module_to_onnx
 from tests.unit.compress_fixtures import DIGITS_RECIPE, MODELS, digits_runner, step_ctx
 

@@ -11,8 +11,8 @@ import pytest
 
 from compress.core.types import Artifact
 from compress.core.step import StepContext
-from compress.data import Dataset, Split
-from compress.recipe import QuantizeConfig, Recipe
+from compress.intake.data import Dataset, Split
+from compress.intake.recipe import QuantizeConfig, Recipe
 from tests.unit.test_quantize_onnx import _save, run_onnx
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from compress.cli import app
-from compress.recipe import Recipe
+from compress.intake.recipe import Recipe
 
 BASE = textwrap.dedent("""
     version: 1
@@ -92,7 +92,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # once here, outside the measured cases: an import under tracemalloc is slow and large
     import importlib
 
-    for name in ("devices.estimate", "bench.tradeoff", "compress.models", "onnx", "rich.console"):
+    for name in ("devices.estimate", "bench.tradeoff", "compress.intake.models", "onnx", "rich.console"):
         importlib.import_module(name)
     (d / "base.yaml").write_text(BASE)
     assert runner.invoke(app, ["validate", str(d / "base.yaml")]).exit_code == 0

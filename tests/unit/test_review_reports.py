@@ -7,7 +7,7 @@ from bench.latency import summarize
 from compress.core.report_schema import ArtifactReport, Report, StepReport, TargetResult
 from bench.tradeoff import tradeoff_section
 from compress.core.types import Artifact
-from compress.recipe_io import parse_recipe_text
+from compress.intake.recipe_io import parse_recipe_text
 
 RECIPE = """
 version: 1
@@ -85,7 +85,7 @@ def test_qat_model_size_counts_only_what_its_graph_reads() -> None:
     from torch import nn
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from compress.models import torch_size_bytes
+    from compress.intake.models import torch_size_bytes
     from compress.qat import capture, make_quantizer
 
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def test_onnx_export_carries_no_source_paths(tmp_path) -> None:  # noqa: ANN001
     import torch
     from torch import nn
 
-    from compress.recipe import InputSpec
+    from compress.intake.recipe import InputSpec
     from export.onnx import export_module_to_onnx
 
     torch.manual_seed(0)

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 def make_context(folder: Path, body: str = TINY_RECIPE, step: str = "tflite") -> Any:
     """A StepContext for the tiny recipe, its data loaded, writing under ``folder/step``."""
     from compress.core.step import StepContext
-    from compress.data import load_dataset
-    from compress.recipe_io import parse_recipe
+    from compress.intake.data import load_dataset
+    from compress.intake.recipe_io import parse_recipe
 
     recipe = parse_recipe(write_recipe(folder, body)).recipe
     return StepContext(recipe=recipe, run_dir=folder, step_dir=folder / step, step_name="export:tflite",
@@ -32,7 +32,7 @@ def make_context(folder: Path, body: str = TINY_RECIPE, step: str = "tflite") ->
 
 def tiny_artifact(ctx: Any, module: Any = None) -> Any:
     from compress.core.types import Artifact
-    from compress.models import load_model
+    from compress.intake.models import load_model
 
     if module is None:
         return load_model(ctx.recipe.model)
@@ -41,7 +41,7 @@ def tiny_artifact(ctx: Any, module: Any = None) -> Any:
 
 
 def torch_outputs(module: Any, x: np.ndarray) -> np.ndarray:
-    from compress.models import torch_predict
+    from compress.intake.models import torch_predict
 
     return torch_predict(module, [x])[0]
 
@@ -55,7 +55,7 @@ def tflite_outputs(art: Any, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def all_precisions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, dict[str, Any]]:
-    from compress.recipe import TfliteExportConfig
+    from compress.intake.recipe import TfliteExportConfig
     from export.tflite import export_tflite
     from tests.conftest import TINY_MODEL
 
@@ -116,7 +116,7 @@ def test_int8_metadata_has_io_quantization_and_no_float_ops(all_precisions: tupl
 
 def test_channels_last_io_and_saturation_advisory(tiny_dir: Path) -> None:
     """NHWC inputs on request; a one-sample calibration clips the outputs and is advised."""
-    from compress.recipe import TfliteExportConfig
+    from compress.intake.recipe import TfliteExportConfig
     from export.tflite import export_tflite
 
     ctx = make_context(tiny_dir)
@@ -179,7 +179,7 @@ def model():
 
 def unsupported_op_model(folder: Path) -> Any:
     """A module whose ``pool`` layer uses an op the TFLite converter rejects."""
-    from compress.data import import_ref
+    from compress.intake.data import import_ref
 
     (folder / "unsupported_op_model.py").write_text(UNSUPPORTED_OP_MODEL)
     return import_ref(f"{folder / 'unsupported_op_model.py'}:model")()
@@ -187,7 +187,7 @@ def unsupported_op_model(folder: Path) -> Any:
 
 def test_unsupported_op_names_the_op_and_the_layer(tiny_dir: Path) -> None:
     from compress.core.errors import StepError
-    from compress.recipe import TfliteExportConfig
+    from compress.intake.recipe import TfliteExportConfig
     from export.tflite import export_tflite
 
     ctx = make_context(tiny_dir)
@@ -201,7 +201,7 @@ def test_unsupported_op_names_the_op_and_the_layer(tiny_dir: Path) -> None:
 
 def test_missing_converter_is_a_missing_dependency(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from compress.core.errors import MissingDependencyError
-    from compress.recipe import TfliteExportConfig
+    from compress.intake.recipe import TfliteExportConfig
     from export.tflite import export_tflite
 
     ctx = make_context(tiny_dir)
@@ -214,7 +214,7 @@ def test_missing_converter_is_a_missing_dependency(tiny_dir: Path, monkeypatch: 
 def test_onnx_model_is_refused_with_a_reason(tiny_dir: Path) -> None:
     from compress.core.types import Artifact
     from compress.core.errors import StepError
-    from compress.recipe import TfliteExportConfig
+    from compress.intake.recipe import TfliteExportConfig
     from export.tflite import export_tflite
 
     ctx = make_context(tiny_dir)
@@ -232,7 +232,7 @@ def _pt2e_quantized(module: Any, x: np.ndarray, target: str) -> Any:
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from compress.models import set_mode
+    from compress.intake.models import set_mode
 
     if target == "x86":
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -263,7 +263,7 @@ def _pt2e_quantized(module: Any, x: np.ndarray, target: str) -> Any:
 def test_pt2e_quantized_model_converts_with_its_own_parameters(tiny_dir: Path, target: str) -> None:
     """A QAT (pt2e) model: only int8 is exported, from its own quantization parameters."""
     from compress.core.types import Artifact
-    from compress.recipe import TfliteExportConfig
+    from compress.intake.recipe import TfliteExportConfig
     from export.tflite import export_tflite, is_pt2e_quantized, pt2e_for_litert
 
     ctx = make_context(tiny_dir)

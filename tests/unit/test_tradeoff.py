@@ -5,7 +5,7 @@ from __future__ import annotations
 from bench.latency import summarize
 from compress.core.report_schema import ArtifactReport, Report, TargetResult
 from bench.tradeoff import tradeoff_section
-from compress.recipe_io import parse_recipe_text
+from compress.intake.recipe_io import parse_recipe_text
 
 RECIPE = """
 version: 1

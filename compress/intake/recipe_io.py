@@ -12,9 +12,9 @@ import yaml
 from pydantic import ValidationError
 
 from compress.core.errors import RecipeError, RecipeProblem, shorten
-from compress.recipe import Recipe, step_config, step_kind
+from compress.intake.recipe import Recipe, step_config, step_kind
 from compress.registry import STEPS
-from compress.yamlpos import MAX_BYTES, Loc, YamlLimitError, dotted, line_of, load_value, load_with_lines
+from compress.intake.yamlpos import MAX_BYTES, Loc, YamlLimitError, dotted, line_of, load_value, load_with_lines
 
 TORCH_ONLY_STEPS = ("distill", "prune", "qat")
 
@@ -198,7 +198,7 @@ def _input_problems(src: RecipeSource) -> list[RecipeProblem]:
     if r.model.source_kind != "onnx":
         return []
     from compress.core.errors import InputFileError
-    from compress.models import onnx_input_specs
+    from compress.intake.models import onnx_input_specs
 
     try:
         declared = onnx_input_specs(r.model.onnx) if r.model.onnx is not None and r.model.onnx.is_file() else None
@@ -254,7 +254,7 @@ def _target_problems(src: RecipeSource) -> list[RecipeProblem]:
             problems.append(src.problem(("bench", "targets", i), f"no device profile {t.split(':', 1)[1]!r}; "
                                                                  f"available: {', '.join(profiles)}"))
     if r.tradeoff is not None:
-        from compress.recipe_sections import NETWORKS
+        from compress.intake.recipe_sections import NETWORKS
 
         known = set(NETWORKS) | set(r.tradeoff.networks)
         for i, name in enumerate(r.tradeoff.network):
@@ -308,7 +308,7 @@ def parse_recipe_text(text: str, path: Path | None, overrides: list[str] | None 
 
 
 def parse_recipe(path: Path, overrides: list[str] | None = None) -> RecipeSource:
-    """Read and validate a recipe file (a regular, readable file of at most :data:`~compress.yamlpos.MAX_BYTES`)."""
+    """Read and validate a recipe file (a regular, readable file of at most :data:`~compress.intake.yamlpos.MAX_BYTES`)."""
     from compress.core.checks import check_path_form, check_readable_file
 
     file = shorten(str(path))

@@ -37,7 +37,7 @@ from compress.core.checks import (
     resolve_file,
     resolve_ref,
 )
-from compress.recipe_sections import BudgetConfig, CloudConfig, NetworkProfile, PackageConfig, TradeoffConfig
+from compress.intake.recipe_sections import BudgetConfig, CloudConfig, NetworkProfile, PackageConfig, TradeoffConfig
 from devices.specs import AdbDeviceSpec, SshDeviceSpec
 
 RECIPE_VERSION = 1

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from compress.core.types import Artifact
-from compress.data import import_ref
+from compress.intake.data import import_ref
 from compress.core.errors import InputFileError
-from compress.recipe import InputSpec, ModelSpec
-from compress.usercode import call_user
+from compress.intake.recipe import InputSpec, ModelSpec
+from compress.intake.usercode import call_user
 
 
 def _load_state_dict(path: Path) -> dict[str, Any]:
@@ -339,7 +339,7 @@ def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tu
         (path in the recipe, message) pairs; empty when everything fits.
     """
     from bench.agent import take_samples
-    from compress.data import input_mismatches, synthetic_inputs
+    from compress.intake.data import input_mismatches, synthetic_inputs
 
     declared = recipe.model.input_specs()
     shape_loc: tuple[Any, ...] = ("model", "inputs") if recipe.model.inputs is not None else ("model", "input_shape")
@@ -390,7 +390,7 @@ def intake_problems(baseline: Artifact, recipe: Any, data: Any) -> list[tuple[tu
         shapes = ", ".join(f"{tuple(np.shape(a))} {a.dtype}" for a in x)
         loc = shape_loc if specs is not None else ("data", "source")
         return [(loc, f"the model fails on {where} ({shapes}): {_first_line(e)}")]
-    from compress.data import describe_nonfinite
+    from compress.intake.data import describe_nonfinite
 
     for k, out in enumerate(outs):
         bad = describe_nonfinite(np.asarray(out))

@@ -26,7 +26,7 @@ MAX_DEPTH = 100
 
 
 class YamlLimitError(yaml.MarkedYAMLError):
-    """The YAML is well-formed but exceeds a limit of :mod:`compress.yamlpos` (size, nodes, depth, a cycle)."""
+    """The YAML is well-formed but exceeds a limit of :mod:`compress.intake.yamlpos` (size, nodes, depth, a cycle)."""
 
 
 class RecipeLoader(yaml.SafeLoader):

@@ -14,8 +14,8 @@ import numpy as np
 
 from bench.agent import ModelInputs, batch_axes_of, concat_samples, num_samples, take_samples
 from compress.core.errors import InputFileError, UserCodeError
-from compress.recipe import DataSpec, InputSpec
-from compress.usercode import DEFAULT_TIMEOUT_S, call_user
+from compress.intake.recipe import DataSpec, InputSpec
+from compress.intake.usercode import DEFAULT_TIMEOUT_S, call_user
 
 
 @dataclass
@@ -85,7 +85,7 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
 
 
 class UserFunction:
-    """A user function found by :func:`import_ref`; calling it runs it under :func:`~compress.usercode.call_user`.
+    """A user function found by :func:`import_ref`; calling it runs it under :func:`~compress.intake.usercode.call_user`.
 
     Attributes:
         fn: The function itself.
@@ -104,7 +104,7 @@ def import_ref(ref: str, what: str = "function", timeout_s: float | None = DEFAU
                setting: str | None = None) -> UserFunction:
     """Import ``/abs/file.py:function`` or ``package.module:function``.
 
-    The module's own code runs under :func:`~compress.usercode.call_user` (an import that
+    The module's own code runs under :func:`~compress.intake.usercode.call_user` (an import that
     exits, raises or hangs is a :class:`~compress.core.errors.UserCodeError`), and so does every
     call of the returned function.
 

@@ -1,6 +1,6 @@
 """Recipe sections beside the pipeline: benchmark devices, the cloud-vs-device trade-off, packaging.
 
-Part of the recipe schema (:mod:`compress.recipe` re-exports every class); kept apart so that
+Part of the recipe schema (:mod:`compress.intake.recipe` re-exports every class); kept apart so that
 each module stays readable.
 """
 
