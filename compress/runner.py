@@ -28,7 +28,7 @@ from compress.intake.data import Dataset, Split, load_dataset, synthetic_inputs
 from compress.core.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
 from compress.intake.recipe import Recipe, step_config, step_kind
 from compress.intake.recipe_io import RecipeSource
-from compress.registry import EXPORTS, STEPS, load
+from compress.steps.registry import EXPORTS, STEPS, load
 from compress.runfolder import (
     RunFolderLock,
     RunFolderWriteError,

@@ -2,7 +2,7 @@
 
 Every mapping forbids unknown keys, so a typo is an error, never a silent default.
 Step kinds are written as single-key mappings (``- prune: {ratio: 0.5}``); each kind has
-its own config class below and an entry in :mod:`compress.registry`.
+its own config class below and an entry in :mod:`compress.steps.registry`.
 Paths are resolved relative to the recipe file's folder.
 """
 

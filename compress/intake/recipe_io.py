@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from compress.core.errors import RecipeError, RecipeProblem, shorten
 from compress.intake.recipe import Recipe, step_config, step_kind
-from compress.registry import STEPS
+from compress.steps.registry import STEPS
 from compress.intake.yamlpos import MAX_BYTES, Loc, YamlLimitError, dotted, line_of, load_value, load_with_lines
 
 TORCH_ONLY_STEPS = ("distill", "prune", "qat")

@@ -40,11 +40,11 @@ def test_pruned_mobilenet_is_twice_as_fast(benchmark: Any, tmp_path: Path) -> No
     import torch
 
     from compress.intake.data import import_ref, load_dataset
-    from compress.distill import supervised_loss
+    from compress.steps.distill import supervised_loss
     from compress.intake.models import count_macs
-    from compress.prune import structured_prune
+    from compress.steps.prune import structured_prune
     from compress.intake.recipe import DataSpec, InputSpec, TrainConfig
-    from compress.training import fit
+    from compress.steps.training import fit
     from export.onnx import export_module_to_onnx
 
     weights = MODELS / "mobilenet_digits.pt"

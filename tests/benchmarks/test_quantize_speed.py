@@ -43,7 +43,7 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from compress.intake.recipe import QuantizeConfig
     from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
-    from export.quantize_onnx import _Reader, feeds_of, quantize
+    from compress.steps.quantize.step import _Reader, feeds_of, quantize
 
     folder = tmp_path_factory.mktemp("mbv2q")
     weights = WEIGHTS
@@ -124,7 +124,7 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from compress.intake.recipe import QuantizeConfig
     from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
-    from export.quantize_onnx import quantize
+    from compress.steps.quantize.step import quantize
 
     folder = tmp_path_factory.mktemp("minilm")
     recipe = parse_recipe(ROOT / "recipes" / "minilm-embedding.yaml").recipe

@@ -236,7 +236,7 @@ def test_quantize_exclude_must_name_a_node(tmp_path: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     from compress.core.errors import StepError
-    from export.quantize_onnx import check_exclude
+    from compress.steps.quantize.step import check_exclude
 
     w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc1")], "g",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from compress.distill import distill, embedding_loss, kd_loss
+from compress.steps.distill import distill, embedding_loss, kd_loss
 from compress.core.errors import RecipeError
-from compress.prune import channel_counts
+from compress.steps.prune import channel_counts
 from compress.intake.recipe import DistillConfig
 from tests.unit.compress_fixtures import MODELS, digits_runner, step_ctx
 

@@ -19,7 +19,7 @@ import pytest
 
 from compress.core.errors import RecipeError
 from compress.intake.models import count_macs, count_params
-from compress.qat import qat, qat_for
+from compress.steps.qat import qat, qat_for
 from compress.intake.recipe import InputSpec, QatConfig
 from compress.intake.recipe_io import parse_recipe_text
 from export.onnx import export_module_to_onnx
@@ -85,7 +85,7 @@ def test_freeze_bn_after_last_epoch_is_a_recipe_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cpu", ["vnni", "avx2"])
 def test_x86_quantizer_weights_follow_the_cpu(cpu: str) -> None:
     """Full 8-bit weights with VNNI; 7-bit (-64..63) without, as PTQ's reduce_range."""
-    from compress.qat import make_quantizer
+    from compress.steps.qat import make_quantizer
     from compress.core.env import NAMED_CPUS
 
     features = NAMED_CPUS[cpu]

@@ -122,7 +122,7 @@ def quantize_onnx(tmp_path: Path, model: Path, x: np.ndarray, arch: str = "x86",
                   **cfg: Any) -> tuple[Artifact, StepContext]:
     """Quantize on this machine's own CPU, or on an explicitly named one (``vnni``, ``avx2``)."""
     from compress.core.env import NAMED_CPUS
-    from export.quantize_onnx import quantize, quantize_for
+    from compress.steps.quantize.step import quantize, quantize_for
 
     ctx = make_ctx(tmp_path, x, model, arch)
     source = Artifact(name="onnx-fp32", format="onnx", path=model)
@@ -159,7 +159,7 @@ def test_cpu_flags_from_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
 
 
 def test_target_aware_defaults() -> None:
-    from export.quantize_onnx import base_plan
+    from compress.steps.quantize.step import base_plan
 
     x86 = base_plan(QuantizeConfig(method="static"), "x86", True)
     assert (x86.activation_type, x86.weight_type, x86.per_channel, x86.reduce_range) == ("uint8", "int8", True, False)
@@ -180,7 +180,7 @@ def test_target_config_overrides_the_run_target(tmp_path: Path) -> None:
 
 
 def test_check_reports_config_problems() -> None:
-    from export.quantize_onnx import check
+    from compress.steps.quantize.step import check
 
     baseline = Artifact(name="baseline", format="torch")
     recipe = Recipe.model_validate({"version": 1, "name": "t", "model": {"onnx": "m.onnx"},
@@ -266,7 +266,7 @@ def test_fp16_clamps_mask_constants_to_finite(tmp_path: Path) -> None:
     """float32's minimum as an additive mask must not become -inf (0 * -inf = NaN) in fp16."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.onnx_fp16 import convert_to_fp16
+    from compress.steps.quantize.fp16 import convert_to_fp16
 
     big = numpy_helper.from_array(np.array([np.finfo(np.float32).min], np.float32), "big")
     nodes = [helper.make_node("Sub", ["one", "m"], ["inv"]), helper.make_node("Mul", ["inv", "big"], ["fill"]),
@@ -296,7 +296,7 @@ def test_weight_only_uses_matmulnbits(tmp_path: Path) -> None:
 
 
 def test_a_second_quantize_step_starts_from_the_float_model(tmp_path: Path) -> None:
-    from export.quantize_onnx import quantize
+    from compress.steps.quantize.step import quantize
 
     model = conv_model(tmp_path / "conv.onnx")
     first, _ctx = quantize_onnx(tmp_path, model, images(), method="static")
@@ -345,7 +345,7 @@ def test_advisory_sparsity_on_dense_runtime(tmp_path: Path) -> None:
 
 
 def test_advisory_sparsity_from_parent_metadata(tmp_path: Path) -> None:
-    from export.quantize_onnx import quantize
+    from compress.steps.quantize.step import quantize
 
     model = conv_model(tmp_path / "conv.onnx")
     ctx = make_ctx(tmp_path, images(), model)
@@ -363,7 +363,7 @@ def test_advisory_sparsity_from_parent_metadata(tmp_path: Path) -> None:
 ])
 def test_advisory_int8_without_dot_product(tmp_path: Path, arch: str, cpuinfo: str, expect: bool) -> None:
     from compress.core.env import features_from_flags, read_cpu_flags
-    from export.quantize_onnx import quantize_for
+    from compress.steps.quantize.step import quantize_for
 
     info = tmp_path / "cpuinfo"
     info.write_text(cpuinfo)
@@ -399,7 +399,7 @@ def test_advisories_fp16_on_x86_and_weight_only_on_conv(tmp_path: Path) -> None:
 
 def test_engine_inc_without_neural_compressor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from compress.core.errors import MissingDependencyError
-    from export.quantize_onnx import quantize
+    from compress.steps.quantize.step import quantize
 
     monkeypatch.setitem(sys.modules, "neural_compressor", None)  # import fails as if not installed
     model = conv_model(tmp_path / "conv.onnx")
@@ -430,7 +430,7 @@ def test_tuning_meets_tolerable_loss_where_full_int8_misses(tmp_path: Path) -> N
 
 
 def test_tuning_relative_loss(tmp_path: Path) -> None:
-    from export.quantize_tuning import Goal
+    from compress.steps.quantize.tuning import Goal
 
     assert Goal(baseline=0.8, tolerable_loss=0.01, kind="relative").allowed == pytest.approx(0.008)
     _, ctx = quantize_onnx(tmp_path, outlier_model(tmp_path / "o.onnx"), vectors(), method="static",
@@ -475,7 +475,7 @@ def test_static_on_a_transformer_quantizes_only_weight_operators(tmp_path: Path)
     import onnx
 
     from export.onnx_inspect import summarize
-    from export.quantize_onnx import STATIC_TRANSFORMER_OPS, is_transformer
+    from compress.steps.quantize.step import STATIC_TRANSFORMER_OPS, is_transformer
 
     model = attention_like_model(tmp_path / "attn.onnx")
     assert is_transformer(summarize(model)) and not is_transformer(summarize(conv_model(tmp_path / "c.onnx")))
@@ -493,7 +493,7 @@ def test_fold_weight_quantize_keeps_outputs_and_shrinks_the_file(tmp_path: Path)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.quantize_inc import fold_weight_quantize
+    from compress.steps.quantize.inc import fold_weight_quantize
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)

@@ -66,7 +66,7 @@ def classification_ctx(tmp_path: Path, model: Path, x: np.ndarray) -> StepContex
 
 
 def test_tuning_folds_an_outlier_inside_the_weights_back_with_cle(tmp_path: Path) -> None:
-    from export.quantize_onnx import quantize
+    from compress.steps.quantize.step import quantize
 
     model = hidden_outlier_mlp(tmp_path / "mlp.onnx")
     x = decisive_inputs(model)
@@ -96,8 +96,8 @@ def test_without_moves_the_bisection_finds_both_layers(tmp_path: Path, monkeypat
     """The same model with the rescaling moves off: sensitivity ranks fc2 alone (its input's range is
     stretched by fc1's output), which is not enough; the bisection over every quantizable node then
     keeps fc1 and fc2 in float, which is (the issue's "excluding the right two layers by hand")."""
-    import export.quantize_tuning as qt
-    from export.quantize_onnx import quantize
+    import compress.steps.quantize.tuning as qt
+    from compress.steps.quantize.step import quantize
 
     monkeypatch.setattr(qt, "MOVES", ())
     model = hidden_outlier_mlp(tmp_path / "mlp.onnx")
@@ -116,7 +116,7 @@ def test_cle_keeps_the_function_and_equalizes_ranges(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.equalize import cross_layer_equalize
+    from compress.steps.quantize.equalize import cross_layer_equalize
 
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
@@ -151,7 +151,7 @@ def test_smoothquant_migrates_an_input_outlier_with_an_inserted_mul(tmp_path: Pa
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.equalize import smooth_quant
+    from compress.steps.quantize.equalize import smooth_quant
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 8)).astype(np.float32)
@@ -174,7 +174,7 @@ def test_smoothquant_migrates_an_input_outlier_with_an_inserted_mul(tmp_path: Pa
 
 def test_exclusion_bisects_over_every_quantizable_node_once_the_ranking_runs_out(tmp_path: Path) -> None:
     """Goal met only with the first 6 of 10 nodes in float; the ranking scores just 2 of them."""
-    from export.quantize_tuning import Goal, Plan, Search
+    from compress.steps.quantize.tuning import Goal, Plan, Search
 
     nodes = [f"n{i}" for i in range(10)]
     needed = set(nodes[:6])
@@ -194,7 +194,7 @@ def test_exclusion_bisects_over_every_quantizable_node_once_the_ranking_runs_out
     def sensitivity(path: Path, plan: Plan) -> list[tuple[str, list[str], float]]:
         return [(n, [n], 9.0 - i if i < 2 else float("nan")) for i, n in enumerate(nodes)]
 
-    import export.quantize_tuning as qt
+    import compress.steps.quantize.tuning as qt
 
     search = Search(base=Plan("static", "uint8", "int8", True, None), quantize=quantize_and_score,
                     evaluate=evaluate, goal=Goal(1.0, 0.01), work=tmp_path, feed={}, sensitivity=sensitivity,
@@ -217,7 +217,7 @@ def test_exclusion_bisects_over_every_quantizable_node_once_the_ranking_runs_out
 @pytest.mark.parametrize("max_trials", [3])
 def test_moves_that_change_nothing_spend_no_trial(tmp_path: Path, max_trials: int) -> None:
     """A single MatMul on a graph input without outliers: CLE finds no pair, SmoothQuant no outlier."""
-    from export.quantize_onnx import quantize
+    from compress.steps.quantize.step import quantize
     from tests.unit.test_quantize_onnx import make_ctx, outlier_model, vectors
 
     model = outlier_model(tmp_path / "mm.onnx", outliers=0)

@@ -86,7 +86,7 @@ def test_qat_model_size_counts_only_what_its_graph_reads() -> None:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from compress.intake.models import torch_size_bytes
-    from compress.qat import capture, make_quantizer
+    from compress.steps.qat import capture, make_quantizer
 
     torch.manual_seed(0)
     float_model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 10)).eval()

@@ -1,6 +1,6 @@
 """The ``distill`` step: train a smaller student to imitate the teacher.
 
-Every model output is distilled by its own loss (:func:`compress.training.multi_output_loss`).
+Every model output is distilled by its own loss (:func:`compress.steps.training.multi_output_loss`).
 Class outputs use the standard knowledge-distillation objective (Hinton et al. 2015): the KL
 divergence between temperature-softened teacher and student outputs, scaled by T^2 so its
 gradients keep their size as T changes, blended by ``alpha`` with the loss on the true
@@ -26,7 +26,7 @@ from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import StepError
 from compress.intake.recipe import DistillConfig, FeaturePair, Recipe
-from compress.training import model_outputs, primary_output
+from compress.steps.training import model_outputs, primary_output
 
 Problems = list[tuple[tuple[Any, ...], str]]
 LossFn = Callable[[list[Any], Any], Any]
@@ -63,11 +63,11 @@ def embedding_loss(student_emb: Any, teacher_emb: Any, kind: str) -> Any:
 def supervised_loss(model: Any, task: str) -> LossFn:
     """Fine-tuning on the labels alone, every output by its own loss (resolved on the first batch).
 
-    Kept for callers without an output plan; :func:`compress.training.multi_output_loss`
-    with :func:`compress.training.plan_outputs` is the full form (declared outputs, labels
+    Kept for callers without an output plan; :func:`compress.steps.training.multi_output_loss`
+    with :func:`compress.steps.training.plan_outputs` is the full form (declared outputs, labels
     of every head, a teacher for heads without labels).
     """
-    from compress.training import multi_output_loss
+    from compress.steps.training import multi_output_loss
 
     return multi_output_loss(model, None, None, task_kind=task)
 
@@ -78,7 +78,7 @@ def distill_loss(student: Any, teacher: Any, task: str, temperature: float, alph
 
     Outputs are resolved on the first batch (see :func:`supervised_loss` for the full form).
     """
-    from compress.training import multi_output_loss
+    from compress.steps.training import multi_output_loss
 
     return multi_output_loss(student, teacher, None, temperature=temperature, alpha=alpha, embedding=embedding,
                              task_kind=task)
@@ -175,11 +175,11 @@ class FeatureMatcher:
 def derive_student(teacher: Any, width: float, example: list[Any]) -> Any:
     """The teacher with its channels pruned to ``width`` (magnitude, uniform).
 
-    Every output's head layer is kept whole (:func:`compress.prune.head_layers`), so each
+    Every output's head layer is kept whole (:func:`compress.steps.prune.head_layers`), so each
     output keeps its shape and every head starts from the teacher's own weights.
     """
     from compress.intake.models import set_mode
-    from compress.prune import structured_prune
+    from compress.steps.prune import structured_prune
 
     student = copy.deepcopy(teacher)
     set_mode(student, False)
@@ -191,7 +191,7 @@ def build_student(config: DistillConfig, teacher: Any, example: list[Any], seed:
     import torch
 
     from compress.intake.data import import_ref
-    from compress.training import seed_everything
+    from compress.steps.training import seed_everything
 
     if config.width is not None:
         return derive_student(teacher, config.width, example)
@@ -208,15 +208,15 @@ def build_student(config: DistillConfig, teacher: Any, example: list[Any], seed:
 def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Artifact:
     """Train a student from the incoming model (the teacher); return the student.
 
-    Every output is distilled by its own loss (:func:`compress.training.multi_output_loss`):
+    Every output is distilled by its own loss (:func:`compress.steps.training.multi_output_loss`):
     class logits by KL at the temperature, probability outputs as probabilities, one-value
     scores by a Bernoulli KL, regression and detection outputs by MSE over the teacher's
     variance, embeddings by ``embedding_loss``; outputs with labels blend in their label
     loss by ``1 - alpha``; ``model.outputs[].weight`` weighs each output.
     """
     from compress.intake.models import count_params, set_mode
-    from compress.prune import channel_counts, model_example
-    from compress.training import fit, multi_output_loss, plan_outputs
+    from compress.steps.prune import channel_counts, model_example
+    from compress.steps.training import fit, multi_output_loss, plan_outputs
 
     if ctx.data is None:
         raise StepError(ctx.step_name, "distillation needs training data")
@@ -271,7 +271,7 @@ def check(config: DistillConfig, baseline: Artifact, recipe: Recipe, data: Any) 
     """Problems found before training: student output shape, unknown feature layers, labels."""
     import torch
 
-    from compress.prune import model_example, module_seen_by
+    from compress.steps.prune import model_example, module_seen_by
 
     problems: Problems = []
     teacher = module_seen_by(config, baseline, recipe)

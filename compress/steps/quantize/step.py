@@ -3,7 +3,7 @@
 Methods: ``static`` (calibrated int8 QDQ, per-channel weights), ``dynamic`` (int8 weights of
 MatMul/Gather, activations quantized at run time), ``fp16`` and ``weight_only``
 (onnxruntime's blockwise ``MatMulNBits``). ``engine: inc`` hands the torch model to Intel
-Neural Compressor instead (:mod:`export.quantize_inc`).
+Neural Compressor instead (:mod:`compress.steps.quantize.inc`).
 
 Target-aware defaults: onnxruntime's own default (int8 activations, s8s8) leaves a third of
 MobileNetV2's convolutions and every residual Add in float on x86, between extra
@@ -42,7 +42,7 @@ from compress.core.env import (
     host_cpu,
     read_cpu_flags,
 )
-from export.quantize_tuning import Plan, describe
+from compress.steps.quantize.tuning import Plan, describe
 
 # Dynamic quantization touches only these: ConvInteger (dynamic Conv) is several times
 # slower than float Conv in onnxruntime, so convolutions stay float (and an advisory says so).
@@ -242,7 +242,7 @@ def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.nda
                              reduce_range=plan.reduce_range, weight_type=qt[plan.weight_type or "int8"],
                              nodes_to_exclude=list(plan.exclude), extra_options=dict(extra or {}))
         elif plan.method == "fp16":
-            from export.onnx_fp16 import convert_to_fp16
+            from compress.steps.quantize.fp16 import convert_to_fp16
 
             onnx.save(convert_to_fp16(onnx.load(str(src))), str(tmp))
         elif plan.method == "weight_only":
@@ -433,7 +433,7 @@ def upgrade_if_old(src: Path, work: Path, plan: Plan, calib_x: list[np.ndarray] 
 
     import onnx
 
-    from export.opset import PER_CHANNEL_OPSET, UpgradeParityError, model_opset, upgrade_opset
+    from compress.steps.quantize.opset import PER_CHANNEL_OPSET, UpgradeParityError, model_opset, upgrade_opset
 
     if model_opset(onnx.load(str(src), load_external_data=False)) >= PER_CHANNEL_OPSET:
         return src, plan
@@ -512,7 +512,7 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         cpu: The target CPU's features (:func:`compress.core.env.detect_cpu` for the real one).
     """
     if config.engine == "inc":
-        from export.quantize_inc import quantize_inc
+        from compress.steps.quantize.inc import quantize_inc
 
         return quantize_inc(artifact, config, ctx, cpu)
     from export.onnx_inspect import io_quant_params, summarize
@@ -559,7 +559,7 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
                                                "(try per_channel: false, or exclude the node it names)") from e
             chosen_plan = plan
         else:
-            from export.quantize_tuning import tune
+            from compress.steps.quantize.tuning import tune
 
             chosen = tune(plan, config, ctx, pre, names, batch, calib, work)
             chosen_plan = chosen.plan

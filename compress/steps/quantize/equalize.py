@@ -343,8 +343,8 @@ def apply_moves(src: Any, dst: Any, moves: tuple[str, ...], feeds: list[dict[str
     """
     import onnx
 
-    from export.opset import compare, run_outputs
-    from export.quantize_tuning import collect
+    from compress.steps.quantize.opset import compare, run_outputs
+    from compress.steps.quantize.tuning import collect
 
     model = onnx.load(str(src))
     notes: dict[str, Any] = {}

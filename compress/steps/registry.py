@@ -22,10 +22,10 @@ class StepEntry:
 
 
 STEPS: dict[str, StepEntry] = {
-    "distill": StepEntry("compress.distill:distill", ("torch",), "compress.distill:check", needs_train_data=True),
-    "prune": StepEntry("compress.prune:prune", ("torch",), "compress.prune:check"),
-    "qat": StepEntry("compress.qat:qat", ("torch",), "compress.qat:check", needs_train_data=True),
-    "quantize": StepEntry("export.quantize_onnx:quantize", ("onnx", "torch"), "export.quantize_onnx:check"),
+    "distill": StepEntry("compress.steps.distill:distill", ("torch",), "compress.steps.distill:check", needs_train_data=True),
+    "prune": StepEntry("compress.steps.prune:prune", ("torch",), "compress.steps.prune:check"),
+    "qat": StepEntry("compress.steps.qat:qat", ("torch",), "compress.steps.qat:check", needs_train_data=True),
+    "quantize": StepEntry("compress.steps.quantize.step:quantize", ("onnx", "torch"), "compress.steps.quantize.step:check"),
 }
 
 EXPORTS: dict[str, str] = {

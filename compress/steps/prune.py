@@ -23,7 +23,7 @@ from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.core.errors import StepError
 from compress.intake.recipe import PruneConfig, Recipe, step_config, step_kind
-from compress.training import OutputPlan, model_outputs
+from compress.steps.training import OutputPlan, model_outputs
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
@@ -293,7 +293,7 @@ def _fine_tune_loss(student: Any, teacher: Any | None, cfg: PruneConfig, plan: O
     unpruned model (``alpha``); outputs without labels (a second head, an embedding, a
     detector) always imitate the unpruned model, so no head drifts while the others train.
     """
-    from compress.training import multi_output_loss
+    from compress.steps.training import multi_output_loss
 
     return multi_output_loss(student, teacher, plan, temperature=cfg.temperature,
                              alpha=cfg.alpha if cfg.distill_from_unpruned else 0.0)
@@ -301,7 +301,7 @@ def _fine_tune_loss(student: Any, teacher: Any | None, cfg: PruneConfig, plan: O
 
 def _fine_tune(module: Any, teacher: Any | None, cfg: PruneConfig, ctx: StepContext, plan: OutputPlan | None,
                label: str) -> dict[str, Any]:
-    from compress.training import fit
+    from compress.steps.training import fit
 
     if cfg.epochs <= 0 or ctx.data is None or plan is None:
         return {}
@@ -333,7 +333,7 @@ def _taylor_gradients(teacher: Any | None, cfg: PruneConfig, ctx: StepContext,
 
 def _plan(module: Any, ctx: StepContext) -> OutputPlan | None:
     """What each output of the unpruned model is, and its labels (None without data)."""
-    from compress.training import plan_outputs
+    from compress.steps.training import plan_outputs
 
     if ctx.data is None:
         return None
@@ -447,7 +447,7 @@ def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> 
 
 def _fine_tune_masked(module: Any, teacher: Any | None, config: PruneConfig, ctx: StepContext,
                       plan: OutputPlan | None, layers: dict[str, Any], masks: dict[str, Any], i: int) -> dict[str, Any]:
-    from compress.training import fit
+    from compress.steps.training import fit
 
     if config.epochs <= 0 or ctx.data is None or plan is None:
         return {}

@@ -6,7 +6,7 @@ The search tries, in order of expected speed (fastest first):
 2. the other calibration methods, then the other weight granularity (per-tensor or
    per-channel), still full int8;
 3. rescaling moves on the float graph that keep the function and full int8 speed
-   (:mod:`export.equalize`): cross-layer equalization, SmoothQuant, both;
+   (:mod:`compress.steps.quantize.equalize`): cross-layer equalization, SmoothQuant, both;
 4. keeping nodes in float, ranked by a per-node sensitivity analysis of the best full-int8
    model: the most damaging units one more per trial, then, when those are spent, a
    bisection over the cumulative exclusion of every quantizable node in sensitivity order
@@ -410,8 +410,8 @@ def tune(plan: Plan, config: Any, ctx: Any, pre: Path, names: list[str], batch: 
 
     from compress.core.types import Artifact
     from compress.core.errors import StepError
-    from export.equalize import apply_moves
-    from export.quantize_onnx import feeds_of, quantize_plan
+    from compress.steps.quantize.equalize import apply_moves
+    from compress.steps.quantize.step import feeds_of, quantize_plan
 
     def evaluate(path: Path) -> float:
         acc = ctx.evaluate(Artifact(name=path.stem, format="onnx", path=path)).get("accuracy")

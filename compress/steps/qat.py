@@ -136,8 +136,8 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from compress.intake.models import count_macs, count_params, set_mode
-    from compress.prune import model_example
-    from compress.training import fit, multi_output_loss, plan_outputs
+    from compress.steps.prune import model_example
+    from compress.steps.training import fit, multi_output_loss, plan_outputs
 
     if ctx.data is None:
         raise StepError(ctx.step_name, "quantization-aware training needs training data")
@@ -213,7 +213,7 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     from compress.core.env import describe_cpu, host_cpu
     from bench.host import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, kernel_fidelity
     from export.onnx import export_onnx
-    from export.quantize_onnx import feeds_of, input_names
+    from compress.steps.quantize.step import feeds_of, input_names
 
     wanted = ctx.recipe.export_config("onnx")
     export_ctx = ctx if wanted is not None else replace(ctx, step_dir=ctx.step_dir / "measure")
@@ -262,7 +262,7 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
     from compress.core.env import describe_cpu, host_cpu
     from bench.host import SLOWER_RATIO, relative_speed
     from export.onnx import export_module_to_onnx
-    from export.quantize_onnx import feeds_of
+    from compress.steps.quantize.step import feeds_of
 
     scratch = Path(tempfile.mkdtemp(prefix="float-", dir=ctx.step_dir))
     try:
