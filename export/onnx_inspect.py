@@ -194,3 +194,14 @@ def io_quant_params(model_or_path: Any) -> dict[str, Any]:
                 result["outputs"][out] = p
     return result
 
+
+def input_names(path: Path) -> tuple[list[str], int | None]:
+    """Names of the graph inputs (initializers excluded) and the fixed batch size, if any."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    dim0 = inputs[0].type.tensor_type.shape.dim[0] if inputs and inputs[0].type.tensor_type.shape.dim else None
+    batch = dim0.dim_value if dim0 is not None and dim0.HasField("dim_value") and dim0.dim_value > 0 else None
+    return [i.name for i in inputs], batch

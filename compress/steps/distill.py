@@ -179,7 +179,7 @@ def derive_student(teacher: Any, width: float, example: list[Any]) -> Any:
     output keeps its shape and every head starts from the teacher's own weights.
     """
     from compress.intake.models import set_mode
-    from compress.steps.prune import structured_prune
+    from compress.steps.pruning import structured_prune
 
     student = copy.deepcopy(teacher)
     set_mode(student, False)
@@ -215,7 +215,8 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
     loss by ``1 - alpha``; ``model.outputs[].weight`` weighs each output.
     """
     from compress.intake.models import count_params, set_mode
-    from compress.steps.prune import channel_counts, model_example
+    from compress.steps.common import model_example
+    from compress.steps.pruning import channel_counts
     from compress.steps.training import fit, multi_output_loss, plan_outputs
 
     if ctx.data is None:
@@ -271,7 +272,7 @@ def check(config: DistillConfig, baseline: Artifact, recipe: Recipe, data: Any) 
     """Problems found before training: student output shape, unknown feature layers, labels."""
     import torch
 
-    from compress.steps.prune import model_example, module_seen_by
+    from compress.steps.common import model_example, module_seen_by
 
     problems: Problems = []
     teacher = module_seen_by(config, baseline, recipe)

@@ -136,7 +136,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from compress.intake.models import count_macs, count_params, set_mode
-    from compress.steps.prune import model_example
+    from compress.steps.common import model_example
     from compress.steps.training import fit, multi_output_loss, plan_outputs
 
     if ctx.data is None:
@@ -213,7 +213,8 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     from compress.core.env import describe_cpu, host_cpu
     from bench.host import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, kernel_fidelity
     from export.onnx import export_onnx
-    from compress.steps.quantize.step import feeds_of, input_names
+    from bench.runtime import feeds_of
+    from export.onnx_inspect import input_names
 
     wanted = ctx.recipe.export_config("onnx")
     export_ctx = ctx if wanted is not None else replace(ctx, step_dir=ctx.step_dir / "measure")
@@ -262,7 +263,7 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
     from compress.core.env import describe_cpu, host_cpu
     from bench.host import SLOWER_RATIO, relative_speed
     from export.onnx import export_module_to_onnx
-    from compress.steps.quantize.step import feeds_of
+    from bench.runtime import feeds_of
 
     scratch = Path(tempfile.mkdtemp(prefix="float-", dir=ctx.step_dir))
     try:

@@ -42,7 +42,7 @@ def test_pruned_mobilenet_is_twice_as_fast(benchmark: Any, tmp_path: Path) -> No
     from compress.intake.data import import_ref, load_dataset
     from compress.steps.distill import supervised_loss
     from compress.intake.models import count_macs
-    from compress.steps.prune import structured_prune
+    from compress.steps.pruning import structured_prune
     from compress.intake.recipe import DataSpec, InputSpec, TrainConfig
     from compress.steps.training import fit
     from export.onnx import export_module_to_onnx

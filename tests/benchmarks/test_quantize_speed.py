@@ -43,7 +43,8 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from compress.intake.recipe import QuantizeConfig
     from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
-    from compress.steps.quantize.step import _Reader, feeds_of, quantize
+    from compress.steps.quantize.step import _Reader, quantize
+    from bench.runtime import feeds_of
 
     folder = tmp_path_factory.mktemp("mbv2q")
     weights = WEIGHTS

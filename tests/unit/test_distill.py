@@ -11,7 +11,7 @@ import torch
 
 from compress.steps.distill import distill, embedding_loss, kd_loss
 from compress.core.errors import RecipeError
-from compress.steps.prune import channel_counts
+from compress.steps.pruning import channel_counts
 from compress.intake.recipe import DistillConfig
 from tests.unit.compress_fixtures import MODELS, digits_runner, step_ctx
 

@@ -66,12 +66,6 @@ ALLOWED: dict[str, set[str]] = {
 STEP_GROUPS: dict[str, str] = {"compress.steps.distill": "distill", "compress.steps.prune": "prune",
                                "compress.steps.qat": "qat", "compress.steps.quantize": "quantize"}
 
-# Edges still to remove by a later move (burn-down list: must end empty).
-KNOWN: set[str] = {
-    "compress.steps.distill -> compress.steps.prune",
-    "compress.steps.qat -> compress.steps.prune",
-    "compress.steps.qat -> compress.steps.quantize.step",
-}
 
 _STRING_REF = re.compile(r"^((?:%s)(?:\.\w+)+)(?::\w+)?$" % "|".join(PACKAGES))
 
@@ -153,9 +147,7 @@ def violations(root: Path) -> list[str]:
 
 
 def test_imports_go_downward() -> None:
-    found = violations(ROOT)
-    assert [p for p in found if p.partition(":")[0] not in KNOWN] == []
-    assert sorted(KNOWN - {p.partition(":")[0] for p in found}) == []  # fixed: remove it from KNOWN
+    assert violations(ROOT) == []
 
 
 def test_every_arrow_points_at_a_unit() -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.runtime import feeds_of
 from compress.core.fileio import atomic_write_with
 from compress.core.types import Artifact
 from compress.core.step import StepContext
@@ -43,6 +44,7 @@ from compress.core.env import (
     read_cpu_flags,
 )
 from compress.steps.quantize.tuning import Plan, describe
+from export.onnx_inspect import input_names
 
 # Dynamic quantization touches only these: ConvInteger (dynamic Conv) is several times
 # slower than float Conv in onnxruntime, so convolutions stay float (and an advisory says so).
@@ -134,43 +136,6 @@ def preprocess(src: Path, dst: Path, log: Any) -> str:
             log(f"  quant_pre_process ({label}) failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     shutil.copyfile(src, dst)
     return "skipped"
-
-
-def input_names(path: Path) -> tuple[list[str], int | None]:
-    """Names of the graph inputs (initializers excluded) and the fixed batch size, if any."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    dim0 = inputs[0].type.tensor_type.shape.dim[0] if inputs and inputs[0].type.tensor_type.shape.dim else None
-    batch = dim0.dim_value if dim0 is not None and dim0.HasField("dim_value") and dim0.dim_value > 0 else None
-    return [i.name for i in inputs], batch
-
-
-def feeds_of(x: list[np.ndarray], names: list[str], batch: int | None, n: int, step: int = 8) -> list[dict[str, np.ndarray]]:
-    """Input dicts of the first ``n`` samples, in batches the model accepts.
-
-    Samples are taken along each input's batch axis (a :class:`bench.agent.ModelInputs`
-    carries them); fixed inputs (a scalar, a recurrent state) are fed whole to every batch.
-    A model with a fixed batch size gets its last batch padded by repeating the last sample.
-    """
-    from bench.agent import batch_axes_of, num_samples, take_samples
-
-    axes = batch_axes_of(x)
-    n = min(n, num_samples(x)) if len(x) else 1
-    size = batch or step
-    out = []
-    for i in range(0, n, size):
-        chunk = list(take_samples(x, slice(i, min(i + size, n)))) if len(x) else []
-        if batch:
-            for k, (a, ax) in enumerate(zip(chunk, axes)):
-                have = np.shape(a)[ax] if ax is not None else batch
-                if have < batch:
-                    last = np.take(a, [have - 1], axis=ax)
-                    chunk[k] = np.concatenate([a, np.repeat(last, batch - have, axis=ax)], axis=ax)
-        out.append(dict(zip(names, chunk)))
-    return out
 
 
 class _Reader:

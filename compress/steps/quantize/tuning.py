@@ -411,7 +411,8 @@ def tune(plan: Plan, config: Any, ctx: Any, pre: Path, names: list[str], batch: 
     from compress.core.types import Artifact
     from compress.core.errors import StepError
     from compress.steps.quantize.equalize import apply_moves
-    from compress.steps.quantize.step import feeds_of, quantize_plan
+    from compress.steps.quantize.step import quantize_plan
+    from bench.runtime import feeds_of
 
     def evaluate(path: Path) -> float:
         acc = ctx.evaluate(Artifact(name=path.stem, format="onnx", path=path)).get("accuracy")
