@@ -40,7 +40,7 @@ def interleaved(
     log: Callable[[str], None] = print,
 ) -> dict[str, TargetResult]:
     """Merged results per model name, timed in interleaved rounds of fresh processes."""
-    from compress.bench_schedule import benchmark_interleaved
+    from compress.runner.benchmarks import benchmark_interleaved
     from compress.core.types import BenchSpec
     from devices.local import LocalTarget
 

@@ -41,7 +41,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, Counter
     how often each model file is run on the eval split."""
     import bench.runtime
     from compress.intake.recipe_io import parse_recipe
-    from compress.runner import Runner
+    from compress.runner.run import Runner
 
     tmp = tmp_path_factory.mktemp("review")
     path = tmp / "recipe.yaml"

@@ -41,7 +41,7 @@ def digits_runner(tmp_path: Path, steps: str = "[]", task: str = "classification
 
     from compress.intake.data import load_dataset
     from compress.intake.models import load_model
-    from compress.runner import Runner
+    from compress.runner.run import Runner
 
     runner = Runner(digits_source(tmp_path, steps, task), tmp_path / "run")
     runner.data = load_dataset(runner.recipe.data)

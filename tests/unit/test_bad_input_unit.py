@@ -15,7 +15,7 @@ import pytest
 
 from compress.intake.data import Dataset, Split, _as_arrays, input_mismatches, load_dataset
 from compress.core.errors import InputFileError, RecipeError, TargetNameError, TargetsFailed
-from compress.outputs import check_output_dir, check_output_file
+from compress.cli.outputs import check_output_dir, check_output_file
 from compress.intake.recipe import DataSpec, ModelSpec
 from compress.intake.recipe_io import apply_overrides, parse_recipe_text
 from tests.conftest import TINY_RECIPE, write_recipe

@@ -37,12 +37,9 @@ UNITS: dict[str, str] = {
     # what is made of results: reports, comparisons, the trade-off, bundles
     **dict.fromkeys(["bench.report", "bench.html", "bench.compare", "bench.tradeoff"], "report"),
     **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata"], "bundle"),
-    # the top
+    # the top: the run, and the command line
     "compress.runner": "runner",
-    **dict.fromkeys(["compress.runfolder", "compress.gates", "compress.bench_schedule", "compress.stepcache"],
-                    "runner"),
     "compress.cli": "cli", "compress.__main__": "cli",
-    **dict.fromkeys(["compress.cli_bench", "compress.cli_devices", "compress.cli_package", "compress.outputs"], "cli"),
 }
 
 # The allowed arrows, written once: unit -> the units it may import (besides itself).

@@ -18,7 +18,7 @@ from bench.latency import (
 )
 from bench.repeats import merge_results, ratio_ci
 from compress.core.report_schema import TargetResult
-from compress.bench_schedule import benchmark_interleaved, results_and_errors
+from compress.runner.benchmarks import benchmark_interleaved, results_and_errors
 from compress.core.errors import TargetError
 from compress.core.types import BenchSpec
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compress import stepcache
-from compress.stepcache import (
+from compress.runner import stepcache
+from compress.runner.stepcache import (
     ABSENT,
     EvalCache,
     StepCache,
@@ -435,7 +435,7 @@ def test_many_threads_storing_one_key(tmp_path: Path) -> None:
 STORE_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from compress.stepcache import StepCache, StepKey
+from compress.runner.stepcache import StepCache, StepKey
 key = StepKey(kind="prune", config={"ratio": 0.5}, input_hash="a", arch="arm", versions={"edgepack": "0"})
 cache = StepCache(max_bytes=10**6)
 ok = cache.store(key, {"model.tflite": Path(sys.argv[1])}, {"pid": int(sys.argv[2])})

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from compress.cli import app, fail
+from compress.cli.root import app, fail
 from compress.core.errors import EdgepackError, InputFileError
 
 
@@ -142,7 +142,7 @@ def bench_report(
     from bench.accuracy import task_metrics
     from bench.agent import num_samples
     from compress.core.report_schema import ArtifactReport, Report
-    from compress.runner import environment, tool_versions
+    from compress.runner.run import environment, tool_versions
     from devices.targets import make_target
     from compress.core.types import BenchSpec
 
@@ -194,7 +194,7 @@ def bench_report(
         art.accuracy = art.metrics.get("accuracy")
     from types import SimpleNamespace
 
-    from compress.bench_schedule import benchmark_interleaved, results_and_errors
+    from compress.runner.benchmarks import benchmark_interleaved, results_and_errors
     from compress.core.errors import TargetsFailed
 
     # the same harness as a recipe run: `repeats` fresh processes per latency, pooled, with a
@@ -284,7 +284,7 @@ def bench_cmd(
     if task not in ("auto", "classification", "regression"):
         fail(InputFileError(f"--task {task!r}: use auto, classification or regression"))
     err = Console(stderr=True, highlight=False)
-    from compress.outputs import check_output_file
+    from compress.cli.outputs import check_output_file
 
     try:
         for path, option in ((json_out, "--json"), (html_out, "--html")):
@@ -342,7 +342,7 @@ def compare_cmd(
 
     if fmt not in ("md", "json"):
         fail(InputFileError(f"--format {fmt!r}: use md or json"))
-    from compress.outputs import check_output_file
+    from compress.cli.outputs import check_output_file
 
     try:
         if out is not None:

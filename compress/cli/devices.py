@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from compress.cli import _console, devices_app, fail
+from compress.cli.root import _console, devices_app, fail
 from compress.core.errors import EdgepackError, TargetError
 
 

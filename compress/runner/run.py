@@ -3,7 +3,7 @@
 The runner owns the run folder. Every step gets ``steps/NN-kind/``, every export
 ``exports/NAME/``; files are written atomically, and a failed or interrupted run still
 writes its report with what finished. The folder is locked for the run, what a killed run
-left is cleaned first, and the report is written last (see :mod:`compress.runfolder`).
+left is cleaned first, and the report is written last (see :mod:`compress.runner.folder`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from compress.core.errors import EdgepackError, RecipeProblem, StepError, Target
 from compress.intake.recipe import Recipe, step_config, step_kind
 from compress.intake.recipe_io import RecipeSource
 from compress.steps.registry import EXPORTS, STEPS, load
-from compress.runfolder import (
+from compress.runner.folder import (
     RunFolderLock,
     RunFolderWriteError,
     RunLog,
@@ -112,7 +112,7 @@ class Runner:
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self._log: RunLog | None = None
         self._steps_done = False  # torch models are final (their outputs may be cached) once True
-        self.gatekeeper: Any = None  # compress.gates.Gatekeeper, once the baseline's outputs are known
+        self.gatekeeper: Any = None  # compress.runner.gates.Gatekeeper, once the baseline's outputs are known
 
     # ------------------------------------------------------------------ logging
 
@@ -339,7 +339,7 @@ class Runner:
     def start_gates(self, baseline: Artifact, baseline_outputs: list[np.ndarray]) -> None:
         """Resolve what each output is and set up the gates (every later artifact is gated)."""
         from bench.outputs import resolve_outputs
-        from compress.gates import Gatekeeper
+        from compress.runner.gates import Gatekeeper
 
         m, t = self.recipe.model, self.recipe.task
         try:
@@ -548,7 +548,7 @@ class Runner:
     def benchmark_all(self) -> None:
         """Time every ONNX/TFLite artifact on every target: ``bench.repeats`` fresh processes per
         latency, artifacts interleaved (A B C A B C ...), speed-ups over the parent with their CI."""
-        from compress.bench_schedule import benchmark_interleaved, results_and_errors
+        from compress.runner.benchmarks import benchmark_interleaved, results_and_errors
         from devices.targets import make_target
         from compress.core.types import BenchSpec
 
@@ -616,7 +616,7 @@ class Runner:
         )
 
     def write_report(self, status: str, error: str | None) -> Any:
-        """Write report.md, report.html and, last, report.json (see :func:`compress.runfolder.write_reports`).
+        """Write report.md, report.html and, last, report.json (see :func:`compress.runner.folder.write_reports`).
 
         Raises:
             RunFolderWriteError: A report file could not be written (the run has failed).

@@ -78,9 +78,9 @@ def run_cmd(
         source = parse_recipe(recipe, set_ or [])
     except EdgepackError as e:
         fail(e)
-    from compress.outputs import check_output_dir
-    from compress.runfolder import RunFolderBusy
-    from compress.runner import Runner
+    from compress.cli.outputs import check_output_dir
+    from compress.runner.folder import RunFolderBusy
+    from compress.runner.run import Runner
 
     console = None if quiet else _console()
     runner = Runner(source, out, console)
@@ -137,7 +137,7 @@ def _remove_unstarted_run(run_dir: Path) -> None:
     """
     import shutil
 
-    from compress.runfolder import LOCK_NAME, RunFolderLock
+    from compress.runner.folder import LOCK_NAME, RunFolderLock
 
     bookkeeping = {"log.txt", "env.json", "recipe.resolved.yaml", LOCK_NAME}
     try:
@@ -170,25 +170,6 @@ def schema_cmd() -> None:
     sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
 
 
-# Commands of later modules register themselves on ``app`` / ``devices_app`` when imported.
-# Each module imports its heavy dependencies inside its commands, never at import time.
-PLUGIN_MODULES = ("compress.cli_bench", "compress.cli_devices", "compress.cli_package")
-
-
-def _load_plugins() -> None:
-    import importlib
-
-    for name in PLUGIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-
-
-_load_plugins()
-
-
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -197,6 +178,3 @@ def main() -> None:
         _console(stderr=True).print(f"error: {e.user_message()}")
         sys.exit(e.exit_code)
 
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from compress.cli import _console, app
+from compress.cli.root import _console, app
 from compress.core.errors import EdgepackError, InputFileError
 
 
@@ -36,7 +36,7 @@ def package_cmd(
     """Package one artifact of a run as a bundle an app can ship."""
     if platform not in ("android", "ios", "generic"):
         fail(InputFileError(f"--platform must be android, ios or generic (got {platform!r})"))
-    from compress.outputs import check_output_file
+    from compress.cli.outputs import check_output_file
     from export.bundle import package_run
 
     try:
