@@ -13,7 +13,7 @@ from compress.steps.distill import distill, embedding_loss, kd_loss
 from compress.core.errors import RecipeError
 from compress.steps.pruning import channel_counts
 from compress.intake.recipe import DistillConfig
-from tests.unit.compress_fixtures import MODELS, digits_runner, step_ctx
+from tests.unit.compress.steps.fixtures import MODELS, digits_runner, step_ctx
 
 
 def test_kd_loss_is_the_hinton_objective() -> None:

@@ -23,7 +23,7 @@ from compress.steps.qat import qat, qat_for
 from compress.intake.recipe import InputSpec, QatConfig
 from compress.intake.recipe_io import parse_recipe_text
 from export.onnx import export_module_to_onnx
-from tests.unit.compress_fixtures import DIGITS_RECIPE, MODELS, digits_runner, step_ctx
+from tests.unit.compress.steps.fixtures import DIGITS_RECIPE, MODELS, digits_runner, step_ctx
 
 SPECS = [InputSpec(shape=[1, 1, 8, 8])]
 
@@ -190,3 +190,24 @@ def _torch_accuracy(qat_onnx: dict[str, Any], x: Any, y: np.ndarray) -> float:
     module = qat_onnx["avx2"]["module"]
     with torch.no_grad():
         return float((module(x).argmax(1).numpy() == y).mean())
+
+
+def test_qat_model_size_counts_only_what_its_graph_reads() -> None:
+    """A pt2e-converted model keeps dead float weights beside its int8 ones: they are not its size."""
+    import torch
+    from torch import nn
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from compress.intake.models import torch_size_bytes
+    from compress.steps.qat import capture, make_quantizer
+
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 10)).eval()
+    example = (torch.randn(2, 1, 8, 8),)
+    quantizer, _ = make_quantizer("x86", True)
+    prepared = prepare_qat_pt2e(capture(float_model, example, dynamic_batch=True), quantizer)
+    prepared(*example)
+    converted = convert_pt2e(prepared)
+    float_size = torch_size_bytes(float_model)
+    assert torch_size_bytes(converted) < 0.5 * float_size  # int8 weights: about a quarter
+    assert torch.allclose(converted(*example), converted(*example))  # still a working module

@@ -665,3 +665,18 @@ def test_scratch_files_stay_in_the_step_folder(tmp_path: Path, monkeypatch: pyte
     assert Path.cwd() == models and tempfile.gettempdir() != seen["tmp"]
     assert sorted(p.name for p in step.iterdir()) == ["model.onnx"]
     assert art.path.is_file()
+
+
+def test_quantize_that_changes_nothing_says_fp32(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """weight_only on a model without MatMul leaves the float model: not 'mixed' precision."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(X86_CPUINFO.format(extra="avx512_vnni"))
+    monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
+    model = conv_model(tmp_path / "conv.onnx")
+    art, ctx = quantize_onnx(tmp_path, model, images(), method="weight_only")
+    assert "MatMulNBits" not in op_types(art.path)
+    assert art.precision == "fp32" and ctx.details["quantized"] is False
+    assert [a.code for a in ctx.advisories if a.code == "nothing_quantized"] == ["nothing_quantized"]
+    static, ctx2 = quantize_onnx(tmp_path / "s", model, images(), method="static")
+    assert static.precision == "int8" and ctx2.details["quantized"] is True
+    assert not [a for a in ctx2.advisories if a.code == "nothing_quantized"]

@@ -145,3 +145,26 @@ def test_markdown_subset() -> None:
     assert out.startswith("<h2>T</h2>") and "<p>text with <code>code</code> and more</p>" in out
     assert "<ul><li>a</li><li><strong>b</strong></li></ul>" in out
     assert "<th>x</th>" in out and "<td>&lt;2&gt;</td>" in out
+
+
+def _t(target: str, p50: float, batch: int = 1, threads: int = 1, how: str = "measured") -> TargetResult:
+    return TargetResult(target=target, how=how, device="x", threads=threads, batch=batch,
+                        latency_ms=summarize([p50] * 20, threads=threads, batch=batch, how=how))
+
+
+def test_html_lineage_walks_through_torch_steps_and_estimates_show_no_runs() -> None:
+    from bench.html import render_html
+
+    steps = [StepReport(index=1, kind="prune", name="01-prune", config={}, input="baseline", output="pruned"),
+             StepReport(index=2, kind="qat", name="02-qat", config={}, input="pruned", output="qat")]
+    art = ArtifactReport(name="onnx-int8", format="onnx", path=None, size_bytes=1000, parent="qat", step="export:onnx",
+                         targets=[_t("estimate:rpi4", 0.2, how="estimated")])
+    html = render_html(Report(recipe={"name": "t"}, created="now", steps=steps, artifacts=[art]))
+    lineage = html[html.index('class="lineage"'):]
+    chain = lineage[:lineage.index("</li>")]
+    assert "baseline → pruned" in chain
+    for name, step in (("pruned", "01-prune"), ("qat", "02-qat"), ("onnx-int8", "export:onnx")):
+        assert f"{name} <span class='muted'>({step})</span>" in chain
+    assert chain.index("baseline") < chain.index("pruned") < chain.index("qat") < chain.index("onnx-int8")
+    latency = html[html.index('id="latency"'):]
+    assert "0 runs" not in latency and "estimated: no timed runs" in latency

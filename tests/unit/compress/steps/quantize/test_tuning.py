@@ -13,7 +13,7 @@ from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.intake.data import Dataset, Split
 from compress.intake.recipe import QuantizeConfig, Recipe
-from tests.unit.test_quantize_onnx import _save, run_onnx
+from tests.unit.compress.steps.quantize.test_step import _save, run_onnx
 
 
 def hidden_outlier_mlp(path: Path, factor: float = 1000.0, unit: int = 3) -> Path:
@@ -218,7 +218,7 @@ def test_exclusion_bisects_over_every_quantizable_node_once_the_ranking_runs_out
 def test_moves_that_change_nothing_spend_no_trial(tmp_path: Path, max_trials: int) -> None:
     """A single MatMul on a graph input without outliers: CLE finds no pair, SmoothQuant no outlier."""
     from compress.steps.quantize.step import quantize
-    from tests.unit.test_quantize_onnx import make_ctx, outlier_model, vectors
+    from tests.unit.compress.steps.quantize.test_step import make_ctx, outlier_model, vectors
 
     model = outlier_model(tmp_path / "mm.onnx", outliers=0)
     ctx = make_ctx(tmp_path, vectors(), model)

@@ -14,7 +14,7 @@ from compress.steps.prune import prune
 from compress.steps.pruning import channel_counts, global_sparsity, sparsity_at
 from compress.intake.recipe import InputSpec, PruneConfig
 from compress.intake.recipe_io import parse_recipe_text
-from tests.unit.compress_fixtures import DIGITS_RECIPE, MODELS, digits_runner, step_ctx
+from tests.unit.compress.steps.fixtures import DIGITS_RECIPE, MODELS, digits_runner, step_ctx
 
 SPECS = [InputSpec(shape=[1, 1, 8, 8])]
 

@@ -114,7 +114,7 @@ def _digits() -> tuple[Split, Split]:
 
 def _recipe(outputs: list[dict[str, Any]] | None = None) -> Recipe:
     return Recipe.model_validate({
-        "version": 1, "name": "multihead", "model": {"factory": "tests.unit.test_multihead:ThreeHeads",
+        "version": 1, "name": "multihead", "model": {"factory": "tests.unit.compress.steps.test_multihead:ThreeHeads",
                                                      "input_shape": [1, 1, 8, 8], "outputs": outputs},
         "task": {"kind": "classification"}, "data": {"source": "builtin:digits"},
     }, context={"check_files": False})
