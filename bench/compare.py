@@ -45,13 +45,12 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from bench.repeats import ratio_ci, yardstick_ratio_ci
-from bench.report import ArtifactReport, Report, TargetResult, load_report
+from compress.core.report_schema import ArtifactReport, Report, TargetResult, load_report
 
 # Latency statistics compared per timing setting: metric name -> percentile (or "mean").
 LATENCY_STATS: dict[str, float | str] = {"latency_p50": 50.0, "latency_p90": 90.0, "latency_p99": 99.0,
                                           "latency_mean": "mean"}
 TIMING_METRICS = (*LATENCY_STATS, "throughput", "memory", "load_time")
-ARTIFACT_METRICS = ("accuracy", "size", "zipped_size")
 HIGHER_IS_BETTER = {"accuracy", "throughput", "macro_f1", "roc_auc", "agreement", "cosine_mean", "cosine_min", "mrr"}
 
 
@@ -147,7 +146,7 @@ _GATE_RE = re.compile(r"^\s*([A-Za-z_][\w@.]*)\s*:\s*([+-])\s*(\d+(?:\.\d*)?|\.\
 
 def parse_gate(text: str) -> Gate:
     """Parse ``NAME:+N%`` / ``NAME:-N`` (sign = the direction that fails)."""
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     m = _GATE_RE.match(text)
     if not m:
@@ -415,7 +414,7 @@ def _fmt_change(d: MetricDelta) -> str:
 
 def apply_gates(comparison: Comparison, pairs_reports: list[tuple[Report, Report]], gates: list[Gate]) -> None:
     """Evaluate each gate on every pair; fill ``comparison.gates`` and ``passed``."""
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     for gate in gates:
         res = GateResult(gate=gate.text, passed=True)
@@ -476,7 +475,7 @@ def compare_reports(
     Returns:
         The comparison, gates evaluated.
     """
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     if len(paths) < 2:
         raise InputFileError("compare needs at least two reports or run folders")

@@ -17,13 +17,10 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from bench.accuracy import class_probabilities, task_metrics
 from bench.outputs import ResolvedOutput, decisions
-
-SQNR_CAP_DB = 200.0
-"""SQNR of identical outputs (and the floor of an all-noise one): finite, so reports stay JSON."""
+from compress.core.report_schema import SQNR_CAP_DB, Fidelity, GateResult, OutputFidelity
 
 MAX_DETECTIONS = 1000
 """Detections kept per image, highest scores first (raw outputs are compared before NMS; this bounds the matching)."""
@@ -33,67 +30,6 @@ COLLAPSE_SUPPORT = 0.05
 
 COLLAPSE_AUC = 0.55
 """A binary head at or below this ROC-AUC ranks no better than chance."""
-
-
-class OutputFidelity(BaseModel):
-    """One output of an artifact against the same output of a reference model."""
-
-    name: str
-    index: int
-    task: str
-    probabilities: bool = Field(description="compared as probabilities (never softmaxed again)")
-    weight: float = Field(1.0, description="0: reported, not gated")
-    samples: int
-    cosine: float = Field(description="over the whole tensor")
-    cosine_per_sample_mean: float | None = Field(None, description="only when a sample has more than one value")
-    cosine_per_sample_min: float | None = None
-    sqnr_db: float = Field(description=f"10 log10(sum ref^2 / sum (ref - out)^2), within +-{SQNR_CAP_DB:.0f} dB")
-    max_rel_error: float = Field(description="max |out - ref| / std of the reference tensor")
-    mean_rel_error: float
-    r2: float | None = Field(None, description="1 - SSE / (reference's variation around its per-position mean)")
-    dead_fraction: float = Field(description="share of positions constant or all-zero where the reference is not")
-    dead_positions: int = 0
-    positions: int = Field(0, description="columns of [N, C]; channels of a detection output; values per sample otherwise")
-    nonfinite: int = Field(0, description="NaN or inf values in the artifact's output")
-    agreement: float | None = Field(None, description="share of equal decisions")
-    top_k: int | None = None
-    top_k_agreement: float | None = Field(None, description="reference's top-1 within the artifact's top-k")
-    support: list[int] | None = Field(None, description="reference's decisions per class")
-    predicted: list[int] | None = Field(None, description="artifact's decisions per class")
-    precision: list[float | None] | None = Field(None, description="per class, against the reference's decisions")
-    recall: list[float | None] | None = None
-    prob_max_abs_diff: float | None = Field(None, description="of the probabilities (softmax/sigmoid of logits)")
-    prob_total_variation: float | None = Field(None, description="mean over samples of half the L1 distance")
-    reference_detections: int | None = None
-    detections: int | None = None
-    matched_detections: int | None = None
-    detection_precision: float | None = None
-    detection_recall: float | None = None
-    detection_f1: float | None = Field(None, description="2 matched / (artifact's + reference's detections)")
-    detection_mean_iou: float | None = None
-    detection_score_correlation: float | None = None
-    detection_count_ratio: float | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict, description="the artifact's task metrics vs labels")
-    reference_metrics: dict[str, Any] = Field(default_factory=dict, description="the reference's, same labels")
-
-
-class Fidelity(BaseModel):
-    """A whole artifact against one reference model."""
-
-    reference: str
-    outputs: list[OutputFidelity]
-
-    def output(self, name: str) -> OutputFidelity | None:
-        return next((o for o in self.outputs if o.name == name), None)
-
-
-class GateResult(BaseModel):
-    """Whether an artifact keeps what it must of its parent and of the baseline."""
-
-    passed: bool
-    reasons: list[str] = Field(default_factory=list, description="one per failed check")
-    fixes: list[str] = Field(default_factory=list)
-    checked: dict[str, Any] = Field(default_factory=dict, description="output -> measure -> value, limit, vs, passed")
 
 
 # --------------------------------------------------------------------------- whole-tensor measures
@@ -474,7 +410,7 @@ def evaluate_gate(
     Args:
         vs_parent: The artifact against the model it was made from, or None.
         vs_baseline: The artifact against the baseline model, or None.
-        tolerance: Attributes of ``compress.recipe.GateTolerance``; None fields are not checked.
+        tolerance: Attributes of ``compress.intake.recipe.GateTolerance``; None fields are not checked.
         precision: The artifact's precision (fp32, fp16, int8, ...), for the fixes.
         baseline_metrics: The baseline's task metrics by output index (default: from
             ``baseline``, else those measured in ``vs_baseline`` from labels).

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import ArtifactReport, Report, TargetResult, _fmt, _fmt_bytes
+from bench.report import _fmt, _fmt_bytes
+from compress.core.report_schema import ArtifactReport, Report, TargetResult
 
 # The page may load nothing at all: inline styles and data: images only, no script.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"

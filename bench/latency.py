@@ -5,58 +5,15 @@ minimum detectable effect)."""
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
 
-How = Literal["measured", "estimated", "emulated"]
+from compress.core.report_schema import How, LatencyStats
+
 
 # Below this, a between-process spread estimated from a handful of processes is not believed:
 # two processes timing the same model on a quiet machine differ by about this much anyway.
 MIN_BETWEEN_SPREAD = 0.01
-
-
-class LatencyStats(BaseModel):
-    """Summary of per-run latencies in milliseconds.
-
-    ``how`` says whether the figure was measured on the device, estimated from a
-    profile, or (never a latency) emulated. A latency measured in several fresh processes
-    carries ``repeats``, each process's median and how many runs each gave; ``ci95`` is then
-    a hierarchical-bootstrap interval, and ``mde_rel`` the smallest relative change a
-    comparison with an equally precise run could tell from noise. Reports written before
-    repeated processes lack these fields: one process, MDE unknown.
-    """
-
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    std: float
-    min: float
-    max: float
-    ci95: tuple[float, float] = Field(description="bootstrap 95% confidence interval of the median "
-                                                  "(hierarchical: processes, then runs, when repeats > 1)")
-    runs: int
-    threads: int
-    batch: int = 1
-    how: How = "measured"
-    noisy: bool = False
-    noise_reason: str | None = None
-    repeats: int = Field(1, description="fresh processes the runs come from")
-    process_medians: list[float] | None = Field(None, description="median of each process, in the order they ran")
-    process_runs: list[int] | None = Field(None, description="timed runs of each process (their share of times_ms, in order)")
-    between_spread: float | None = Field(None, description="SD of the log of the process medians (~ relative spread)")
-    mde_rel: float | None = Field(None, description="minimum detectable relative change (95% two-sided, 80% power) "
-                                                    "against an equally precise run; None: unknown (one process)")
-
-    yardstick_ratio: float | None = Field(None, description="median over all blocks of the artifact's block median "
-                                                            "over the machine yardstick's, timed beside it "
-                                                            "(bench.yardstick); what compare judges when both runs have it")
-    yardstick_ci95: tuple[float, float] | None = Field(None, description="hierarchical-bootstrap 95% CI of yardstick_ratio")
-    yardstick_process_ratios: list[float] | None = Field(None, description="yardstick_ratio of each process")
-    yardstick_mde: float | None = Field(None, description="minimum detectable relative change of yardstick_ratio "
-                                                          "against an equally precise run; None: one process")
 
 
 def bootstrap_median_ci(times: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.latency import hierarchical_bootstrap, noise_reasons, process_groups, summarize_processes, with_yardstick
-from bench.report import TargetResult
+from compress.core.report_schema import TargetResult
 from bench.yardstick import block_ratios
 
 # Per-process facts kept in the merged result's ``details["processes"]``.

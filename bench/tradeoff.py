@@ -19,15 +19,7 @@ from typing import Any
 
 import yaml
 
-# Typical figures, deliberately round; a recipe can override any of them under
-# tradeoff.networks. Medians of the kind reported by public mobile network surveys
-# (e.g. Opensignal / Ookla reports): a user's own numbers are better.
-NETWORKS: dict[str, dict[str, float]] = {
-    "wifi": {"rtt_ms": 20.0, "up_mbps": 20.0, "down_mbps": 50.0},
-    "5g": {"rtt_ms": 30.0, "up_mbps": 15.0, "down_mbps": 100.0},
-    "4g": {"rtt_ms": 60.0, "up_mbps": 5.0, "down_mbps": 20.0},
-    "3g_poor": {"rtt_ms": 300.0, "up_mbps": 0.3, "down_mbps": 1.0},
-}
+from compress.intake.recipe_sections import NETWORKS
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "devices" / "profiles"
 
@@ -125,7 +117,7 @@ def _io_specs(art: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def _profile_server_side(art: Any, profile: str, batch: int, run_dir: Path | None) -> tuple[float, float, str] | None:
     """(ms per item, items per second per core, source) estimated from a cloud device profile."""
-    from devices.base import BenchSpec
+    from compress.core.types import BenchSpec
     from devices.estimate import EstimateTarget
 
     if not art.path:

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from compress.core.env import cache_dir
+
 VERSION = "edgepack-yardstick-1"
 # Timed calls of the yardstick after each block of the artifact's runs.
 RUNS_PER_BLOCK = 10
@@ -77,7 +79,7 @@ def path(folder: Path | None = None) -> Path:
     data = model_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     candidates = [folder] if folder is not None else [
-        Path(os.environ.get("EDGEPACK_CACHE") or Path.home() / ".cache" / "edgepack"), Path(tempfile.gettempdir())]
+        cache_dir(), Path(tempfile.gettempdir())]
     last: OSError | None = None
     for base in candidates:
         target = Path(base) / f"yardstick-{digest}.onnx"

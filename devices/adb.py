@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import LatencyStats, summarize
-from bench.report import TargetResult
-from compress.errors import TargetError
-from compress.recipe import AdbDeviceSpec
-from devices.base import BenchSpec
+from bench.latency import summarize
+from compress.core.report_schema import LatencyStats
+from compress.core.report_schema import TargetResult
+from compress.core.errors import TargetError
+from devices.specs import AdbDeviceSpec
+from compress.core.types import BenchSpec
 from devices.untrusted import clean_text, one_line, validate_times
 
 MAX_RESULT_FILE_BYTES = 64 * 2**20

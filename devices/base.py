@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from bench.report import TargetResult
-
-
-@dataclass(frozen=True)
-class BenchSpec:
-    """How to time one artifact."""
-
-    threads: int = 1
-    warmup: int = 20
-    max_warmup: int = 500
-    runs: int = 200
-    batch: int = 1
-    cpus: tuple[int, ...] | None = None
-    yardstick: bool = True  # time the machine yardstick beside the artifact (bench.yardstick)
+from compress.core.report_schema import TargetResult
+from compress.core.types import BenchSpec
 
 
 class Target(Protocol):
@@ -42,35 +29,3 @@ class Target(Protocol):
 
     def benchmark(self, model: Path, spec: BenchSpec, inputs: list[np.ndarray] | None = None) -> TargetResult:
         """Time the model; the result says how the figure was obtained."""
-
-
-def make_target(name: str, recipe_bench: Any = None) -> Target:
-    """The target a recipe or CLI names (``local``, ``ssh:pi``, ``emulated:aarch64``...)."""
-    from compress.errors import TargetNameError
-
-    kind, _, arg = name.partition(":")
-    if kind == "local":
-        from devices.local import LocalTarget
-
-        return LocalTarget()
-    if kind == "emulated":
-        from devices.emulated import EmulatedTarget
-
-        return EmulatedTarget(arg, cpus=list(getattr(recipe_bench, "emulated_cpus", ["cortex-a72"])))
-    if kind == "estimate":
-        from devices.estimate import EstimateTarget
-
-        return EstimateTarget(arg)
-    if kind == "ssh":
-        from devices.ssh import SshTarget
-
-        devices = getattr(recipe_bench, "ssh", {}) or {}
-        if arg not in devices:
-            raise TargetNameError(name, f"no SSH device {arg!r} configured under bench.ssh")
-        return SshTarget(arg, devices[arg])
-    if kind == "adb":
-        from devices.adb import AdbTarget
-
-        devices = getattr(recipe_bench, "adb", {}) or {}
-        return AdbTarget(arg or "default", devices.get(arg or "default"))
-    raise TargetNameError(name, "unknown target: use local, ssh:NAME, adb[:NAME], emulated:aarch64 or estimate:PROFILE")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import Parity
+from compress.core.report_schema import Parity
 
 FLOAT_ATOL = 1e-4
 INT8_MIN_AGREEMENT = 1.0
@@ -59,7 +59,7 @@ def crosscheck(model: Path, reference: list[np.ndarray], outputs: list[np.ndarra
     Returns:
         The parity verdict on the primary output.
     """
-    from export.parity import compare_outputs
+    from bench.parity import compare_outputs
 
     if quantized is None:
         quantized = is_quantized(model)

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from bench.agent import take_samples
-from bench.report import Parity, TargetResult
-from compress.errors import MissingDependencyError, TargetError, TargetNameError
-from devices.base import BenchSpec
+from compress.core.report_schema import Parity, TargetResult
+from compress.core.errors import MissingDependencyError, TargetError, TargetNameError
+from compress.core.env import cache_dir
+from compress.core.types import BenchSpec
 
 AGENT = Path(__file__).resolve().parent.parent / "bench" / "agent.py"
 ARCHES = ("aarch64",)
@@ -65,12 +66,6 @@ def arm_cpuinfo(cpu: str, cores: int = 4) -> str:
         f"CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n"
         for i in range(cores)
     )
-
-
-def cache_dir() -> Path:
-    """Where edgepack keeps built roots and calibrations: $EDGEPACK_CACHE or ~/.cache/edgepack."""
-    env = os.environ.get("EDGEPACK_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgepack"
 
 
 def root_dir(arch: str = "aarch64") -> Path:

@@ -22,10 +22,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.latency import LatencyStats
-from bench.report import TargetResult
-from compress.errors import InputFileError, TargetError, TargetNameError
-from devices.base import BenchSpec
+from compress.core.report_schema import LatencyStats
+from compress.core.report_schema import TargetResult
+from compress.core.errors import InputFileError, TargetError, TargetNameError
+from compress.core.types import BenchSpec
 from devices.graph_cost import KINDS, Layer, model_layers, summarize_layers
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -64,7 +64,7 @@ class DeviceProfile(BaseModel):
 
 
 def _user_profiles_dir() -> Path:
-    from devices.emulated import cache_dir
+    from compress.core.env import cache_dir
 
     return cache_dir() / "profiles"
 
@@ -143,7 +143,7 @@ def host_measurements() -> dict[str, float]:
     import subprocess
     import sys
 
-    from devices.emulated import cache_dir
+    from compress.core.env import cache_dir
 
     cached = cache_dir() / "host-bandwidth.json"
     try:
@@ -186,7 +186,7 @@ def default_efficiencies(fam: str) -> dict[str, Any]:
 
 
 def calibration_path(profile: str) -> Path:
-    from devices.emulated import cache_dir
+    from compress.core.env import cache_dir
 
     return cache_dir() / "calibration" / f"{profile}.json"
 
@@ -243,7 +243,7 @@ def band(est_ms: float, cal: dict[str, Any]) -> tuple[float, float]:
 
 
 def _samples_from_reports(reports: list[Path], profile: str | None, log: Any) -> list[dict[str, Any]]:
-    from bench.report import load_report
+    from compress.core.report_schema import load_report
 
     samples = []
     for rp in reports:
@@ -329,7 +329,7 @@ def calibrate(reports: list[Path], profile: str | None = None, log: Any = print)
            "fit": [{"what": s["what"], "measured_ms": s["ms"], "fitted_ms": p} for s, p in zip(samples, pred)]}
     path = calibration_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from compress.artifact import atomic_write_text
+    from compress.core.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(cal, indent=2))
     cal["path"] = str(path)

@@ -16,9 +16,9 @@ from bench.agent import take_samples
 from bench import yardstick
 from bench.latency import summarize, with_yardstick
 from bench.yardstick import block_ratios
-from bench.report import TargetResult
-from compress.errors import TargetError
-from devices.base import BenchSpec
+from compress.core.report_schema import TargetResult
+from compress.core.errors import TargetError
+from compress.core.types import BenchSpec
 from devices.untrusted import load_outputs, one_line, parse_agent_line, validate_agent_result
 
 AGENT = Path(__file__).resolve().parent.parent / "bench" / "agent.py"

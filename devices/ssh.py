@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from bench.agent import take_samples
-from bench.report import TargetResult
-from compress.errors import TargetError
-from compress.recipe import SshDeviceSpec
-from devices.base import BenchSpec
+from compress.core.report_schema import TargetResult
+from compress.core.errors import TargetError
+from devices.specs import SshDeviceSpec
+from compress.core.types import BenchSpec
 from devices.local import AGENT, parse_agent_output, read_outputs, result_from_agent, write_inputs
 from devices.untrusted import MAX_OUTPUTS_BYTES, MAX_RESULT_CHARS, clean_json, clean_text, one_line
 

@@ -11,7 +11,7 @@ user's benchmark binary, or someone else's hands. Everything it returns goes thr
 - :func:`load_outputs` reads the outputs file as plain numeric arrays (no pickles, bounded
   size, no object arrays).
 
-Every failure is a :class:`~compress.errors.TargetError` that names the board.
+Every failure is a :class:`~compress.core.errors.TargetError` that names the board.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import TargetError
+from compress.core.errors import TargetError
 
 MAX_RESULT_CHARS = 64 * 2**20  # the agent's JSON line (a million runs' times is ~20 MB)
 MAX_RUNS = 2_000_000

@@ -111,8 +111,8 @@ def measure(items: list[tuple[str, str, Path]], run_dir: Path, runs: int) -> Pat
     import time
 
     from bench.agent import device_facts
-    from bench.report import ArtifactReport, Report
-    from devices.base import BenchSpec
+    from compress.core.report_schema import ArtifactReport, Report
+    from compress.core.types import BenchSpec
     from devices.local import LocalTarget
 
     target = LocalTarget()

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compress.artifact import atomic_path, sha256_file
-from compress.errors import InputFileError
+from compress.core.fileio import atomic_path, sha256_file
+from compress.core.errors import InputFileError
 from export.bundle_verify import VerifyResult, bundle_bytes, verify_bundle
 from export.signing import DIGEST_FILE, digest_document
 
@@ -44,7 +44,7 @@ def _array_json(a: np.ndarray) -> dict[str, Any]:
 def _load_recipe(run_dir: Path) -> Any:
     import yaml
 
-    from compress.recipe import Recipe
+    from compress.intake.recipe import Recipe
 
     path = run_dir / "recipe.resolved.yaml"
     if not path.is_file():
@@ -59,7 +59,7 @@ def _golden_inputs(recipe: Any, session: Any, n: int) -> list[np.ndarray]:
 
     specs = None
     if recipe is not None:
-        from compress.models import input_specs_of
+        from compress.intake.models import input_specs_of
 
         try:
             specs = input_specs_of(recipe.model)
@@ -67,14 +67,14 @@ def _golden_inputs(recipe: Any, session: Any, n: int) -> list[np.ndarray]:
             specs = None
     if recipe is not None and recipe.data is not None:
         try:
-            from compress.data import load_dataset
+            from compress.intake.data import load_dataset
 
             split = load_dataset(recipe.data, specs).eval
             return take_samples(split.x, slice(0, n))
         except Exception:  # data gone since the run: fall back to random inputs
             pass
     if specs is not None and len(specs) == len(session.inputs):
-        from compress.data import synthetic_inputs
+        from compress.intake.data import synthetic_inputs
 
         return synthetic_inputs(specs, n, recipe.seed).x
     from bench.agent import _inputs_for
@@ -244,7 +244,7 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
 
         private_key = load_private_key(sign_key)
     from bench.agent import num_samples, take_samples
-    from bench.report import load_report
+    from compress.core.report_schema import load_report
     from bench.runtime import open_model, predict
 
     report = load_report(run_dir)

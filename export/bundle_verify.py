@@ -14,7 +14,7 @@ under a name chosen here, never one taken from the zip. In order:
    digest, and the Ed25519 signature when a public key is given;
 5. the model loads and reproduces the golden vectors.
 
-A malformed bundle raises :class:`~compress.errors.InputFileError` (exit 2); a tampered one
+A malformed bundle raises :class:`~compress.core.errors.InputFileError` (exit 2); a tampered one
 returns its problems (exit 1).
 """
 
@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from compress.errors import InputFileError
+from compress.core.errors import InputFileError
 from export.signing import DIGEST_FILE, DIGEST_SCHEME, overall_digest
 
 MiB = 1 << 20

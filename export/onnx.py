@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shutil
 
-from compress.artifact import Artifact, atomic_write_with, config_hash
-from compress.context import StepContext
-from compress.errors import StepError
-from compress.models import example_inputs
-from compress.recipe import OnnxExportConfig
+from compress.core.fileio import atomic_write_with, config_hash
+from compress.core.types import Artifact
+from compress.core.step import StepContext
+from compress.core.errors import StepError
+from compress.intake.models import example_inputs
+from compress.intake.recipe import OnnxExportConfig
 
 
 def quiet_exporter_logs() -> None:
@@ -47,12 +48,12 @@ def export_module_to_onnx(module, specs, dest, opset: int | None = None, dynamic
     With ``dynamic_batch``, only inputs that have a batch axis get a dynamic batch, on that
     axis; fixed inputs (``batch_axis: null``) stay static. A module with a fixed batch (from
     a static ``torch.export`` program), or one whose fixed input carries a batch of one (a
-    state ``[2, 1, 128]``: see :func:`compress.models.ties_batch_to_one`), is exported at a
+    state ``[2, 1, 128]``: see :func:`compress.intake.models.ties_batch_to_one`), is exported at a
     static batch.
     """
     import torch
 
-    from compress.models import ties_batch_to_one
+    from compress.intake.models import ties_batch_to_one
 
     static = getattr(module, "_edgepack_static_batch", None)
     if static is None and ties_batch_to_one(specs):

@@ -195,13 +195,13 @@ def io_quant_params(model_or_path: Any) -> dict[str, Any]:
     return result
 
 
-def float_weight_nodes(model: Any) -> dict[str, tuple[str, str]]:
-    """Conv/MatMul/Gemm nodes with a float weight initializer: node name -> (op type, weight name)."""
+def input_names(path: Path) -> tuple[list[str], int | None]:
+    """Names of the graph inputs (initializers excluded) and the fixed batch size, if any."""
     import onnx
 
-    inits = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            out[node.name] = (node.op_type, node.input[1])
-    return out
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    dim0 = inputs[0].type.tensor_type.shape.dim[0] if inputs and inputs[0].type.tensor_type.shape.dim else None
+    batch = dim0.dim_value if dim0 is not None and dim0.HasField("dim_value") and dim0.dim_value > 0 else None
+    return [i.name for i in inputs], batch

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compress.errors import InputFileError
+from compress.core.errors import InputFileError
 
 DIGEST_FILE = "digest.json"
 DIGEST_SCHEME = "edgepack-bundle-digest/1"

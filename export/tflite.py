@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifact import Artifact, atomic_write_with, config_hash
-from compress.context import StepContext
-from compress.errors import EdgepackError, MissingDependencyError, StepError
-from compress.recipe import TfliteExportConfig
+from compress.core.fileio import atomic_write_with, config_hash
+from compress.core.types import Artifact
+from compress.core.step import StepContext
+from compress.core.errors import EdgepackError, MissingDependencyError, StepError
+from compress.intake.recipe import TfliteExportConfig
 
 STEP = "export:tflite"
 INSTALL_HINT = 'pip install -e . (or: pip install "litert-torch==0.10.0" "ai-edge-quantizer>=0.10" "ai-edge-litert>=2.3")'
@@ -250,7 +251,7 @@ def _pt2e_quant_config() -> Any:
 
 def _calibration_inputs(ctx: StepContext, config: TfliteExportConfig, nhwc: list[int]) -> tuple[list[np.ndarray], str]:
     from bench.agent import take_samples
-    from compress.data import synthetic_inputs
+    from compress.intake.data import synthetic_inputs
 
     if ctx.data is not None and len(ctx.data.calib) > 0:
         n = min(config.calibration_samples or len(ctx.data.calib), len(ctx.data.calib))
@@ -391,7 +392,7 @@ def _advise_saturation(ctx: StepContext, name: str, found: list[dict[str, Any]],
 
 
 def _eval_inputs(ctx: StepContext) -> list[np.ndarray]:
-    from compress.data import synthetic_inputs
+    from compress.intake.data import synthetic_inputs
 
     if ctx.data is not None:
         return ctx.data.eval.x
@@ -400,7 +401,7 @@ def _eval_inputs(ctx: StepContext) -> list[np.ndarray]:
 
 
 def _sample_args(module: Any, ctx: StepContext) -> tuple[Any, ...]:
-    from compress.models import example_inputs
+    from compress.intake.models import example_inputs
 
     specs = ctx.recipe.model.input_specs() or []
     # Apps run one input at a time: the recipe's batch (normally 1) on each batch axis, unless
@@ -433,7 +434,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
 
     from bench.agent import num_samples
     from bench.runtime import open_model, predict
-    from compress.models import set_mode, torch_predict
+    from compress.intake.models import set_mode, torch_predict
     from export.tflite_inspect import inspect_tflite
 
     module = artifact.module

@@ -80,8 +80,3 @@ class MobileNetV2(nn.Module):
 def mobilenet_v2(num_classes: int = 10, width: float = 1.0) -> nn.Module:
     """The teacher: MobileNetV2 at full width, 1-channel input."""
     return MobileNetV2(num_classes=num_classes, width=width)
-
-
-def mobilenet_v2_half(num_classes: int = 10) -> nn.Module:
-    """A half-width student for distillation."""
-    return MobileNetV2(num_classes=num_classes, width=0.5)

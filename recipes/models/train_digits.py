@@ -16,8 +16,8 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from compress.data import load_dataset  # noqa: E402
-from compress.recipe import DataSpec  # noqa: E402
+from compress.intake.data import load_dataset  # noqa: E402
+from compress.intake.recipe import DataSpec  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from digits import teacher  # noqa: E402

@@ -2,7 +2,7 @@
 
 Writes ``mobilenet_digits.pt`` beside this file. Reproducible: fixed seed, the same split
 the recipe's data section makes (``builtin:digits``, seed 0, ``image_size: 64``), the
-shared training loop of :mod:`compress.training`. About 2 minutes an epoch on 2 cores.
+shared training loop of :mod:`compress.steps.training`. About 2 minutes an epoch on 2 cores.
 Run: ``python recipes/models/train_mobilenet.py [--epochs 6]``.
 """
 
@@ -19,11 +19,11 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402 (after the sys.path set-up)
 from mobilenet import mobilenet_v2  # noqa: E402 (after the sys.path set-up)
 
-from compress.artifact import atomic_write_with  # noqa: E402 (after the sys.path set-up)
-from compress.data import load_dataset  # noqa: E402 (after the sys.path set-up)
-from compress.models import torch_predict  # noqa: E402 (after the sys.path set-up)
-from compress.recipe import DataSpec, TrainConfig  # noqa: E402 (after the sys.path set-up)
-from compress.training import fit  # noqa: E402 (after the sys.path set-up)
+from compress.core.fileio import atomic_write_with  # noqa: E402 (after the sys.path set-up)
+from compress.intake.data import load_dataset  # noqa: E402 (after the sys.path set-up)
+from compress.intake.models import torch_predict  # noqa: E402 (after the sys.path set-up)
+from compress.intake.recipe import DataSpec, TrainConfig  # noqa: E402 (after the sys.path set-up)
+from compress.steps.training import fit  # noqa: E402 (after the sys.path set-up)
 
 IMAGE_SIZE = 64
 

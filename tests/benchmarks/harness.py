@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.repeats import ratio_ci
-from bench.report import TargetResult
+from compress.core.report_schema import TargetResult
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ def interleaved(
     log: Callable[[str], None] = print,
 ) -> dict[str, TargetResult]:
     """Merged results per model name, timed in interleaved rounds of fresh processes."""
-    from compress.bench_schedule import benchmark_interleaved
-    from devices.base import BenchSpec
+    from compress.runner.benchmarks import benchmark_interleaved
+    from compress.core.types import BenchSpec
     from devices.local import LocalTarget
 
     models = [Model(name, p) for name, p in paths.items()]

@@ -119,7 +119,7 @@ BARE_SCRIPT = textwrap.dedent(
 def end_to_end_ratio(model: Path, runs: int, rounds: int) -> tuple[float, float, float]:
     """(harness median, bare median, ratio): fresh processes both sides, interleaved rounds."""
     sys.path.insert(0, str(ROOT))
-    from devices.base import BenchSpec
+    from compress.core.types import BenchSpec
     from devices.local import LocalTarget
 
     target = LocalTarget()

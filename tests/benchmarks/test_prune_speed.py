@@ -30,7 +30,7 @@ FINE_TUNE_EPOCHS = 5
 
 
 def _accuracy(module: Any, split: Any) -> float:
-    from compress.models import torch_predict
+    from compress.intake.models import torch_predict
 
     return float((torch_predict(module, split.x)[0].argmax(1) == split.y).mean())
 
@@ -39,12 +39,12 @@ def _accuracy(module: Any, split: Any) -> float:
 def test_pruned_mobilenet_is_twice_as_fast(benchmark: Any, tmp_path: Path) -> None:
     import torch
 
-    from compress.data import import_ref, load_dataset
-    from compress.distill import supervised_loss
-    from compress.models import count_macs
-    from compress.prune import structured_prune
-    from compress.recipe import DataSpec, InputSpec, TrainConfig
-    from compress.training import fit
+    from compress.intake.data import import_ref, load_dataset
+    from compress.steps.distill import supervised_loss
+    from compress.intake.models import count_macs
+    from compress.steps.pruning import structured_prune
+    from compress.intake.recipe import DataSpec, InputSpec, TrainConfig
+    from compress.steps.training import fit
     from export.onnx import export_module_to_onnx
 
     weights = MODELS / "mobilenet_digits.pt"

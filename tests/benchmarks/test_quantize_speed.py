@@ -37,13 +37,14 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Float, edgepack-default and onnxruntime-default int8 models, and the eval data."""
     from onnxruntime.quantization import quantize_static
 
-    from compress.context import StepContext
-    from compress.data import load_dataset
-    from compress.models import load_model
-    from compress.recipe import QuantizeConfig
-    from compress.recipe_io import parse_recipe
+    from compress.core.step import StepContext
+    from compress.intake.data import load_dataset
+    from compress.intake.models import load_model
+    from compress.intake.recipe import QuantizeConfig
+    from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
-    from export.quantize_onnx import _Reader, feeds_of, quantize
+    from compress.steps.quantize.step import _Reader, quantize
+    from bench.runtime import feeds_of
 
     folder = tmp_path_factory.mktemp("mbv2q")
     weights = WEIGHTS
@@ -71,7 +72,7 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     float_path = folder / "float.onnx"
     export_module_to_onnx(torch_art.module, recipe.model.input_specs(), float_path)
 
-    from compress.artifact import Artifact
+    from compress.core.types import Artifact
 
     float_art = Artifact(name="onnx-fp32", format="onnx", path=float_path)
     ctx = StepContext(recipe=recipe, run_dir=folder, step_dir=folder / "edgepack", step_name="01-quantize",
@@ -117,14 +118,14 @@ MINILM_CLAIM = 2.0
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """fp32 and edgepack dynamic-int8 ONNX of MiniLM, as recipes/minilm-embedding.yaml makes them."""
-    from compress.artifact import Artifact
-    from compress.context import StepContext
-    from compress.data import load_dataset
-    from compress.models import load_model
-    from compress.recipe import QuantizeConfig
-    from compress.recipe_io import parse_recipe
+    from compress.core.types import Artifact
+    from compress.core.step import StepContext
+    from compress.intake.data import load_dataset
+    from compress.intake.models import load_model
+    from compress.intake.recipe import QuantizeConfig
+    from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
-    from export.quantize_onnx import quantize
+    from compress.steps.quantize.step import quantize
 
     folder = tmp_path_factory.mktemp("minilm")
     recipe = parse_recipe(ROOT / "recipes" / "minilm-embedding.yaml").recipe

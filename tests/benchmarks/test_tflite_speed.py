@@ -37,11 +37,11 @@ WEIGHTS = MODELS / "mobilenet_digits.pt"
 @pytest.fixture(scope="module")
 def mobilenet_tflite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """fp32 and int8 .tflite of the MobileNetV2-style model, made by the export step."""
-    from compress.context import StepContext
-    from compress.data import load_dataset
-    from compress.models import load_model
-    from compress.recipe import TfliteExportConfig
-    from compress.recipe_io import parse_recipe
+    from compress.core.step import StepContext
+    from compress.intake.data import load_dataset
+    from compress.intake.models import load_model
+    from compress.intake.recipe import TfliteExportConfig
+    from compress.intake.recipe_io import parse_recipe
     from export.tflite import export_tflite
 
     folder = tmp_path_factory.mktemp("mbv2")

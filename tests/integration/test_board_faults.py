@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from compress.errors import TargetError
-from devices.base import BenchSpec
+from compress.core.errors import TargetError
+from compress.core.types import BenchSpec
 from devices.ssh import SshTarget
 from tests.conftest import ROOT, write_recipe
 from tests.integration.test_ssh_target import Sshd, _gemm_model, _inputs, sshd  # noqa: F401  (sshd: a fixture)
@@ -267,7 +267,7 @@ LITERT_LINE = ("count=50 first=16000 curr=16100 min=15000 max={max} avg={avg} st
 ])
 def test_adb_phone_that_lies_or_hangs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, output: str | None,
                                       expected: str) -> None:
-    from compress.recipe import AdbDeviceSpec
+    from devices.specs import AdbDeviceSpec
     from devices.adb import AdbTarget
 
     binary, model_file = tmp_path / "benchmark_model", tmp_path / "m.tflite"
@@ -287,7 +287,7 @@ def test_adb_phone_that_lies_or_hangs(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_adb_good_figures_still_measured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from compress.recipe import AdbDeviceSpec
+    from devices.specs import AdbDeviceSpec
     from devices.adb import AdbTarget
 
     binary, model_file = tmp_path / "benchmark_model", tmp_path / "m.tflite"

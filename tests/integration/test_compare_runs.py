@@ -90,7 +90,7 @@ def _latency_deltas(cmp: dict) -> list[dict]:
 
 def _repeated() -> bool:
     """Whether the runner times through the interleaved, repeated schedule (reports carry repeats)."""
-    from compress.runner import Runner
+    from compress.runner.run import Runner
 
     return "bench_schedule" in inspect.getsource(Runner.benchmark_all)
 

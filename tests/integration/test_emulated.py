@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.errors import TargetError
-from devices.base import BenchSpec
+from compress.core.errors import TargetError
+from compress.core.types import BenchSpec
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -48,8 +48,8 @@ def test_quickstart_report(quickstart: Path) -> None:
 
 
 def test_onnx_model_and_npz_data(tmp_path: Path, quickstart: Path) -> None:
-    from compress.data import load_dataset
-    from compress.recipe import DataSpec
+    from compress.intake.data import load_dataset
+    from compress.intake.recipe import DataSpec
 
     d = load_dataset(DataSpec(source="builtin:digits"))
     np.savez(tmp_path / "digits.npz", x=np.concatenate([d.train.x[0], d.eval.x[0]]),

@@ -99,7 +99,7 @@ SLOW_REPORT = textwrap.dedent('''
     import contextlib, sys, time
     from pathlib import Path
 
-    import compress.artifact as artifact
+    import compress.core.fileio as artifact
 
     marker = Path(sys.argv.pop(1))
     original = artifact.atomic_path
@@ -156,7 +156,7 @@ def test_kill_9_at_every_phase_leaves_a_sound_folder(tiny_dir: Path) -> None:
     assert res.returncode == 0, res.stderr
     report = assert_folder_sound(tiny_dir / "again")
     assert report is not None and report["status"] == "ok" and not list((tiny_dir / "again").rglob("*.part"))
-    from compress.runfolder import RunFolderLock
+    from compress.runner.folder import RunFolderLock
 
     with RunFolderLock(run):  # the lock of the killed runs died with them
         pass
@@ -274,7 +274,7 @@ def test_disk_full_mid_run_is_a_failed_run(small_disk: Path, tiny_dir: Path) -> 
 
 def test_cleanup_removes_only_what_a_run_left(tmp_path: Path) -> None:
     """An --out may be a folder with the user's files: only edgepack's own leftovers go."""
-    from compress.runfolder import remove_stale_files
+    from compress.runner.folder import remove_stale_files
 
     ours = [tmp_path / ".report.html.abcd_123.part", tmp_path / "exports" / "onnx-fp32" / ".model.onnx.x9y8z7w6.part",
             tmp_path / "steps" / "02-quantize" / "work-a1b2c3d4" / "trial-01.onnx"]

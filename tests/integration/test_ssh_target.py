@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import TargetError
-from compress.recipe import SshDeviceSpec
-from devices.base import BenchSpec
+from compress.core.errors import TargetError
+from devices.specs import SshDeviceSpec
+from compress.core.types import BenchSpec
 from devices.ssh import SshTarget, fingerprint
 
 SSHD = "/usr/sbin/sshd"

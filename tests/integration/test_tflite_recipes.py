@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT, TINY_RECIPE, write_recipe
 from tests.integration.test_run import compress
-from tests.unit.test_tflite import UNSUPPORTED_OP_MODEL
+from tests.unit.export.test_tflite import UNSUPPORTED_OP_MODEL
 
 pytestmark = pytest.mark.slow
 

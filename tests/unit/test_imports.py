@@ -22,7 +22,7 @@ def test_packages_do_not_import_heavy_backends() -> None:
 
 
 def test_cli_and_recipe_do_not_import_heavy_backends() -> None:
-    mods = _modules_after("import compress.cli, compress.recipe, compress.recipe_io, bench.report, devices.base")
+    mods = _modules_after("import compress.cli, compress.intake.recipe, compress.intake.recipe_io, bench.report, devices.base")
     assert not [m for m in HEAVY if m in mods]
 
 

@@ -1,0 +1,1 @@
+"""The kernel: shared types, errors, atomic file I/O, environment facts. Imports nothing of the project."""

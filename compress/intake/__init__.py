@@ -1,0 +1,1 @@
+"""What comes in: the recipe, its data, the model."""

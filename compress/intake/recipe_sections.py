@@ -1,0 +1,71 @@
+"""Recipe sections beside the pipeline: benchmark devices, the cloud-vs-device trade-off, packaging.
+
+Part of the recipe schema (:mod:`compress.intake.recipe` re-exports every class); kept apart so that
+each module stays readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from compress.core.checks import BatchSize, StrictModel, Threads, check_path_form
+
+
+# --------------------------------------------------------------------------- tradeoff, package
+
+
+# Typical figures, deliberately round; a recipe can override any of them under
+# tradeoff.networks. Medians of the kind reported by public mobile network surveys
+# (e.g. Opensignal / Ookla reports): a user's own numbers are better.
+NETWORKS: dict[str, dict[str, float]] = {
+    "wifi": {"rtt_ms": 20.0, "up_mbps": 20.0, "down_mbps": 50.0},
+    "5g": {"rtt_ms": 30.0, "up_mbps": 15.0, "down_mbps": 100.0},
+    "4g": {"rtt_ms": 60.0, "up_mbps": 5.0, "down_mbps": 20.0},
+    "3g_poor": {"rtt_ms": 300.0, "up_mbps": 0.3, "down_mbps": 1.0},
+}
+
+
+class CloudConfig(StrictModel):
+    price_per_hour: float = Field(0.10, ge=0, le=1e6, description="USD per hour of one server")
+    cores: Threads = 2
+    profile: str | None = Field(None, description="a device profile of the server; default: measured here")
+    batch: BatchSize = 8
+
+
+class BudgetConfig(StrictModel):
+    latency_ms: float | None = Field(None, gt=0, le=1e9)
+    size_mb: float | None = Field(None, gt=0, le=1e9)
+    memory_mb: float | None = Field(None, gt=0, le=1e9)
+
+
+class NetworkProfile(StrictModel):
+    """A network between the app and the cloud."""
+
+    rtt_ms: float = Field(..., gt=0, le=1e6)
+    up_mbps: float = Field(..., ge=1e-3, le=1e7)
+    down_mbps: float = Field(..., ge=1e-3, le=1e7)
+
+
+class TradeoffConfig(StrictModel):
+    network: list[str] = Field(default_factory=lambda: ["wifi", "4g"], description="wifi, 5g, 4g, 3g_poor or a name under networks")
+    networks: dict[str, NetworkProfile] = Field(default_factory=dict, description="extra or overriding network profiles")
+    device: str | None = Field(None, description="target used for the on-device side (default: first non-local)")
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    raw_input_bytes: int | None = Field(None, ge=1, le=2**40, description="size of what the app uploads, e.g. a JPEG")
+    requests_per_day: int | None = Field(None, ge=1, le=10**12)
+
+
+class PackageConfig(StrictModel):
+    artifact: str
+    platform: Literal["android", "ios", "generic"] = "generic"
+    output: Path | None = None
+    golden_vectors: int = Field(4, ge=1, le=10_000)
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: Path | None) -> Path | None:
+        return None if v is None else check_path_form(v, "package.output")

@@ -1,0 +1,93 @@
+"""Fidelity gates: every artifact, on every output, against its parent and the baseline.
+
+An artifact that fails its gate is ``degraded``: it stays in the run folder and the report
+with the reasons and the fixes, is never recommended or ringed as a Pareto point, is refused
+by ``compress package`` without ``--force``, and makes the run ``degraded`` (exit 1 unless the
+recipe says ``gate: warn``). Tolerances go by precision (``fidelity.int8`` ...), with
+per-artifact overrides (``fidelity.artifacts.NAME``); models a torch step changed are held to
+``fidelity.compressed`` against the baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compress.intake.recipe import GateTolerance, Recipe
+
+
+@dataclass
+class Gatekeeper:
+    """Measures fidelity and applies the recipe's gates.
+
+    Args:
+        recipe: The validated recipe (tolerances, task).
+        specs: What each output is (``bench.outputs.resolve_outputs``).
+        baseline_name: The baseline's artifact name.
+        baseline_outputs: The baseline's outputs on the eval split.
+        labels: Labels by output index, on the eval split.
+        log: Where a line per gate goes.
+    """
+
+    recipe: Recipe
+    specs: list[Any]
+    baseline_name: str
+    baseline_outputs: list[np.ndarray]
+    labels: dict[int, np.ndarray]
+    log: Callable[[str], None] = lambda _m: None
+    baseline_fidelity: Any = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from bench.fidelity import measure_fidelity
+
+        # the baseline against itself: its own task metrics per output, what drops are measured from
+        self.baseline_fidelity = measure_fidelity(self.baseline_outputs, self.baseline_outputs, self.specs,
+                                                  self.baseline_name, labels=self.labels, top_k=self.recipe.task.top_k)
+
+    def measure(self, outputs: list[np.ndarray], reference: list[np.ndarray], reference_name: str) -> Any:
+        from bench.fidelity import measure_fidelity
+
+        return measure_fidelity(reference, outputs, self.specs, reference_name, labels=self.labels,
+                                top_k=self.recipe.task.top_k)
+
+    def gate(self, name: str, precision: str, outputs: list[np.ndarray], parent: tuple[str, list[np.ndarray]] | None,
+             tolerance: GateTolerance | None = None) -> dict[str, Any]:
+        """Gate one artifact (or a torch model a step made).
+
+        Args:
+            name: The artifact's name.
+            precision: fp32, fp16, int8, ... (chooses the tolerances).
+            outputs: Its outputs on the eval split.
+            parent: (name, outputs) of the model it was made from; None when it was made from
+                the baseline by a step that changes the function (then only the baseline gate applies).
+            tolerance: Overrides the precision's tolerances (``fidelity.compressed`` for torch steps).
+
+        Returns:
+            ``{"vs_parent": Fidelity | None, "vs_baseline": Fidelity, "gate": GateResult}``.
+        """
+        from bench.fidelity import evaluate_gate, summary_line
+
+        tol = tolerance or self.recipe.fidelity.tolerance_for(name, precision)
+        vs_parent = None
+        if parent is not None:
+            vs_parent = self.measure(outputs, parent[1], parent[0])
+        vs_baseline = (vs_parent if parent is not None and parent[0] == self.baseline_name
+                       else self.measure(outputs, self.baseline_outputs, self.baseline_name))
+        result = evaluate_gate(vs_parent, vs_baseline, tol, precision, baseline=self.baseline_fidelity)
+        inherited = self.results.get(parent[0]) if parent is not None else None
+        if not result.passed and inherited is not None and not inherited["gate"].passed:
+            # the loss comes from the model it was made from, not from this conversion
+            result.fixes = [f"{parent[0]} failed its own gate already; fix that step: "
+                            + "; ".join(inherited["gate"].fixes)]
+        shown = vs_parent if vs_parent is not None else vs_baseline
+        self.log(f"  fidelity {name} {summary_line(shown)}"
+                 + ("" if result.passed else " DEGRADED"))
+        for reason in result.reasons:
+            self.log(f"    gate: {reason}")
+        out = {"vs_parent": vs_parent, "vs_baseline": vs_baseline, "gate": result}
+        self.results[name] = out
+        return out

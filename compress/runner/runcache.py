@@ -1,0 +1,469 @@
+"""The step cache as a run uses it: keys from the run's facts, step results in and out.
+
+:mod:`compress.runner.stepcache` stores files and a JSON payload under a content key. This module
+decides what goes into the key of a step or export of a run, and turns a step's result (the
+artifact it made, its details and advisories, the extra artifacts it offered, the torch
+module) into files and JSON and back, with paths moved to the new run folder.
+
+The key of a step (or export) is made of
+
+- its kind and config, and the recipe sections steps read (``model``, ``task``, ``data``,
+  ``parity``, the ONNX export config, ``seed``), never ``bench``, ``tradeoff``, ``package``,
+  the gates or the other steps (those reach a step only through its input);
+- the contents of the files the recipe points at (model factory and weights, data function,
+  any ``.py``/weights file a step config names);
+- the input artifact's hash (a file's sha256; a torch module's parameters and buffers with
+  its class) and the teacher's (the run's reference model);
+- a fingerprint of the data splits;
+- the target architecture and the CPU features that chose int8 defaults (target and host);
+- the versions of the backends and a digest of edgepack's own source files (so a change of
+  the toolkit is never answered from an entry an older toolkit made).
+
+A torch result is stored with ``torch.save`` of the whole module (its classes must be
+importable again: the user's model file is imported under a stable name); a result that
+cannot be pickled or encoded is not cached (said in the log), and an entry that cannot be
+decoded is a miss. Measured latencies are never cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from compress.core.types import Artifact
+from compress.runner.stepcache import EvalCache, StepCache, StepKey, fingerprint_arrays, hash_path, hash_state_dict
+
+# Recipe sections a step may read (see the module docstring).
+STEP_RECIPE_SECTIONS = ("model", "task", "data", "parity", "seed")
+_PACKAGES = ("compress", "export", "bench", "devices")
+_MODULE_FILE = "module.pt"
+
+
+def _no_guards() -> Any:
+    import torch
+
+    class NoGuards(torch.nn.Module):
+        """Stands in for torch.export's input-guard function in a cached graph module."""
+
+        def forward(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    NoGuards.__module__, NoGuards.__qualname__ = __name__, "NoGuards"
+    return NoGuards
+
+
+def save_module(module: Any, path: Path) -> None:
+    """``torch.save`` of a whole module.
+
+    An exported graph module (a pt2e QAT model) holds what does not pickle: ``train``/``eval``
+    overrides that forbid switching modes, and ``_guards_fn``, a check of the input shapes
+    compiled by torch.export. They are left out of the saved copy (the cached model is used
+    in eval mode, on inputs that passed the run's checks) and everything else is saved by
+    value with cloudpickle (the graph's code refers to functions defined inside torch).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        torch.save(module, path)
+        return
+    except (pickle.PicklingError, AttributeError, TypeError):
+        pass
+    import cloudpickle
+
+    removed: list[tuple[Any, str, Any]] = []
+    swapped: list[tuple[Any, str, Any]] = []
+    try:
+        for m in module.modules():
+            for attr in ("train", "eval"):
+                if attr in m.__dict__:
+                    removed.append((m, attr, m.__dict__.pop(attr)))
+            if m.__dict__.get("_tracer_cls") is not None:
+                # re-made on load with no arguments; export's module-stack tracer needs some
+                removed.append((m, "_tracer_cls", m.__dict__["_tracer_cls"]))
+                m.__dict__["_tracer_cls"] = None
+            guards = m._modules.get("_guards_fn")
+            if guards is not None:
+                swapped.append((m, "_guards_fn", guards))
+                m._modules["_guards_fn"] = NoGuards()
+        torch.save(module, path, pickle_module=cloudpickle)
+    finally:
+        for m, attr, v in removed:
+            m.__dict__[attr] = v
+        for m, name, v in swapped:
+            m._modules[name] = v
+
+
+try:
+    NoGuards = _no_guards()
+except ImportError:  # no torch: nothing to cache a module of
+    NoGuards = None  # type: ignore[assignment,misc]
+
+
+class NotCacheable(Exception):
+    """A step's result that the cache cannot store (a live object that is not data)."""
+
+
+_SOURCE_DIGEST: str | None = None
+
+
+def source_digest() -> str:
+    """sha256 over edgepack's own Python files (paths and bytes), computed once per process."""
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for pkg in _PACKAGES:
+            for p in sorted((root / pkg).rglob("*.py")):
+                h.update(p.relative_to(root).as_posix().encode() + b"\0")
+                h.update(p.read_bytes() + b"\0")
+        _SOURCE_DIGEST = h.hexdigest()
+    return _SOURCE_DIGEST
+
+
+def _referenced_files(recipe: Any, base: Path | None, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(label, path) of every existing file the recipe's model/data sections or the step config name."""
+    refs: list[str] = []
+    model = recipe.model
+    for attr in ("factory", "weights", "path", "onnx"):
+        v = getattr(model, attr, None)
+        if isinstance(v, (str, Path)):
+            refs.append(str(v))
+    data = recipe.data
+    if data is not None:
+        for attr in ("source", "function", "path"):
+            v = getattr(data, attr, None)
+            if isinstance(v, (str, Path)):
+                refs.append(str(v))
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str):
+            refs.append(v)
+
+    walk(cfg)
+    out: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+    for ref in refs:
+        text = ref.rsplit(":", 1)[0] if ref.count(":") == 1 and not ref.startswith(("builtin:", "http")) else ref
+        if not text or "\n" in text or len(text) > 4096:
+            continue
+        p = Path(text)
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        try:
+            if p.is_file() and p.resolve() not in seen:
+                seen.add(p.resolve())
+                out.append((ref, p))
+        except OSError:
+            continue
+    return out
+
+
+@dataclass
+class CachedStep:
+    """A step's result read back from the cache, paths already in the new run folder."""
+
+    result: Artifact
+    details: dict[str, Any]
+    advisories: list[Any]
+    extras: list[Artifact]
+    digest: str
+    duration_s: float | None = None
+
+
+@dataclass
+class _Codec:
+    """JSON encoding of step results with run-folder paths made relative (and collected)."""
+
+    run_dir: Path
+    step_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)  # id(artifact) -> its number: one object stays one
+
+    def path(self, p: Path) -> Any:
+        p = Path(p)
+        for prefix, base in (("step", self.step_dir), ("run", self.run_dir)):
+            try:
+                rel = p.resolve().relative_to(base.resolve())
+            except ValueError:
+                continue
+            name = f"{prefix}/{rel.as_posix()}"
+            if p.is_file():
+                self.files[name] = p
+            return {"__path__": name}
+        return {"__abspath__": str(p)}
+
+    def encode(self, obj: Any) -> Any:
+        from pydantic import BaseModel
+
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        if isinstance(obj, Path):
+            return self.path(obj)
+        if isinstance(obj, Artifact):
+            if id(obj) in self.seen:
+                return {"__artifact_ref__": self.seen[id(obj)]}
+            self.seen[id(obj)] = len(self.seen)
+            return {"__artifact__": {"id": self.seen[id(obj)],
+                "name": obj.name, "format": obj.format, "path": self.encode(obj.path), "parent": obj.parent,
+                "step": obj.step, "config_hash": obj.config_hash, "precision": obj.precision,
+                "metadata": self.encode(obj.metadata), "module": obj.module is not None}}
+        if isinstance(obj, BaseModel):
+            cls = type(obj)
+            return {"__model__": f"{cls.__module__}:{cls.__qualname__}", "data": obj.model_dump(mode="json")}
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            cls = type(obj)
+            return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
+                    "data": {f.name: self.encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+        if isinstance(obj, np.ndarray):
+            return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, dict):
+            if not all(isinstance(k, str) for k in obj):
+                raise NotCacheable(f"a mapping with non-text keys ({type(next(iter(obj))).__name__})")
+            return {"__dict__": {k: self.encode(v) for k, v in obj.items()}}
+        if isinstance(obj, (list, tuple)):
+            return [self.encode(v) for v in obj]
+        raise NotCacheable(f"a {type(obj).__name__} in the step's result")
+
+
+@dataclass
+class _Decoder:
+    run_dir: Path
+    step_dir: Path
+    module: Any = None
+    made: dict[int, Artifact] = field(default_factory=dict)
+
+    def decode(self, obj: Any) -> Any:
+        if isinstance(obj, list):
+            return [self.decode(v) for v in obj]
+        if not isinstance(obj, dict):
+            return obj
+        if "__dict__" in obj:
+            return {k: self.decode(v) for k, v in obj["__dict__"].items()}
+        if "__path__" in obj:
+            prefix, _, rel = obj["__path__"].partition("/")
+            return (self.step_dir if prefix == "step" else self.run_dir) / rel
+        if "__abspath__" in obj:
+            return Path(obj["__abspath__"])
+        if "__artifact_ref__" in obj:
+            return self.made[obj["__artifact_ref__"]]
+        if "__artifact__" in obj:
+            a = obj["__artifact__"]
+            art = Artifact(name=a["name"], format=a["format"], path=self.decode(a["path"]),
+                           module=self.module if a["module"] else None, parent=a["parent"], step=a["step"],
+                           config_hash=a["config_hash"], precision=a["precision"])
+            self.made[a["id"]] = art
+            art.metadata = self.decode(a["metadata"])
+            return art
+        if "__model__" in obj:
+            return _resolve(obj["__model__"]).model_validate(obj["data"])
+        if "__dataclass__" in obj:
+            return _resolve(obj["__dataclass__"])(**{k: self.decode(v) for k, v in obj["data"].items()})
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+        raise ValueError(f"unknown cached value {sorted(obj)[:3]}")
+
+
+def _resolve(ref: str) -> Any:
+    mod, _, qual = ref.partition(":")
+    thing: Any = importlib.import_module(mod)
+    for part in qual.split("."):
+        thing = getattr(thing, part)
+    return thing
+
+
+class RunCache:
+    """The step cache and the evaluation cache of one run.
+
+    Args:
+        recipe: The validated recipe.
+        recipe_dir: The folder relative recipe paths start from.
+        data: The run's data splits (or None).
+        arch: Target architecture that chose int8 defaults (``x86`` / ``arm``).
+        enabled: False for ``--no-cache``: nothing read, nothing written.
+        log: Where to say what was cached or why not.
+    """
+
+    def __init__(self, recipe: Any, recipe_dir: Path | None, data: Any, arch: str, enabled: bool = True,
+                 log: Callable[[str], None] = lambda _m: None) -> None:
+        self.recipe = recipe
+        self.recipe_dir = recipe_dir
+        self.data = data
+        self.arch = arch
+        self.enabled = enabled
+        self.log = log
+        self.steps = StepCache(enabled=enabled)
+        self.evals = EvalCache(enabled=enabled)
+        self._data_fp: str | None = None
+        self._versions: dict[str, str] | None = None
+        self._cpu: list[str] | None = None
+        self._hashes: dict[int, tuple[Any, str]] = {}
+
+    # ------------------------------------------------------------------ key parts
+
+    def data_fingerprint(self) -> str:
+        if self._data_fp is None:
+            arrays: list[Any] = []
+            if self.data is not None:
+                for split in ("train", "eval", "calibration"):
+                    s = getattr(self.data, split, None)
+                    if s is None:
+                        continue
+                    arrays += list(s.x) + ([s.y] if getattr(s, "y", None) is not None else [])
+                    targets = getattr(s, "targets", None)
+                    if targets:
+                        arrays += [t for t in targets if isinstance(t, np.ndarray)]
+            self._data_fp = fingerprint_arrays(*arrays) if arrays else "no-data"
+        return self._data_fp
+
+    def versions(self) -> dict[str, str]:
+        if self._versions is None:
+            from compress.runner.run import tool_versions
+
+            self._versions = {**tool_versions(), "edgepack-source": source_digest()}
+        return self._versions
+
+    def cpu_flags(self) -> list[str]:
+        if self._cpu is None:
+            from compress.core.env import detect_cpu, host_cpu
+
+            flags = []
+            for who, cpu in (("target", detect_cpu()), ("host", host_cpu())):
+                for k, v in sorted(cpu.as_dict().items()):
+                    if isinstance(v, (bool, int, float, str)) and k not in ("model", "name"):
+                        flags.append(f"{who}.{k}={v}")
+            self._cpu = flags
+        return self._cpu
+
+    def artifact_hash(self, art: Any) -> str:
+        """sha256 of a file artifact, or of a torch module's state (per object, computed once
+        for modules that do not change afterwards: callers hash right before using it)."""
+        if isinstance(art, Artifact) and art.format != "torch" and art.path is not None:
+            return hash_path(art.path)
+        module = art.module if isinstance(art, Artifact) else art
+        return hash_state_dict(module)
+
+    def key(self, kind: str, cfg: dict[str, Any], current: Artifact, reference: Any) -> StepKey | None:
+        """The key of a step or export, or None when the input cannot be hashed (then it runs uncached)."""
+        if not self.enabled:
+            return None
+        try:
+            input_hash = self.artifact_hash(current)
+            ref_hash = hash_state_dict(reference) if reference is not None and reference is not current.module else None
+        except (TypeError, OSError, RuntimeError) as e:
+            self.log(f"  not cached: the input cannot be hashed ({e})")
+            return None
+        dump = self.recipe.model_dump(mode="json")
+        onnx_cfg = self.recipe.export_config("onnx")
+        config = {"step": cfg, "recipe": {k: dump.get(k) for k in STEP_RECIPE_SECTIONS},
+                  "onnx_export": onnx_cfg.model_dump(mode="json") if onnx_cfg is not None else None,
+                  "reference": ref_hash}
+        files = {label: hash_path(p) for label, p in _referenced_files(self.recipe, self.recipe_dir, cfg)}
+        return StepKey(kind=kind, config=config, input_hash=input_hash, arch=self.arch, versions=self.versions(),
+                       files=files, data_fingerprint=self.data_fingerprint(), seed=self.recipe.seed,
+                       cpu_flags=tuple(self.cpu_flags()))
+
+    # ------------------------------------------------------------------ steps
+
+    def lookup(self, key: StepKey | None, run_dir: Path, step_dir: Path) -> CachedStep | None:
+        """The cached result of a step, its files placed in the run folder; None on a miss."""
+        if key is None:
+            return None
+        hit = self.steps.lookup(key)
+        if hit is None:
+            return None
+        try:
+            module = None
+            if _MODULE_FILE in hit.files:
+                import torch
+
+                module = torch.load(hit.files[_MODULE_FILE].path, weights_only=False)
+            self._materialise({n: f for n, f in hit.files.items() if n != _MODULE_FILE}, run_dir, step_dir)
+            dec = _Decoder(run_dir, step_dir, module)
+            p = hit.payload
+            result = dec.decode(p["result"])
+            return CachedStep(result=result, details=dec.decode(p["details"]), advisories=dec.decode(p["advisories"]),
+                              extras=dec.decode(p["extras"]), digest=key.digest, duration_s=p.get("duration_s"))
+        except Exception as e:  # noqa: BLE001  an entry that does not load is a miss, never a failure
+            self.log(f"  cache entry {key.digest[:12]} does not load ({type(e).__name__}: {e}): running the step")
+            return None
+
+    @staticmethod
+    def _materialise(files: dict[str, Any], run_dir: Path, step_dir: Path) -> None:
+        """Place the entry's files: ``step/...`` into the step folder, ``run/...`` into the run folder."""
+        import os
+        import shutil
+
+        for name, f in files.items():
+            prefix, _, rel = name.partition("/")
+            dest = (step_dir if prefix == "step" else run_dir) / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                dest.unlink()
+            tmp = dest.with_name(f".{dest.name}.part")
+            try:
+                os.link(f.path, tmp)
+            except OSError:
+                shutil.copy2(f.path, tmp)
+                os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+
+    def store(self, key: StepKey | None, run_dir: Path, step_dir: Path, result: Artifact | list[Artifact],
+              details: dict[str, Any],
+              advisories: list[Any], extras: list[Artifact], duration_s: float) -> bool:
+        """Store a finished step; False (and a log line) when it cannot be stored."""
+        if key is None:
+            return False
+        codec = _Codec(run_dir, step_dir)
+        try:
+            payload = {"result": codec.encode(result), "details": codec.encode(details),
+                       "advisories": codec.encode(list(advisories)), "extras": codec.encode(list(extras)),
+                       "duration_s": round(duration_s, 3)}
+        except NotCacheable as e:
+            self.log(f"  not cached: {e}")
+            return False
+        # every file of the step's folder, not only those the payload names (a step's report files)
+        if step_dir.is_dir():
+            for p in step_dir.rglob("*"):
+                if p.is_file() and not p.name.endswith(".part"):
+                    codec.files.setdefault(f"step/{p.relative_to(step_dir).as_posix()}", p)
+        with tempfile.TemporaryDirectory(prefix="edgepack-cache-") as tmp:
+            files = dict(codec.files)
+            holder = next((a for a in (result if isinstance(result, list) else [result]) if a.module is not None), None)
+            if holder is not None:
+                mpath = Path(tmp) / _MODULE_FILE
+                try:
+                    save_module(holder.module, mpath)
+                except Exception as e:  # noqa: BLE001  a module that does not pickle runs again next time
+                    self.log(f"  not cached: the {holder.name} model does not pickle ({type(e).__name__}: {e})")
+                    return False
+                files[_MODULE_FILE] = mpath
+            ok = self.steps.store(key, files, payload)
+        if not ok:
+            self.log(f"  not cached: {self.steps.last_store_error}")
+        return ok
+
+    # ------------------------------------------------------------------ evaluations
+
+    def eval_get(self, art_hash: str, spec: str) -> dict[str, Any] | None:
+        return self.evals.get(art_hash, self.data_fingerprint(), spec, self.versions()) if self.enabled else None
+
+    def eval_put(self, art_hash: str, spec: str, result: dict[str, Any]) -> None:
+        if self.enabled:
+            self.evals.put(art_hash, self.data_fingerprint(), spec, result, self.versions())

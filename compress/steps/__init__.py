@@ -1,0 +1,1 @@
+"""The steps: distill, prune, qat, quantize; each a function (artifact, config, ctx) -> artifact."""

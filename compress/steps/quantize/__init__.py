@@ -1,0 +1,1 @@
+"""The quantize step: ONNX post-training quantization (onnxruntime, or Intel Neural Compressor), its tuning."""
