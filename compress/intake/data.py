@@ -65,6 +65,18 @@ class Dataset:
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits, scaled to [0, 1], as ``(N, 1, 8, 8)`` float32 and int64 labels.
+
+    Read straight from the CSV scikit-learn ships (what ``load_digits`` reads), without importing
+    scikit-learn (1.5 s on 2 cores, a fifth of a cached run); ``load_digits`` when the file moved.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        csv = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if csv.is_file():
+            table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+            x = (table[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0)[:, None, :, :]
+            return x, table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     d = load_digits()
