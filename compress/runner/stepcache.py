@@ -30,8 +30,9 @@ caps the step cache, 10 GiB by default; the least recently used entries go first
 Measured latencies are never cached, in either cache: a timing belongs to the moment and
 the machine it was taken on, and reusing one would report a number nobody measured.
 
-This module imports nothing of the project (it belongs with the kernel layer) and nothing
-heavier than numpy; torch is imported only inside :func:`hash_state_dict`.
+This module imports only the kernel's file hashing of the project, and nothing heavier than
+numpy; torch is imported only inside :func:`hash_state_dict`. How a run keys and stores its
+steps is :mod:`compress.runner.runcache`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from compress.core.fileio import sha256_file
 
 KEY_SCHEMA = 1
 RESULT_SCHEMA = 1
@@ -87,14 +90,6 @@ def _update(h: Any, data: str | bytes) -> None:
     h.update(raw)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def hash_path(path: str | Path) -> str:
     """sha256 of a file's bytes (as ``sha256sum`` prints it), or of a directory tree.
 
@@ -106,7 +101,7 @@ def hash_path(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_dir():
-        return _sha256_file(path)
+        return sha256_file(path)
     h = hashlib.sha256()
     _update(h, "dir")
     for top, dirs, names in os.walk(path):
@@ -115,7 +110,7 @@ def hash_path(path: str | Path) -> str:
         for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(top, d))]):
             full = Path(top) / name
             _update(h, (rel_top / name).as_posix())
-            _update(h, f"link:{os.readlink(full)}" if full.is_dir() else _sha256_file(full))
+            _update(h, f"link:{os.readlink(full)}" if full.is_dir() else sha256_file(full))
     return h.hexdigest()
 
 
@@ -557,7 +552,7 @@ class StepCache:
             if not _safe_name(name):
                 raise ValueError(f"unsafe name {name!r}")
             path = entry / _FILES / name
-            if path.stat().st_size != size or _sha256_file(path) != sha:
+            if path.stat().st_size != size or sha256_file(path) != sha:
                 raise ValueError(f"{name} changed")
             files[name] = CachedFile(name, sha, size, path)
         created = datetime.fromisoformat(result["created"])
@@ -625,7 +620,7 @@ class StepCache:
                 # read-only: a run folder hard-linked to it must not write through into the cache
                 os.chmod(dest, stat.S_IMODE(os.stat(dest).st_mode) & ~0o222)
                 _fsync_path(dest)
-                records.append({"name": name, "sha256": _sha256_file(dest), "size": dest.stat().st_size})
+                records.append({"name": name, "sha256": sha256_file(dest), "size": dest.stat().st_size})
             for top, _dirs, _names in os.walk(tmp / _FILES):
                 _fsync_path(Path(top))
             _write_json_atomic(tmp / _KEY, {**key.describe(), "digest": digest})
