@@ -23,7 +23,7 @@ import yaml
 
 from compress.core.fileio import atomic_write_text, config_hash, zipped_size
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import StepContext, StepResult
 from compress.core.types import Advisory
 from compress.intake.data import Dataset, Split, load_dataset, synthetic_inputs
 from compress.core.errors import EdgepackError, RecipeProblem, StepError, TargetsFailed
@@ -328,37 +328,35 @@ class Runner:
         t0 = time.perf_counter()
         try:
             if hit is not None:
-                result = self._from_cache(record, ctx, hit)
+                step_result = self._from_cache(record, hit)
             else:
                 self._seed(index + 1)
-                fn = load(entry.run)
-                result = fn(current, cfg, ctx)
+                step_result = load(entry.run)(current, cfg, ctx)
         except KeyboardInterrupt:
             record["status"] = "interrupted"
             raise
         except EdgepackError as e:
             record["status"] = "failed"
             record["error"] = str(e)
-            self.state.advisories.extend(ctx.advisories)
+            self.state.advisories.extend(getattr(e, "advisories", ()))
             raise
         except Exception as e:
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
-            self.state.advisories.extend(ctx.advisories)
             self._log_traceback()
             raise StepError(name, f"{type(e).__name__}: {e}") from e
         finally:
             record["duration_s"] = round(time.perf_counter() - t0, 3)
+        result = step_result.artifact
         result.step = result.step or name
         result.config_hash = result.config_hash or config_hash(cfg)
         if hit is None and key is not None:
-            if self.cache.store(key, self.run_dir, ctx.step_dir, result, ctx.details, ctx.advisories,
-                                ctx.extra_artifacts, record["duration_s"]):
+            if self.cache.store(key, self.run_dir, ctx.step_dir, step_result, record["duration_s"]):
                 record["cache_key"] = key.digest[:16]
                 self.log(f"  stored in the step cache, entry {key.digest[:12]}")
-        self.state.advisories.extend(ctx.advisories)
-        record["details"] = ctx.details
-        for extra in ctx.extra_artifacts:
+        self.state.advisories.extend(step_result.advisories)
+        record["details"] = step_result.details
+        for extra in step_result.extras:
             self.add_artifact(extra)
         if result.format == "torch":
             if result is not current:
@@ -378,14 +376,11 @@ class Runner:
         record["output"] = result.name
         return result
 
-    def _from_cache(self, record: dict[str, Any], ctx: StepContext, hit: Any) -> Artifact:
+    def _from_cache(self, record: dict[str, Any], hit: Any) -> StepResult:
         """A step's result from the step cache, as if the step had just returned it."""
-        ctx.details.update(hit.details)
-        ctx.advisories.extend(hit.advisories)
-        ctx.extra_artifacts.extend(hit.extras)
         record["cached"] = True
         record["cache_key"] = hit.digest[:16]
-        self.state.cached.update(a.name for a in [hit.result, *hit.extras])
+        self.state.cached.update(a.name for a in hit.result.artifacts)
         took = f" (it took {hit.duration_s:.1f} s)" if hit.duration_s is not None else ""
         self.log(f"  cached: {record['name']} from the step cache, entry {hit.digest[:12]}{took}")
         return hit.result
@@ -571,32 +566,24 @@ class Runner:
         try:
             if hit is not None:
                 self.log(f"  cached: export {kind} from the step cache, entry {hit.digest[:12]}")
-                ctx.advisories.extend(hit.advisories)
-                ctx.extra_artifacts.extend(hit.extras)
                 result = hit.result
-                results_ = hit.result if isinstance(hit.result, list) else [hit.result]
-                self.state.cached.update(a.name for a in [*results_, *hit.extras])
+                self.state.cached.update(a.name for a in result.artifacts)
             else:
                 result = load(EXPORTS[kind])(source, cfg, ctx)
                 if key is not None:
-                    self.cache.store(key, self.run_dir, ctx.step_dir, result, ctx.details, ctx.advisories,
-                                     ctx.extra_artifacts, time.perf_counter() - t0)
-        except EdgepackError:
-            self.state.advisories.extend(ctx.advisories)
+                    self.cache.store(key, self.run_dir, ctx.step_dir, result, time.perf_counter() - t0)
+        except EdgepackError as e:
+            self.state.advisories.extend(getattr(e, "advisories", ()))
             raise
         except Exception as e:
-            self.state.advisories.extend(ctx.advisories)
             self._log_traceback()
             raise StepError(step_name, f"{type(e).__name__}: {e}") from e
-        self.state.advisories.extend(ctx.advisories)
-        results = result if isinstance(result, list) else [result]
-        for art in results:
+        self.state.advisories.extend(result.advisories)
+        for art in result.artifacts:
             art.metadata.setdefault("export_seconds", round(time.perf_counter() - t0, 3))
             self.add_artifact(art)
             self.check_parity(art, source)
-        for extra in ctx.extra_artifacts:
-            self.add_artifact(extra)
-        return results
+        return list(result.artifacts)
 
     def check_parity(self, art: Artifact, source: Artifact) -> None:
         """Compare an exported artifact with the model it came from, on eval inputs."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import StepContext, StepResult
 from compress.core.errors import StepError
 from compress.intake.recipe import DistillConfig, FeaturePair, Recipe
 from compress.steps.training import model_outputs, primary_output
@@ -205,7 +205,7 @@ def build_student(config: DistillConfig, teacher: Any, example: list[Any], seed:
 # --------------------------------------------------------------------------- the step
 
 
-def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Artifact:
+def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> StepResult:
     """Train a student from the incoming model (the teacher); return the student.
 
     Every output is distilled by its own loss (:func:`compress.steps.training.multi_output_loss`):
@@ -252,7 +252,7 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
         for p in teacher.parameters():
             p.requires_grad_(True)
     set_mode(teacher, False)
-    ctx.details.update({
+    details = {
         "student": config.student or f"width {config.width}",
         "loss": "embedding-" + config.embedding_loss if task == "embedding" else f"kd(T={config.temperature}, alpha={config.alpha})",
         "outputs": plan.describe(True, config.alpha),
@@ -261,8 +261,8 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
         "features": matcher.shapes if matcher is not None else [],
         "student_channels": sum(channel_counts(student).values()),
         "teacher_channels": sum(channel_counts(teacher).values()),
-    })
-    return artifact.derive(name="student", module=student)
+    }
+    return StepResult([artifact.derive(name="student", module=student)], details)
 
 
 # --------------------------------------------------------------------------- checks
