@@ -332,7 +332,7 @@ class RunCache:
 
     def versions(self) -> dict[str, str]:
         if self._versions is None:
-            from compress.runner.run import tool_versions
+            from compress.runner.report import tool_versions
 
             self._versions = {**tool_versions(), "edgepack-source": source_digest()}
         return self._versions
