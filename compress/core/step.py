@@ -87,3 +87,48 @@ class Notes:
         """The step's result: ``made`` (an artifact, or an export's list) then the extras."""
         arts = list(made) if isinstance(made, list) else [made]
         return StepResult(arts + self.extra, self.details, self.advisories)
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One registered step kind.
+
+    Args:
+        kind: The recipe's name for it (``prune``).
+        run: ``(artifact, config, ctx) -> StepResult``.
+        config: Its pydantic config class.
+        accepts: The artifact formats it takes; the runner converts at the boundary.
+        check: ``(config, baseline, recipe, data) -> [(dotted_subpath, message)]``, run against
+            the loaded model before any work starts.
+        needs_train_data: Whether it always trains (the recipe then needs a data section).
+    """
+
+    kind: str
+    run: Callable[..., StepResult]
+    config: type
+    accepts: tuple[str, ...]
+    check: Callable[..., Any] | None = None
+    needs_train_data: bool = False
+
+
+STEPS: dict[str, StepKind] = {}
+
+
+def register_step(kind: str, *, config: type, accepts: tuple[str, ...], check: Callable[..., Any] | None = None,
+                  needs_train_data: bool = False) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
+    """Register a step function under its kind: the one registration point of a step.
+
+    Example::
+
+        @register_step("prune", config=PruneConfig, accepts=("torch",), check=check)
+        def prune(artifact, config, ctx) -> StepResult: ...
+    """
+
+    def add(run: Callable[..., StepResult]) -> Callable[..., StepResult]:
+        known = STEPS.get(kind)
+        if known is not None and known.run.__qualname__ != run.__qualname__:
+            raise ValueError(f"step kind {kind!r} is registered twice ({known.run.__module__}, {run.__module__})")
+        STEPS[kind] = StepKind(kind, run, config, tuple(accepts), check, needs_train_data)
+        return run
+
+    return add

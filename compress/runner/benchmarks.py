@@ -218,7 +218,7 @@ class BenchmarkingMixin:
                                         parent_of=self.timed_parent, max_repeats=b.max_repeats, target_mde=b.target_mde)
         by_artifact, failures = results_and_errors(files, results)
         for art in files:
-            art.metadata.setdefault("_targets", []).extend(by_artifact.get(art.name, []))
+            self.state.targets.setdefault(art.name, []).extend(by_artifact.get(art.name, []))
         errors += failures
         if errors:
             raise TargetsFailed(errors)

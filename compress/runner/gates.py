@@ -150,7 +150,7 @@ class GatingMixin:
         if self.gatekeeper is None:
             return
         for art in self.state.artifacts:
-            if art.format not in ("onnx", "tflite") or art.step == "input" or "_gate" in art.metadata:
+            if art.format not in ("onnx", "tflite") or art.step == "input" or art.name in self.state.gate:
                 continue
             parent = self.parent_of(art)
             try:
@@ -163,8 +163,8 @@ class GatingMixin:
                 g = {"vs_parent": None, "vs_baseline": None,
                      "gate": GateResult(passed=False, reasons=[f"outputs cannot be compared: {e}"], fixes=[])}
                 self.log(f"  fidelity {art.name}: {e}")
-            art.metadata["_fidelity"] = g
-            art.metadata["_gate"] = g["gate"]
+            self.state.fidelity[art.name] = g
+            self.state.gate[art.name] = g["gate"]
             if not g["gate"].passed:
                 self.state.advisories.append(Advisory(
                     "gate_failed", f"{art.name} is degraded: " + "; ".join(g["gate"].reasons)

@@ -19,7 +19,7 @@ class ParityMixin:
         is_float = art.precision in ("fp32",) and source.precision == "fp32"
         parity = compare_outputs(ref, out, source.name, self.recipe.task.kind,
                                  tolerance=p.atol if is_float else None, min_agreement=p.min_agreement if is_float else None)
-        art.metadata["_parity"] = parity
+        self.state.parity[art.name] = parity
         verdict = "" if parity.passed is None else (" ok" if parity.passed else " FAILED")
         self.log(f"  parity {art.name} vs {source.name}: max abs diff {parity.max_abs_diff:.2e}"
                  + (f", agreement {parity.agreement:.4f}" if parity.agreement is not None else "") + verdict)

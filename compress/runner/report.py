@@ -40,11 +40,11 @@ class ReportingMixin:
                 path=str(a.path.relative_to(self.run_dir)) if a.path and a.path.is_relative_to(self.run_dir) else (str(a.path) if a.path else None),
                 size_bytes=a.size_bytes, zipped_bytes=a.metadata.get("zipped_bytes"), sha256=a.sha256,
                 precision=a.precision, parent=a.parent, step=a.step, config_hash=a.config_hash,
-                accuracy=metrics.get("accuracy"), metrics=metrics, parity=a.metadata.get("_parity"),
+                accuracy=metrics.get("accuracy"), metrics=metrics, parity=self.state.parity.get(a.name),
                 params=self.counts_of(a).get("params"), macs=self.counts_of(a).get("macs"),
-                targets=a.metadata.get("_targets", []),
-                status="degraded" if (g := a.metadata.get("_gate")) is not None and not g.passed else "ok",
-                fidelity={k: v.model_dump(mode="json") for k, v in (a.metadata.get("_fidelity") or {}).items()
+                targets=self.state.targets.get(a.name, []),
+                status="degraded" if (g := self.state.gate.get(a.name)) is not None and not g.passed else "ok",
+                fidelity={k: v.model_dump(mode="json") for k, v in (self.state.fidelity.get(a.name) or {}).items()
                           if k != "gate" and v is not None} or None,
                 gate=g.model_dump(mode="json") if g is not None else None,
                 metadata={k: v for k, v in a.metadata.items() if not k.startswith("_")},

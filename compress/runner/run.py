@@ -301,7 +301,7 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
         for art in self.state.artifacts:
             if art.format in ("onnx", "tflite"):
                 self.metrics_of(art)
-                if art.metadata.get("_parity") is None and art is not baseline:
+                if art.name not in self.state.parity and art is not baseline:
                     self.check_parity(art, last_torch if last_torch.format == "torch" else baseline)
                 if art.metadata.get("zipped_bytes") is None and art.path is not None and art.path.is_file():
                     # what the model adds to an app download (APKs and bundles are deflated)

@@ -26,10 +26,17 @@ class RunState:
     torch_models: dict[str, Artifact] = field(default_factory=dict)
     # names of the artifacts a step or export answered from the step cache
     cached: set[str] = field(default_factory=set)
+    # what the run found about each artifact, by artifact name (never in Artifact.metadata):
+    parity: dict[str, Any] = field(default_factory=dict)  # bench.parity.Parity vs the model it came from
+    targets: dict[str, list[Any]] = field(default_factory=dict)  # TargetResults, per bench target
+    gate: dict[str, Any] = field(default_factory=dict)  # GateResult of a file artifact
+    fidelity: dict[str, dict[str, Any]] = field(default_factory=dict)  # vs_parent, vs_baseline, gate
+    # the run's ONNX export of each torch model, by the torch model's name (made once)
+    onnx_exports: dict[str, Artifact] = field(default_factory=dict)
 
 
 class LineageMixin:
-    """Runner methods: runState, and where each artifact came from (lineage) and what it counts."""
+    """Runner methods: where each artifact came from (lineage) and what it counts."""
 
     def _unique_name(self, name: str) -> str:
         # torch models (in facts) share the namespace: exports and parity name them as parents
@@ -98,6 +105,6 @@ class LineageMixin:
 
     def degraded(self) -> list[str]:
         """Names of the artifacts (and torch step models) that failed their gates."""
-        names = [a.name for a in self.state.artifacts if (g := a.metadata.get("_gate")) is not None and not g.passed]
+        names = [a.name for a in self.state.artifacts if (g := self.state.gate.get(a.name)) is not None and not g.passed]
         names += [s["output"] for s in self.state.steps if s.get("status") == "degraded" and s.get("output")]
         return names

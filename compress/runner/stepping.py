@@ -61,12 +61,8 @@ class SteppingMixin:
                                          for loc, msg in intake_problems(baseline, self.recipe, self.data)]
         for i, step in enumerate(self.recipe.steps):
             kind = step_kind(step)
-            entry = STEPS[kind]
-            if entry.check is None:
-                continue
-            try:
-                check = load(entry.check)
-            except (ImportError, AttributeError):
+            check = STEPS[kind].check
+            if check is None:
                 continue
             for sub, msg in check(step_config(step), baseline, self.recipe, self.data) or []:
                 loc = ("steps", i, kind) + tuple(sub)
@@ -100,7 +96,7 @@ class SteppingMixin:
                 step_result = self._from_cache(record, hit)
             else:
                 self._seed(index + 1)
-                step_result = load(entry.run)(current, cfg, ctx)
+                step_result = entry.run(current, cfg, ctx)
         except KeyboardInterrupt:
             record["status"] = "interrupted"
             raise
@@ -142,8 +138,23 @@ class SteppingMixin:
             if parent is not None and parent is not current and parent.format != "torch":
                 record["before"] = self.file_facts(parent)
             record["after"] = self.file_facts(result)
+        self._adopt_step_facts(current, step_result)
         record["output"] = result.name
         return result
+
+    def _adopt_step_facts(self, current: Artifact, step_result: StepResult) -> None:
+        """Move what a step found about artifacts into the run state, keyed by artifact name.
+
+        Transitional: the quantize step still makes (and parity-checks) its own float ONNX
+        export and the prune step its ``onnx-dense`` file; once they ask ``ctx.onnx_of``
+        this goes.
+        """
+        for extra in step_result.extras:
+            if (parity := extra.metadata.pop("_parity", None)) is not None:
+                self.state.parity[extra.name] = parity
+        for torch_art in (current, step_result.artifact):
+            if (export := torch_art.metadata.get("_onnx_export")) is not None:  # quantize reads it too
+                self.state.onnx_exports[torch_art.name] = export
 
     def _from_cache(self, record: dict[str, Any], hit: Any) -> StepResult:
         """A step's result from the step cache, as if the step had just returned it."""
@@ -156,14 +167,14 @@ class SteppingMixin:
 
     def ensure_onnx(self, torch_art: Artifact) -> Artifact:
         """The ONNX export of a torch artifact, made once, parity-checked, registered."""
-        cached = torch_art.metadata.get("_onnx_export")
+        cached = self.state.onnx_exports.get(torch_art.name)
         if cached is not None:
             return cached
         from compress.intake.recipe import OnnxExportConfig
 
         cfg = self.recipe.export_config("onnx") or OnnxExportConfig()
         art = self.run_export("onnx", cfg, torch_art)[0]
-        torch_art.metadata["_onnx_export"] = art
+        self.state.onnx_exports[torch_art.name] = art
         return art
 
     def run_export(self, kind: str, cfg: Any, source: Artifact) -> list[Artifact]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from compress.core.fileio import zipped_size
 from compress.core.types import Artifact
-from compress.core.step import Notes, StepContext, StepResult
+from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import StepError
 from compress.intake.recipe import PruneConfig, Recipe
 from compress.steps.common import model_example, module_seen_by
@@ -99,9 +99,32 @@ def _plan(module: Any, ctx: StepContext) -> OutputPlan | None:
         raise StepError(ctx.step_name, str(e)) from e
 
 
+# --------------------------------------------------------------------------- checks
+
+
+def check(config: PruneConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
+    """Problems found before any work starts: unknown layer names, Taylor without data."""
+    problems: Problems = []
+    module = module_seen_by(config, baseline, recipe)
+    if module is not None:
+        names = {n for n, _ in module.named_modules() if n}
+        for i, name in enumerate(config.ignore):
+            if name not in names:
+                close = sorted(n for n in names if name.split(".")[-1] in n)[:3]
+                hint = f"; similar: {', '.join(close)}" if close else ""
+                problems.append((("ignore", i), f"no layer named {name!r} in the model{hint}"))
+    if config.importance == "taylor":
+        if config.method == "unstructured":
+            problems.append((("importance",), "unstructured pruning ranks weights by magnitude; remove importance: taylor"))
+        elif data is None:
+            problems.append((("importance",), "Taylor importance needs gradients from training data: add a data section"))
+    return problems
+
+
 # --------------------------------------------------------------------------- the step
 
 
+@register_step("prune", config=PruneConfig, accepts=("torch",), check=check)
 def prune(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> StepResult:
     """Structured or unstructured pruning of the incoming torch module (a pruned copy)."""
     notes = Notes(ctx)
@@ -246,25 +269,3 @@ def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext, notes: Not
     dense.metadata = {"zipped_bytes": sizes["dense_zipped_bytes"], "note": "the unpruned model, for comparison",
                       "_parity": compare_outputs(ref, out, artifact.name, ctx.recipe.task.kind, p.atol, p.min_agreement)}
     notes.extra.append(dense)
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def check(config: PruneConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
-    """Problems found before any work starts: unknown layer names, Taylor without data."""
-    problems: Problems = []
-    module = module_seen_by(config, baseline, recipe)
-    if module is not None:
-        names = {n for n, _ in module.named_modules() if n}
-        for i, name in enumerate(config.ignore):
-            if name not in names:
-                close = sorted(n for n in names if name.split(".")[-1] in n)[:3]
-                hint = f"; similar: {', '.join(close)}" if close else ""
-                problems.append((("ignore", i), f"no layer named {name!r} in the model{hint}"))
-    if config.importance == "taylor":
-        if config.method == "unstructured":
-            problems.append((("importance",), "unstructured pruning ranks weights by magnitude; remove importance: taylor"))
-        elif data is None:
-            problems.append((("importance",), "Taylor importance needs gradients from training data: add a data section"))
-    return problems

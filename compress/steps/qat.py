@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.core.step import Notes, StepContext, StepResult
+from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import MissingDependencyError, StepError
 from compress.intake.recipe import QatConfig, Recipe
 
@@ -124,6 +124,16 @@ def _freeze_bn(prepared: Any) -> None:
     _replace_batchnorm(prepared, train_to_eval=True)
 
 
+def check(config: QatConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
+    """Problems found before training (QAT without data is a recipe-level rule)."""
+    problems: Problems = []
+    if config.freeze_bn_epoch is not None and config.freeze_bn_epoch > config.epochs:
+        problems.append((("freeze_bn_epoch",), (f"freeze_bn_epoch {config.freeze_bn_epoch} is after the last "
+                                                f"epoch ({config.epochs}); it would never apply")))
+    return problems
+
+
+@register_step("qat", config=QatConfig, accepts=("torch",), check=check, needs_train_data=True)
 def qat(artifact: Artifact, config: QatConfig, ctx: StepContext) -> StepResult:
     """Fine-tune the incoming float module with fake quantization; return the int8 module."""
     from compress.core.env import detect_cpu
@@ -283,12 +293,3 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
                    f"{speed['fp32_ms']:.3f} ms for the float model it was trained from (single thread, batch 1, "
                    "measured in the step): per-operator quantize/dequantize overhead outweighs the int8 arithmetic "
                    "on a model this small; keep fp32 unless size matters", artifact=art.name)
-
-
-def check(config: QatConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
-    """Problems found before training (QAT without data is a recipe-level rule)."""
-    problems: Problems = []
-    if config.freeze_bn_epoch is not None and config.freeze_bn_epoch > config.epochs:
-        problems.append((("freeze_bn_epoch",), (f"freeze_bn_epoch {config.freeze_bn_epoch} is after the last "
-                                                f"epoch ({config.epochs}); it would never apply")))
-    return problems

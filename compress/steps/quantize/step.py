@@ -32,7 +32,7 @@ import numpy as np
 from bench.runtime import feeds_of
 from compress.core.fileio import atomic_write_with
 from compress.core.types import Artifact
-from compress.core.step import Notes, StepContext, StepResult
+from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import StepError
 from compress.intake.recipe import QuantizeConfig
 from compress.core.env import (
@@ -363,6 +363,7 @@ def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext, 
     return parity
 
 
+@register_step("quantize", config=QuantizeConfig, accepts=("onnx", "torch"), check=check)
 def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> StepResult:
     """The ``quantize`` step (see the module docstring), for the CPU the model will run on."""
     return quantize_for(artifact, config, ctx, detect_cpu(resolve_arch(config, ctx)))
