@@ -64,7 +64,7 @@ def fail(err: EdgepackError) -> None:
 
 def _resume_folder(folder: Path, out: Optional[Path], no_cache: bool) -> Path:
     """The run folder ``--resume`` names, checked: an edgepack run folder, and the cache on."""
-    from compress.errors import InputFileError
+    from compress.core.errors import InputFileError
 
     if no_cache:
         raise InputFileError("--resume takes finished steps from the step cache: it cannot be used with --no-cache")
