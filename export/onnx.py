@@ -6,7 +6,7 @@ import shutil
 
 from compress.core.fileio import atomic_write_with, config_hash
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import StepContext, StepResult
 from compress.core.errors import StepError
 from compress.intake.models import example_inputs
 from compress.intake.recipe import OnnxExportConfig
@@ -79,7 +79,7 @@ def export_module_to_onnx(module, specs, dest, opset: int | None = None, dynamic
     atomic_write_with(dest, write)
 
 
-def export_onnx(artifact: Artifact, config: OnnxExportConfig, ctx: StepContext) -> Artifact:
+def export_onnx(artifact: Artifact, config: OnnxExportConfig, ctx: StepContext) -> StepResult:
     """The ``onnx`` export: torch module -> ``model.onnx`` in the export folder."""
     dest = ctx.step_dir / "model.onnx"
     if artifact.format == "onnx":
@@ -91,7 +91,7 @@ def export_onnx(artifact: Artifact, config: OnnxExportConfig, ctx: StepContext) 
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise StepError("export:onnx", f"torch.onnx.export failed: {type(e).__name__}: {first}") from e
-    return artifact.derive(
+    return StepResult([artifact.derive(
         name=f"onnx-{artifact.precision}",
         format="onnx", path=dest, step="export:onnx", config_hash=config_hash(config),
-    )
+    )])

@@ -32,7 +32,7 @@ import numpy as np
 
 from compress.core.fileio import atomic_write_with, config_hash
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import Notes, StepContext, StepResult
 from compress.core.errors import EdgepackError, MissingDependencyError, StepError
 from compress.intake.recipe import TfliteExportConfig
 
@@ -249,7 +249,8 @@ def _pt2e_quant_config() -> Any:
 # --------------------------------------------------------------------------- quantization
 
 
-def _calibration_inputs(ctx: StepContext, config: TfliteExportConfig, nhwc: list[int]) -> tuple[list[np.ndarray], str]:
+def _calibration_inputs(ctx: StepContext, notes: Notes, config: TfliteExportConfig,
+                        nhwc: list[int]) -> tuple[list[np.ndarray], str]:
     from bench.agent import take_samples
     from compress.intake.data import synthetic_inputs
 
@@ -261,9 +262,9 @@ def _calibration_inputs(ctx: StepContext, config: TfliteExportConfig, nhwc: list
         n = config.calibration_samples or 64
         xs = synthetic_inputs(specs, n, ctx.recipe.seed).x
         source = "random inputs (the recipe has no data)"
-        ctx.advise("tflite_int8_random_calibration",
-                   "int8 .tflite calibrated on random inputs because the recipe has no data: its ranges will not "
-                   "match real inputs; add data: so calibration sees real samples")
+        notes.advise("tflite_int8_random_calibration",
+                     "int8 .tflite calibrated on random inputs because the recipe has no data: its ranges will not "
+                     "match real inputs; add data: so calibration sees real samples")
     return to_model_layout({"channels_last_inputs": nhwc}, xs), source
 
 
@@ -354,7 +355,7 @@ def output_saturation(outputs: list[np.ndarray], specs: list[dict[str, Any]]) ->
     return found
 
 
-def _advise_saturation(ctx: StepContext, name: str, found: list[dict[str, Any]], outputs: list[np.ndarray],
+def _advise_saturation(ctx: StepContext, notes: Notes, name: str, found: list[dict[str, Any]], outputs: list[np.ndarray],
                        reference: list[np.ndarray], calib_source: str) -> None:
     """Advise on outputs that sit on their int8 range limit for a share of eval samples.
 
@@ -377,7 +378,7 @@ def _advise_saturation(ctx: StepContext, name: str, found: list[dict[str, Any]],
             changed = int((ref.argmax(1) != out.argmax(1))[clipped].sum())
         effect = "" if changed is None else (f"; on {changed} of them the predicted class differs from PyTorch"
                                              if changed else "; no predicted class changes on those samples")
-        ctx.advise(
+        notes.advise(
             "int8_output_saturation",
             f"{name}: output {k} hits its int8 range limit on {share:.1%} of eval samples (int8 range "
             f"[{lo:.3g}, {hi:.3g}] from the {calib_source}{seen}{effect}): the calibrated range clips the outputs. "
@@ -416,7 +417,7 @@ def _write(dest: Path, data: bytes) -> None:
     atomic_write_with(dest, lambda tmp: tmp.write_bytes(data))
 
 
-def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepContext) -> list[Artifact]:
+def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepContext) -> StepResult:
     """Convert the torch artifact to one ``.tflite`` per precision in ``config.precisions``.
 
     Raises:
@@ -427,6 +428,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
     if artifact.format != "torch" or artifact.module is None:
         raise StepError(STEP, f"TFLite export converts PyTorch models; this run's model is {artifact.format} "
                               "(give model.factory, exported or pickle)")
+    notes = Notes(ctx)
     log_path = ctx.step_dir / "converter.log"
     with captured_output(log_path):  # importing it logs from C++ (oneDNN, absl) to stderr
         litert_torch = _import_converter()
@@ -456,12 +458,12 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
     if quantized_source:
         skipped = [p for p in wanted if p != "int8"]
         if skipped:
-            ctx.advise("tflite_precision_skipped",
-                       f"the model is already int8 (QAT); TFLite precisions {', '.join(skipped)} are not exported "
+            notes.advise("tflite_precision_skipped",
+                         f"the model is already int8 (QAT); TFLite precisions {', '.join(skipped)} are not exported "
                        "from it, only int8 (its own quantization parameters, PT2E path)", severity="info")
         wanted = ["int8"] if "int8" in wanted else []
         if not wanted:
-            return []
+            return notes.result([])
 
     versions = _versions()
     common = {"layout": layout, "channels_last_inputs": nhwc_in, "channels_last_outputs": nhwc_out,
@@ -491,7 +493,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
         for precision in (p for p in wanted if p != "fp32"):
             calib = None
             if precision == "int8":
-                calib, calib_source = _calibration_inputs(ctx, config, nhwc_in)
+                calib, calib_source = _calibration_inputs(ctx, notes, config, nhwc_in)
             try:
                 with captured_output(log_path):
                     data = quantize_float_model(float_bytes, precision, calib, summary.signature_inputs,
@@ -527,15 +529,15 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
             meta["output_saturation"] = found
             if reference is None:
                 reference = torch_predict(module, eval_x)
-            _advise_saturation(ctx, name, found, outs, reference, calib_source or "QAT-trained ranges")
+            _advise_saturation(ctx, notes, name, found, outs, reference, calib_source or "QAT-trained ranges")
         results.append(artifact.derive(name=name, format="tflite", path=dest, module=None, step=STEP,
                                        config_hash=config_hash(config), precision=precision, metadata={
                                            **{k: v for k, v in artifact.metadata.items() if not k.startswith("_")},
                                            **meta}))
         ctx.log(f"  {name}: {len(data)} bytes, inputs {', '.join(t.dtype for t in info.inputs)}, "
                 f"outputs {', '.join(t.dtype for t in info.outputs)}, layout {layout}")
-    ctx.details.update({"precisions": wanted, "layout": layout, "converter_log": str(log_path)})
-    return results
+    notes.details.update({"precisions": wanted, "layout": layout, "converter_log": str(log_path)})
+    return notes.result(results)
 
 
 def _versions() -> dict[str, str]:

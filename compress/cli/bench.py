@@ -142,7 +142,8 @@ def bench_report(
     from bench.accuracy import task_metrics
     from bench.agent import num_samples
     from compress.core.report_schema import ArtifactReport, Report
-    from compress.runner.run import environment, tool_versions
+    from compress.runner.report import tool_versions
+    from compress.runner.run import environment
     from devices.targets import make_target
     from compress.core.types import BenchSpec
 

@@ -1,4 +1,4 @@
-"""What a step sees of the run: recipe, data, folders, and where to record results."""
+"""What a step sees of the run (a read-only context) and what it gives back (a StepResult)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, Callable, Literal
 from compress.core.types import Advisory, Artifact, Severity
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepContext:
-    """Passed to every step function.
+    """Passed to every step function; read-only: a step reports through its :class:`StepResult`.
 
     Args:
         recipe: The validated recipe.
@@ -22,6 +22,9 @@ class StepContext:
         reference: The torch model the run started from (the teacher), when there is one.
         log: Write a line to the console and ``log.txt``.
         evaluate: Task metrics of a torch module or file artifact on the eval split.
+        target_arch: ``x86`` or ``arm``: the CPU family the int8 defaults follow.
+        onnx_of: The run's ONNX export of a torch artifact (made once, parity-checked and
+            registered by the runner); None outside a run.
     """
 
     recipe: Any  # compress.intake.recipe.Recipe (the kernel imports nothing of the project)
@@ -32,11 +35,100 @@ class StepContext:
     reference: Any
     log: Callable[[str], None]
     evaluate: Callable[[Any], dict[str, Any]]
-    advisories: list[Advisory] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-    extra_artifacts: list[Artifact] = field(default_factory=list)
     target_arch: Literal["x86", "arm"] = "x86"
+    onnx_of: Callable[[Artifact], Artifact] | None = None
+
+
+@dataclass
+class StepResult:
+    """What a step or export returns.
+
+    Args:
+        artifacts: For a step, the first is the model the pipeline continues with and the rest
+            are registered beside it; for an export, every one is a result of the export.
+        details: The step's facts for the report (``steps[].details``).
+        advisories: Notes for the report.
+    """
+
+    artifacts: list[Artifact]
+    details: dict[str, Any] = field(default_factory=dict)
+    advisories: list[Advisory] = field(default_factory=list)
+
+    @property
+    def artifact(self) -> Artifact:
+        """The model the pipeline continues with."""
+        return self.artifacts[0]
+
+    @property
+    def extras(self) -> list[Artifact]:
+        """Artifacts a step made beside its result (registered, not continued with)."""
+        return self.artifacts[1:]
+
+
+class Notes:
+    """A step's own notebook: details, advisories and extra artifacts, turned into its result.
+
+    Args:
+        ctx: The step's context (its name tags the advisories; its log shows them).
+    """
+
+    def __init__(self, ctx: StepContext) -> None:
+        self.step_name = ctx.step_name
+        self.log = ctx.log
+        self.details: dict[str, Any] = {}
+        self.advisories: list[Advisory] = []
+        self.extra: list[Artifact] = []
 
     def advise(self, code: str, message: str, severity: Severity = "warning", artifact: str | None = None) -> None:
         self.advisories.append(Advisory(code, message, severity, artifact, self.step_name))
         self.log(f"[{severity}] {message}")
+
+    def result(self, made: Artifact | list[Artifact]) -> StepResult:
+        """The step's result: ``made`` (an artifact, or an export's list) then the extras."""
+        arts = list(made) if isinstance(made, list) else [made]
+        return StepResult(arts + self.extra, self.details, self.advisories)
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One registered step kind.
+
+    Args:
+        kind: The recipe's name for it (``prune``).
+        run: ``(artifact, config, ctx) -> StepResult``.
+        config: Its pydantic config class.
+        accepts: The artifact formats it takes; the runner converts at the boundary.
+        check: ``(config, baseline, recipe, data) -> [(dotted_subpath, message)]``, run against
+            the loaded model before any work starts.
+        needs_train_data: Whether it always trains (the recipe then needs a data section).
+    """
+
+    kind: str
+    run: Callable[..., StepResult]
+    config: type
+    accepts: tuple[str, ...]
+    check: Callable[..., Any] | None = None
+    needs_train_data: bool = False
+
+
+STEPS: dict[str, StepKind] = {}
+
+
+def register_step(kind: str, *, config: type, accepts: tuple[str, ...], check: Callable[..., Any] | None = None,
+                  needs_train_data: bool = False) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
+    """Register a step function under its kind: the one registration point of a step.
+
+    Example::
+
+        @register_step("prune", config=PruneConfig, accepts=("torch",), check=check)
+        def prune(artifact, config, ctx) -> StepResult: ...
+    """
+
+    def add(run: Callable[..., StepResult]) -> Callable[..., StepResult]:
+        known = STEPS.get(kind)
+        if known is not None and known.run.__qualname__ != run.__qualname__:
+            raise ValueError(f"step kind {kind!r} is registered twice ({known.run.__module__}, {run.__module__})")
+        STEPS[kind] = StepKind(kind, run, config, tuple(accepts), check, needs_train_data)
+        return run
+
+    return add

@@ -16,7 +16,6 @@ from compress.intake.recipe import Recipe, step_config, step_kind
 from compress.steps.registry import STEPS
 from compress.intake.yamlpos import MAX_BYTES, Loc, YamlLimitError, dotted, line_of, load_value, load_with_lines
 
-TORCH_ONLY_STEPS = ("distill", "prune", "qat")
 
 
 @dataclass
@@ -145,16 +144,17 @@ def semantic_problems(src: RecipeSource) -> list[RecipeProblem]:
         kind = step_kind(step)
         cfg = step_config(step)
         loc: Loc = ("steps", i, kind)
-        if kind in TORCH_ONLY_STEPS and onnx_model:
+        entry = STEPS[kind]
+        torch_only = "onnx" not in entry.accepts
+        if torch_only and onnx_model:
             problems.append(src.problem(loc, f"{kind} needs a PyTorch model, but model.onnx gives an ONNX file; "
                                              "use model.factory (+ weights) or model.exported"))
         if kind == "quantize" and getattr(cfg, "engine", "ort") == "inc" and onnx_model:
             problems.append(src.problem(loc + ("engine",), "engine: inc quantizes the PyTorch model; the model is ONNX"))
-        if kind in TORCH_ONLY_STEPS and seen_onnx_step:
+        if torch_only and seen_onnx_step:
             problems.append(src.problem(loc, f"{kind} works on the PyTorch model and cannot follow an ONNX quantize step"))
         if kind in ("prune", "distill") and seen_qat:
             problems.append(src.problem(loc, f"{kind} cannot follow qat: prune and distill the float model first"))
-        entry = STEPS[kind]
         trains = entry.needs_train_data or (kind == "prune" and getattr(cfg, "epochs", 0) > 0)
         if trains and not has_labels_data:
             problems.append(src.problem(loc, f"{kind} trains the model and needs training data: add a data section"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from compress.core.report_schema import TargetResult
 from bench.repeats import merge_results, ratio_ci
-from compress.core.errors import EdgepackError
+from compress.core.errors import EdgepackError, TargetsFailed
 from compress.core.types import BenchSpec
 
 Key = tuple[str, str, int, int]  # artifact name, target name, threads, batch
@@ -187,3 +187,38 @@ def results_and_errors(files: Sequence[Any], results: dict[Key, TargetResult]) -
         if res.error is not None:
             errors.append(res.error)
     return by_art, errors
+
+
+class BenchmarkingMixin:
+    """Runner methods: timing every file artifact on every target."""
+
+    def benchmark_all(self) -> None:
+        """Time every ONNX/TFLite artifact on every target: ``bench.repeats`` fresh processes per
+        latency, artifacts interleaved (A B C A B C ...), speed-ups over the parent with their CI."""
+        from devices.targets import make_target
+        from compress.core.types import BenchSpec
+
+        b = self.recipe.bench
+        files = [a for a in self.state.artifacts if a.format in ("onnx", "tflite") and a.path is not None]
+        errors: list[str] = []
+        targets, settings = [], {}
+        for tname in b.targets:
+            try:
+                target = make_target(tname, b)
+            except EdgepackError as e:
+                errors.append(str(e))
+                continue
+            batches = list(b.batch_sizes)
+            if tname == "local" and self.recipe.tradeoff is not None and self.recipe.tradeoff.cloud.batch not in batches:
+                batches.append(self.recipe.tradeoff.cloud.batch)  # the cloud side's server time
+            targets.append((tname, target))
+            settings[tname] = [BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch, yardstick=b.yardstick)
+                               for threads in b.threads for batch in batches]
+        results = benchmark_interleaved(files, targets, settings, b.repeats, self.model_inputs, self.log,
+                                        parent_of=self.timed_parent, max_repeats=b.max_repeats, target_mde=b.target_mde)
+        by_artifact, failures = results_and_errors(files, results)
+        for art in files:
+            self.state.targets.setdefault(art.name, []).extend(by_artifact.get(art.name, []))
+        errors += failures
+        if errors:
+            raise TargetsFailed(errors)

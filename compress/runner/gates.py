@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.core.types import Advisory, Artifact
 from compress.intake.recipe import GateTolerance, Recipe
 
 
@@ -91,3 +92,80 @@ class Gatekeeper:
         out = {"vs_parent": vs_parent, "vs_baseline": vs_baseline, "gate": result}
         self.results[name] = out
         return out
+
+
+class GatingMixin:
+    """Runner methods: fidelity gates: every artifact against its parent and the baseline."""
+
+    def start_gates(self, baseline: Artifact, baseline_outputs: list[np.ndarray]) -> None:
+        """Resolve what each output is and set up the gates (every later artifact is gated)."""
+        from bench.outputs import resolve_outputs
+
+        m, t = self.recipe.model, self.recipe.task
+        try:
+            specs = resolve_outputs(baseline_outputs, m.outputs, t.kind, t.detection, self.output_names(baseline))
+        except ValueError as e:
+            raise self.source.error([self.source.problem(("model", "outputs"), str(e))]) from e
+        labels: dict[int, np.ndarray] = {}
+        split = self.eval_split
+        targets = getattr(split, "targets", None) or {}
+        for spec in specs:
+            if spec.name in targets:
+                labels[spec.index] = targets[spec.name]
+        primary = next((s.index for s in specs if s.task == t.kind), 0)
+        if split.y is not None and primary not in labels:
+            labels[primary] = split.y
+        self.gatekeeper = Gatekeeper(self.recipe, specs, baseline.name, baseline_outputs, labels, self.log)
+        shown = ", ".join(f"{s.name} ({s.task}{', probabilities' if s.probabilities else ''})" for s in specs)
+        self.log(f"outputs: {shown}")
+
+    @staticmethod
+    def output_names(art: Artifact) -> list[str] | None:
+        """The model's own output names (ONNX), when it has them."""
+        if art.format != "onnx" or art.path is None:
+            return None
+        try:
+            import onnx
+
+            return [o.name for o in onnx.load(str(art.path), load_external_data=False).graph.output]
+        except Exception:  # noqa: BLE001  (names are a nicety; the model loaded already)
+            return None
+
+    def gate_torch_step(self, record: dict[str, Any], result: Artifact) -> None:
+        """A torch step's model against the baseline, with ``fidelity.compressed``."""
+        if self.gatekeeper is None:
+            return
+        g = self.gatekeeper.gate(result.name, "fp32", self.outputs_of(result.module), None,
+                                 tolerance=self.recipe.fidelity.artifacts.get(result.name) or self.recipe.fidelity.compressed)
+        record["fidelity"] = g["vs_baseline"].model_dump(mode="json")
+        record["gate"] = g["gate"].model_dump(mode="json")
+        if not g["gate"].passed:
+            record["status"] = "degraded"
+            self.state.advisories.append(Advisory(
+                "gate_failed", f"{result.name} (step {record['name']}): " + "; ".join(g["gate"].reasons)
+                + (" Fix: " + "; ".join(g["gate"].fixes) if g["gate"].fixes else ""), "error", step=record["name"]))
+
+    def gate_artifacts(self) -> None:
+        """Gate every file artifact against its parent and the baseline."""
+        if self.gatekeeper is None:
+            return
+        for art in self.state.artifacts:
+            if art.format not in ("onnx", "tflite") or art.step == "input" or art.name in self.state.gate:
+                continue
+            parent = self.parent_of(art)
+            try:
+                outs = self.outputs_of(art)
+                ref = (parent.name, self.outputs_of(parent)) if parent is not None else None
+                g = self.gatekeeper.gate(art.name, art.precision, outs, ref)
+            except ValueError as e:
+                from compress.core.report_schema import GateResult
+
+                g = {"vs_parent": None, "vs_baseline": None,
+                     "gate": GateResult(passed=False, reasons=[f"outputs cannot be compared: {e}"], fixes=[])}
+                self.log(f"  fidelity {art.name}: {e}")
+            self.state.fidelity[art.name] = g
+            self.state.gate[art.name] = g["gate"]
+            if not g["gate"].passed:
+                self.state.advisories.append(Advisory(
+                    "gate_failed", f"{art.name} is degraded: " + "; ".join(g["gate"].reasons)
+                    + (" Fix: " + "; ".join(g["gate"].fixes) if g["gate"].fixes else ""), "error", art.name))

@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from compress.core.step import StepResult
 from compress.core.types import Artifact
 from compress.runner.stepcache import EvalCache, StepCache, StepKey, fingerprint_arrays, hash_path, hash_state_dict
 
@@ -177,10 +178,7 @@ def _referenced_files(recipe: Any, base: Path | None, cfg: dict[str, Any]) -> li
 class CachedStep:
     """A step's result read back from the cache, paths already in the new run folder."""
 
-    result: Artifact
-    details: dict[str, Any]
-    advisories: list[Any]
-    extras: list[Artifact]
+    result: StepResult
     digest: str
     duration_s: float | None = None
 
@@ -334,7 +332,7 @@ class RunCache:
 
     def versions(self) -> dict[str, str]:
         if self._versions is None:
-            from compress.runner.run import tool_versions
+            from compress.runner.report import tool_versions
 
             self._versions = {**tool_versions(), "edgepack-source": source_digest()}
         return self._versions
@@ -397,9 +395,9 @@ class RunCache:
             self._materialise({n: f for n, f in hit.files.items() if n != _MODULE_FILE}, run_dir, step_dir)
             dec = _Decoder(run_dir, step_dir, module)
             p = hit.payload
-            result = dec.decode(p["result"])
-            return CachedStep(result=result, details=dec.decode(p["details"]), advisories=dec.decode(p["advisories"]),
-                              extras=dec.decode(p["extras"]), digest=key.digest, duration_s=p.get("duration_s"))
+            result = StepResult(artifacts=dec.decode(p["artifacts"]), details=dec.decode(p["details"]),
+                                advisories=dec.decode(p["advisories"]))
+            return CachedStep(result=result, digest=key.digest, duration_s=p.get("duration_s"))
         except Exception as e:  # noqa: BLE001  an entry that does not load is a miss, never a failure
             self.log(f"  cache entry {key.digest[:12]} does not load ({type(e).__name__}: {e}): running the step")
             return None
@@ -424,17 +422,16 @@ class RunCache:
                 os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
 
-    def store(self, key: StepKey | None, run_dir: Path, step_dir: Path, result: Artifact | list[Artifact],
-              details: dict[str, Any],
-              advisories: list[Any], extras: list[Artifact], duration_s: float) -> bool:
+    def store(self, key: StepKey | None, run_dir: Path, step_dir: Path, result: StepResult, duration_s: float) -> bool:
         """Store a finished step; False (and a log line) when it cannot be stored."""
         if key is None:
             return False
         codec = _Codec(run_dir, step_dir)
         try:
-            payload = {"result": codec.encode(result), "details": codec.encode(details),
-                       "advisories": codec.encode(list(advisories)), "extras": codec.encode(list(extras)),
-                       "duration_s": round(duration_s, 3)}
+            # one list, encoded in order: an artifact named twice (a result's metadata and the
+            # list) stays one object when read back
+            payload = {"artifacts": codec.encode(list(result.artifacts)), "details": codec.encode(result.details),
+                       "advisories": codec.encode(list(result.advisories)), "duration_s": round(duration_s, 3)}
         except NotCacheable as e:
             self.log(f"  not cached: {e}")
             return False
@@ -445,7 +442,7 @@ class RunCache:
                     codec.files.setdefault(f"step/{p.relative_to(step_dir).as_posix()}", p)
         with tempfile.TemporaryDirectory(prefix="edgepack-cache-") as tmp:
             files = dict(codec.files)
-            holder = next((a for a in (result if isinstance(result, list) else [result]) if a.module is not None), None)
+            holder = next((a for a in result.artifacts if a.module is not None), None)
             if holder is not None:
                 mpath = Path(tmp) / _MODULE_FILE
                 try:

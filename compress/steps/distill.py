@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import StepContext, StepResult, register_step
 from compress.core.errors import StepError
 from compress.intake.recipe import DistillConfig, FeaturePair, Recipe
 from compress.steps.training import model_outputs, primary_output
@@ -202,10 +202,57 @@ def build_student(config: DistillConfig, teacher: Any, example: list[Any], seed:
     return student
 
 
+# --------------------------------------------------------------------------- checks
+
+
+def check(config: DistillConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
+    """Problems found before training: student output shape, unknown feature layers, labels."""
+    import torch
+
+    from compress.steps.common import model_example, module_seen_by
+
+    problems: Problems = []
+    teacher = module_seen_by(config, baseline, recipe)
+    if teacher is None:
+        return problems
+    example = model_example(teacher, recipe)
+    try:
+        student = build_student(config, teacher, example, recipe.seed)
+    except Exception as e:  # noqa: BLE001 - user code may raise anything; it becomes a recipe problem
+        return [(("student" if config.student else "width",), f"cannot build the student: {type(e).__name__}: {e}")]
+    student.eval()
+    try:
+        with torch.no_grad():
+            s_shapes = [list(t.shape[1:]) for t in model_outputs(student(*example))]
+            t_shapes = [list(t.shape[1:]) for t in model_outputs(teacher(*example))]
+        if len(s_shapes) != len(t_shapes):
+            problems.append((("student",), f"the student returns {len(s_shapes)} outputs, the teacher {len(t_shapes)}"))
+        elif s_shapes != t_shapes:
+            i = next(k for k, (a, b) in enumerate(zip(s_shapes, t_shapes)) if a != b)
+            which = f"output {i}'s" if len(t_shapes) > 1 else "output"
+            problems.append((("student",), (f"the student's {which} shape {s_shapes[i]} differs from the "
+                                            f"teacher's {t_shapes[i]} (batch dimension left out)")))
+    except Exception as e:  # noqa: BLE001 - user code may raise anything; it becomes a recipe problem
+        problems.append((("student",), f"the student fails on the model's inputs: {type(e).__name__}: {e}"))
+    s_names = {n for n, _ in student.named_modules() if n}
+    t_names = {n for n, _ in teacher.named_modules() if n}
+    for i, pair in enumerate(config.features):
+        if pair.student not in s_names:
+            problems.append((("features", i, "student"), f"no layer named {pair.student!r} in the student"))
+        if pair.teacher not in t_names:
+            problems.append((("features", i, "teacher"), f"no layer named {pair.teacher!r} in the teacher"))
+    labels = data is not None and (data.train.y is not None or bool(getattr(data.train, "targets", {}) or {}))
+    if recipe.task.kind not in ("embedding", "detection") and config.alpha < 1.0 and data is not None and not labels:
+        problems.append((("alpha",), ("alpha < 1 blends in the label loss, but the data has no labels: "
+                                      "set alpha: 1.0 or add labels")))
+    return problems
+
+
 # --------------------------------------------------------------------------- the step
 
 
-def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Artifact:
+@register_step("distill", config=DistillConfig, accepts=("torch",), check=check, needs_train_data=True)
+def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> StepResult:
     """Train a student from the incoming model (the teacher); return the student.
 
     Every output is distilled by its own loss (:func:`compress.steps.training.multi_output_loss`):
@@ -252,7 +299,7 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
         for p in teacher.parameters():
             p.requires_grad_(True)
     set_mode(teacher, False)
-    ctx.details.update({
+    details = {
         "student": config.student or f"width {config.width}",
         "loss": "embedding-" + config.embedding_loss if task == "embedding" else f"kd(T={config.temperature}, alpha={config.alpha})",
         "outputs": plan.describe(True, config.alpha),
@@ -261,51 +308,5 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Arti
         "features": matcher.shapes if matcher is not None else [],
         "student_channels": sum(channel_counts(student).values()),
         "teacher_channels": sum(channel_counts(teacher).values()),
-    })
-    return artifact.derive(name="student", module=student)
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def check(config: DistillConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
-    """Problems found before training: student output shape, unknown feature layers, labels."""
-    import torch
-
-    from compress.steps.common import model_example, module_seen_by
-
-    problems: Problems = []
-    teacher = module_seen_by(config, baseline, recipe)
-    if teacher is None:
-        return problems
-    example = model_example(teacher, recipe)
-    try:
-        student = build_student(config, teacher, example, recipe.seed)
-    except Exception as e:  # noqa: BLE001 - user code may raise anything; it becomes a recipe problem
-        return [(("student" if config.student else "width",), f"cannot build the student: {type(e).__name__}: {e}")]
-    student.eval()
-    try:
-        with torch.no_grad():
-            s_shapes = [list(t.shape[1:]) for t in model_outputs(student(*example))]
-            t_shapes = [list(t.shape[1:]) for t in model_outputs(teacher(*example))]
-        if len(s_shapes) != len(t_shapes):
-            problems.append((("student",), f"the student returns {len(s_shapes)} outputs, the teacher {len(t_shapes)}"))
-        elif s_shapes != t_shapes:
-            i = next(k for k, (a, b) in enumerate(zip(s_shapes, t_shapes)) if a != b)
-            which = f"output {i}'s" if len(t_shapes) > 1 else "output"
-            problems.append((("student",), (f"the student's {which} shape {s_shapes[i]} differs from the "
-                                            f"teacher's {t_shapes[i]} (batch dimension left out)")))
-    except Exception as e:  # noqa: BLE001 - user code may raise anything; it becomes a recipe problem
-        problems.append((("student",), f"the student fails on the model's inputs: {type(e).__name__}: {e}"))
-    s_names = {n for n, _ in student.named_modules() if n}
-    t_names = {n for n, _ in teacher.named_modules() if n}
-    for i, pair in enumerate(config.features):
-        if pair.student not in s_names:
-            problems.append((("features", i, "student"), f"no layer named {pair.student!r} in the student"))
-        if pair.teacher not in t_names:
-            problems.append((("features", i, "teacher"), f"no layer named {pair.teacher!r} in the teacher"))
-    labels = data is not None and (data.train.y is not None or bool(getattr(data.train, "targets", {}) or {}))
-    if recipe.task.kind not in ("embedding", "detection") and config.alpha < 1.0 and data is not None and not labels:
-        problems.append((("alpha",), ("alpha < 1 blends in the label loss, but the data has no labels: "
-                                      "set alpha: 1.0 or add labels")))
-    return problems
+    }
+    return StepResult([artifact.derive(name="student", module=student)], details)

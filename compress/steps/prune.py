@@ -20,7 +20,7 @@ import numpy as np
 
 from compress.core.fileio import zipped_size
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import StepError
 from compress.intake.recipe import PruneConfig, Recipe
 from compress.steps.common import model_example, module_seen_by
@@ -99,14 +99,38 @@ def _plan(module: Any, ctx: StepContext) -> OutputPlan | None:
         raise StepError(ctx.step_name, str(e)) from e
 
 
+# --------------------------------------------------------------------------- checks
+
+
+def check(config: PruneConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
+    """Problems found before any work starts: unknown layer names, Taylor without data."""
+    problems: Problems = []
+    module = module_seen_by(config, baseline, recipe)
+    if module is not None:
+        names = {n for n, _ in module.named_modules() if n}
+        for i, name in enumerate(config.ignore):
+            if name not in names:
+                close = sorted(n for n in names if name.split(".")[-1] in n)[:3]
+                hint = f"; similar: {', '.join(close)}" if close else ""
+                problems.append((("ignore", i), f"no layer named {name!r} in the model{hint}"))
+    if config.importance == "taylor":
+        if config.method == "unstructured":
+            problems.append((("importance",), "unstructured pruning ranks weights by magnitude; remove importance: taylor"))
+        elif data is None:
+            problems.append((("importance",), "Taylor importance needs gradients from training data: add a data section"))
+    return problems
+
+
 # --------------------------------------------------------------------------- the step
 
 
-def prune(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Artifact:
+@register_step("prune", config=PruneConfig, accepts=("torch",), check=check)
+def prune(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> StepResult:
     """Structured or unstructured pruning of the incoming torch module (a pruned copy)."""
+    notes = Notes(ctx)
     if config.method == "unstructured":
-        return _unstructured(artifact, config, ctx)
-    return _structured(artifact, config, ctx)
+        return notes.result(_unstructured(artifact, config, ctx, notes))
+    return notes.result(_structured(artifact, config, ctx, notes))
 
 
 def _teacher_copy(module: Any, config: PruneConfig, plan: OutputPlan | None) -> Any | None:
@@ -122,7 +146,7 @@ def _teacher_copy(module: Any, config: PruneConfig, plan: OutputPlan | None) -> 
     return teacher
 
 
-def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Artifact:
+def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext, notes: Notes) -> Artifact:
     module = copy.deepcopy(artifact.module)
     example = model_example(module, ctx.recipe)
     plan = _plan(artifact.module, ctx) if config.epochs > 0 or config.importance == "taylor" else None
@@ -149,7 +173,7 @@ def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Ar
     )
     after = channel_counts(module)
     removed = sum(before.values()) - sum(after.values())
-    ctx.details.update({
+    notes.details.update({
         "method": "structured", "ignored_layers": ignored, "channels_removed": removed,
         "outputs": plan.describe(teacher is not None, config.alpha if config.distill_from_unpruned else 0.0)
         if plan is not None else [],
@@ -157,13 +181,13 @@ def _structured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Ar
         "steps": history,
     })
     if removed <= 0 and config.ratio > 0:
-        ctx.advise("prune_no_change", "structured pruning removed no channel: raise ratio, lower round_to, "
+        notes.advise("prune_no_change", "structured pruning removed no channel: raise ratio, lower round_to, "
                    "or check the ignore list")
     ctx.log(f"  channels {sum(before.values())} -> {sum(after.values())} ({removed} removed)")
     return artifact.derive(name="pruned", module=module)
 
 
-def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> Artifact:
+def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext, notes: Notes) -> Artifact:
     module = copy.deepcopy(artifact.module)
     from compress.intake.models import set_mode
 
@@ -186,12 +210,12 @@ def _unstructured(artifact: Artifact, config: PruneConfig, ctx: StepContext) -> 
         history.append(entry)
         ctx.log(f"  sparsity step {i + 1}/{config.iterative_steps}: {entry['sparsity']:.3f}, accuracy {entry.get('accuracy')}")
     sparsity = global_sparsity(layers)
-    ctx.details.update({
+    notes.details.update({
         "method": "unstructured", "sparsity": round(sparsity, 4), "target_sparsity": config.ratio,
         "schedule": config.sparsity_schedule, "layer_sparsity": layer_sparsity(layers), "steps": history,
     })
-    _compare_files(artifact, module, ctx)
-    ctx.advise(
+    _compare_files(artifact, module, ctx, notes)
+    notes.advise(
         "unstructured_dense_runtime",
         f"unstructured pruning zeroed {sparsity:.0%} of the weights, but onnxruntime and LiteRT run dense "
         "kernels: the model is exactly as fast as before, and no smaller on disk until compressed. "
@@ -214,7 +238,7 @@ def _fine_tune_masked(module: Any, teacher: Any | None, config: PruneConfig, ctx
     return {**result.as_dict(), "output_losses": loss.summary()}
 
 
-def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:
+def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext, notes: Notes) -> None:
     """Export the dense and the sparse model; record both file and zipped sizes.
 
     The dense export joins the run as an artifact of its own, so the runner benchmarks it
@@ -233,7 +257,7 @@ def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:
     sizes = {"dense_onnx_bytes": dense_path.stat().st_size, "dense_zipped_bytes": zipped_size(dense_path),
              "sparse_onnx_bytes": sparse_path.stat().st_size, "sparse_zipped_bytes": zipped_size(sparse_path)}
     sizes["zipped_ratio"] = round(sizes["dense_zipped_bytes"] / sizes["sparse_zipped_bytes"], 3)
-    ctx.details["files"] = sizes
+    notes.details["files"] = sizes
     ctx.log(f"  zipped ONNX: dense {sizes['dense_zipped_bytes']} bytes, sparse {sizes['sparse_zipped_bytes']} bytes "
             f"({sizes['zipped_ratio']}x smaller); unzipped both {sizes['sparse_onnx_bytes']} bytes")
     x = ctx.data.eval.x if ctx.data is not None else synthetic_inputs(specs, 64).x
@@ -244,26 +268,4 @@ def _compare_files(artifact: Artifact, sparse: Any, ctx: StepContext) -> None:
                             module=None, precision="fp32")
     dense.metadata = {"zipped_bytes": sizes["dense_zipped_bytes"], "note": "the unpruned model, for comparison",
                       "_parity": compare_outputs(ref, out, artifact.name, ctx.recipe.task.kind, p.atol, p.min_agreement)}
-    ctx.extra_artifacts.append(dense)
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def check(config: PruneConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
-    """Problems found before any work starts: unknown layer names, Taylor without data."""
-    problems: Problems = []
-    module = module_seen_by(config, baseline, recipe)
-    if module is not None:
-        names = {n for n, _ in module.named_modules() if n}
-        for i, name in enumerate(config.ignore):
-            if name not in names:
-                close = sorted(n for n in names if name.split(".")[-1] in n)[:3]
-                hint = f"; similar: {', '.join(close)}" if close else ""
-                problems.append((("ignore", i), f"no layer named {name!r} in the model{hint}"))
-    if config.importance == "taylor":
-        if config.method == "unstructured":
-            problems.append((("importance",), "unstructured pruning ranks weights by magnitude; remove importance: taylor"))
-        elif data is None:
-            problems.append((("importance",), "Taylor importance needs gradients from training data: add a data section"))
-    return problems
+    notes.extra.append(dense)

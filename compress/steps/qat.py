@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import MissingDependencyError, StepError
 from compress.intake.recipe import QatConfig, Recipe
 
@@ -124,14 +124,24 @@ def _freeze_bn(prepared: Any) -> None:
     _replace_batchnorm(prepared, train_to_eval=True)
 
 
-def qat(artifact: Artifact, config: QatConfig, ctx: StepContext) -> Artifact:
+def check(config: QatConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
+    """Problems found before training (QAT without data is a recipe-level rule)."""
+    problems: Problems = []
+    if config.freeze_bn_epoch is not None and config.freeze_bn_epoch > config.epochs:
+        problems.append((("freeze_bn_epoch",), (f"freeze_bn_epoch {config.freeze_bn_epoch} is after the last "
+                                                f"epoch ({config.epochs}); it would never apply")))
+    return problems
+
+
+@register_step("qat", config=QatConfig, accepts=("torch",), check=check, needs_train_data=True)
+def qat(artifact: Artifact, config: QatConfig, ctx: StepContext) -> StepResult:
     """Fine-tune the incoming float module with fake quantization; return the int8 module."""
     from compress.core.env import detect_cpu
 
     return qat_for(artifact, config, ctx, detect_cpu(ctx.target_arch if config.target == "auto" else config.target))
 
 
-def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -> Artifact:
+def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -> StepResult:
     """The ``qat`` step with the target CPU's features (:class:`compress.core.env.CpuFeatures`) given explicitly."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
@@ -141,6 +151,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
 
     if ctx.data is None:
         raise StepError(ctx.step_name, "quantization-aware training needs training data")
+    notes = Notes(ctx)
     target = cpu.arch
     reduce_range = target == "x86" and cpu.u8s8_saturates
     quantizer, qname = make_quantizer(target, config.per_channel, reduce_range)
@@ -163,7 +174,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
         set_mode(float_module, False)
     loss = multi_output_loss(prepared, teacher, plan, temperature=1.0, alpha=0.0,
                              task_kind=ctx.recipe.task.kind)
-    ctx.details["outputs"] = plan.describe(teacher is not None, 0.0)
+    notes.details["outputs"] = plan.describe(teacher is not None, 0.0)
 
     def on_epoch_end(epoch: int) -> None:
         if config.freeze_bn_epoch is not None and epoch + 1 == config.freeze_bn_epoch:
@@ -186,19 +197,19 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     ops = quant_op_counts(converted)
     if not ops:
         raise StepError(ctx.step_name, f"{qname} inserted no quantize ops: the model has no layer it quantizes")
-    ctx.details.update({"quantizer": qname, "target": target, "training": result.as_dict(), "quant_ops": ops,
+    notes.details.update({"quantizer": qname, "target": target, "training": result.as_dict(), "quant_ops": ops,
                         "freeze_bn_epoch": config.freeze_bn_epoch, "reduce_range": reduce_range,
                         "cpu": cpu.as_dict()})
     if target == "arm":
-        ctx.advise("qat_xnnpack_deprecated", "the ARM (XNNPACK) pt2e quantizer is a deprecated test copy in "
+        notes.advise("qat_xnnpack_deprecated", "the ARM (XNNPACK) pt2e quantizer is a deprecated test copy in "
                    "torchao 0.18; its QDQ model is fine, but pin torchao when you depend on it", severity="info")
     ctx.log(f"  {qname}: {sum(ops.values())} quantize/dequantize ops")
     out = artifact.derive(name="qat", module=converted, precision="int8")
-    measure_onnx(out, float_module, ctx)
-    return out
+    measure_onnx(out, float_module, ctx, notes)
+    return notes.result(out)
 
 
-def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
+def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext, notes: Notes) -> None:
     """Export the QAT model to ONNX and measure it in onnxruntime on this CPU.
 
     Its accuracy against the torch QAT model, its int8 kernels against the same QDQ model
@@ -220,9 +231,9 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     export_ctx = ctx if wanted is not None else replace(ctx, step_dir=ctx.step_dir / "measure")
     export_ctx.step_dir.mkdir(parents=True, exist_ok=True)
     try:
-        art = export_onnx(out, wanted or OnnxExportConfig(), export_ctx)
+        art = export_onnx(out, wanted or OnnxExportConfig(), export_ctx).artifact
     except Exception as e:  # noqa: BLE001  the runner's own export reports the failure where it belongs
-        ctx.details["onnx"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        notes.details["onnx"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
         return
     torch_acc = ctx.evaluate(out.module).get("accuracy")
     onnx_acc = ctx.evaluate(art).get("accuracy")
@@ -234,28 +245,28 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext) -> None:
     here = describe_cpu(host_cpu())  # where the measurement ran (not a target named by $EDGEPACK_CPUINFO)
     facts = {"cpu": here, "onnx_accuracy": onnx_acc, "torch_accuracy": torch_acc,
              "int8_kernels_vs_qdq_float": fid}
-    ctx.details["onnx"] = facts
+    notes.details["onnx"] = facts
     loss = (torch_acc - onnx_acc) if torch_acc is not None and onnx_acc is not None else None
     ctx.log(f"  QAT ONNX in onnxruntime on this {here}: accuracy {onnx_acc} (torch {torch_acc})")
     kernels_off = (fid["agreement"] is not None and fid["agreement"] < MIN_KERNEL_AGREEMENT) \
         or fid["cosine"] < MIN_KERNEL_COSINE
     if (loss is not None and loss > ONNX_LOSS_ADVISORY) or kernels_off:
-        ctx.advise("int8_kernels_lose_accuracy",
+        notes.advise("int8_kernels_lose_accuracy",
                    f"on this {here}, the QAT model's ONNX export runs at accuracy {onnx_acc} in onnxruntime against "
                    f"{torch_acc} for the torch QAT model; its int8 kernels agree with the same QDQ model computed "
                    f"in float on {fid['agreement'] if fid['agreement'] is not None else fid['cosine']:.1%} of samples"
                    ". The int8 arithmetic of this CPU loses accuracy: measure on the target CPU, or quantize with "
                    "qat target settings for it", artifact=art.name)
-    speed_against_float(art, float_module, names, batch, ctx)
+    speed_against_float(art, float_module, names, batch, ctx, notes)
     if wanted is None:
         shutil.rmtree(export_ctx.step_dir, ignore_errors=True)
         return
-    ctx.extra_artifacts.append(art)
+    notes.extra.append(art)
     out.metadata["_onnx_export"] = art  # the runner's export cache: no second export
 
 
 def speed_against_float(art: Artifact, float_module: Any, names: list[str], batch: int | None,
-                        ctx: StepContext) -> None:
+                        ctx: StepContext, notes: Notes) -> None:
     """Time the QAT ONNX against the float model's ONNX (single thread, batch 1, in-process)."""
     import shutil
     import tempfile
@@ -271,23 +282,14 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
         export_module_to_onnx(float_module, ctx.recipe.model.input_specs(), float_path)
         speed = relative_speed(float_path, art.path, feeds_of(ctx.data.eval.x, names, batch, 1, step=1)[0])
     except Exception as e:  # noqa: BLE001  a measurement that cannot run must not fail the step
-        ctx.details["onnx"]["speed_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        notes.details["onnx"]["speed_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         return
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    ctx.details["onnx"].update(speed)
+    notes.details["onnx"].update(speed)
     if speed["int8_ms"] > SLOWER_RATIO * speed["fp32_ms"]:
-        ctx.advise("int8_slower_than_fp32",
+        notes.advise("int8_slower_than_fp32",
                    f"on this {describe_cpu(host_cpu())}, the QAT model's ONNX ran {speed['int8_ms']:.3f} ms against "
                    f"{speed['fp32_ms']:.3f} ms for the float model it was trained from (single thread, batch 1, "
                    "measured in the step): per-operator quantize/dequantize overhead outweighs the int8 arithmetic "
                    "on a model this small; keep fp32 unless size matters", artifact=art.name)
-
-
-def check(config: QatConfig, baseline: Artifact, recipe: Recipe, data: Any) -> Problems:
-    """Problems found before training (QAT without data is a recipe-level rule)."""
-    problems: Problems = []
-    if config.freeze_bn_epoch is not None and config.freeze_bn_epoch > config.epochs:
-        problems.append((("freeze_bn_epoch",), (f"freeze_bn_epoch {config.freeze_bn_epoch} is after the last "
-                                                f"epoch ({config.epochs}); it would never apply")))
-    return problems

@@ -1,32 +1,25 @@
-"""Step kinds and exports -> the functions that run them, imported lazily.
+"""Step kinds and exports -> the functions that run them.
 
-A step function has the signature ``(artifact, config, ctx) -> Artifact``. Its input
-format is declared here so the runner converts (torch -> ONNX) at the boundary; a
-``check`` function, if given, validates the config against the loaded model before any
-work starts and returns a list of ``(dotted_subpath, message)`` problems.
+Each step module registers its function once with
+:func:`compress.core.step.register_step` (kind, config class, accepted input formats, its
+pre-run check); importing this module imports the step modules, the only list of kinds.
+The runner converts (torch -> ONNX) at the boundary a step's ``accepts`` declares; recipe
+validation reads ``needs_train_data`` and ``accepts`` from the same entries. The step
+modules import no torch, ONNX or TensorFlow at import time.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from typing import Any, Callable
 
+import compress.steps.distill
+import compress.steps.prune
+import compress.steps.qat
+import compress.steps.quantize.step  # noqa: F401  (each registers its kind on import)
+from compress.core.step import STEPS, StepKind
 
-@dataclass(frozen=True)
-class StepEntry:
-    run: str
-    accepts: tuple[str, ...]
-    check: str | None = None
-    needs_train_data: bool = False
-
-
-STEPS: dict[str, StepEntry] = {
-    "distill": StepEntry("compress.steps.distill:distill", ("torch",), "compress.steps.distill:check", needs_train_data=True),
-    "prune": StepEntry("compress.steps.prune:prune", ("torch",), "compress.steps.prune:check"),
-    "qat": StepEntry("compress.steps.qat:qat", ("torch",), "compress.steps.qat:check", needs_train_data=True),
-    "quantize": StepEntry("compress.steps.quantize.step:quantize", ("onnx", "torch"), "compress.steps.quantize.step:check"),
-}
+__all__ = ["EXPORTS", "STEPS", "StepKind", "load"]
 
 EXPORTS: dict[str, str] = {
     "onnx": "export.onnx:export_onnx",

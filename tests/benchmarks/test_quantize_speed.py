@@ -77,7 +77,7 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     float_art = Artifact(name="onnx-fp32", format="onnx", path=float_path)
     ctx = StepContext(recipe=recipe, run_dir=folder, step_dir=folder / "edgepack", step_name="01-quantize",
                       data=data, reference=None, log=print, evaluate=lambda thing: {}, target_arch="x86")
-    ours = quantize(float_art, QuantizeConfig(method="static"), ctx)
+    ours = quantize(float_art, QuantizeConfig(method="static"), ctx).artifact
 
     ort_path = folder / "ort_default.onnx"
     quantize_static(str(float_path), str(ort_path), _Reader(feeds_of(data.calib.x, ["input"], None, CALIBRATION, 1)))
@@ -134,7 +134,7 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     export_module_to_onnx(load_model(recipe.model).module, recipe.model.input_specs(), float_path)
     ctx = StepContext(recipe=recipe, run_dir=folder, step_dir=folder / "int8", step_name="01-quantize",
                       data=data, reference=None, log=print, evaluate=lambda thing: {}, target_arch="x86")
-    int8 = quantize(Artifact(name="onnx-fp32", format="onnx", path=float_path), QuantizeConfig(method="dynamic"), ctx)
+    int8 = quantize(Artifact(name="onnx-fp32", format="onnx", path=float_path), QuantizeConfig(method="dynamic"), ctx).artifact
     return {"paths": {"fp32": float_path, "int8": int8.path}, "eval": data.eval}
 
 

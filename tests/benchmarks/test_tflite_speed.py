@@ -58,7 +58,7 @@ def mobilenet_tflite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     recipe = parse_recipe(path).recipe
     ctx = StepContext(recipe=recipe, run_dir=folder, step_dir=folder / "tflite", step_name="export:tflite",
                       data=load_dataset(recipe.data), reference=None, log=print, evaluate=lambda thing: {})
-    arts = export_tflite(load_model(recipe.model), TfliteExportConfig(precisions=["fp32", "int8"]), ctx)
+    arts = export_tflite(load_model(recipe.model), TfliteExportConfig(precisions=["fp32", "int8"]), ctx).artifacts
     return {"paths": {a.precision: a.path for a in arts}, "x": ctx.data.eval.x[0][:1],
             "weights": "trained" if weights else "random"}
 

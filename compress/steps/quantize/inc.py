@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import Notes, StepContext
 from compress.core.errors import MissingDependencyError, StepError
 from compress.intake.recipe import QuantizeConfig
 
@@ -36,7 +36,7 @@ def _import_inc() -> dict[str, Any]:
             "autotune": autotune}
 
 
-def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, cpu: Any = None) -> Artifact:
+def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, cpu: Any, notes: Notes) -> Artifact:
     """Tune and quantize the torch model with neural-compressor, then export it to ONNX.
 
     Args:
@@ -44,6 +44,7 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         config: The step's configuration (``engine: inc``).
         ctx: The step context.
         cpu: The target CPU's :class:`compress.core.env.CpuFeatures` (detected when None).
+        notes: The step's details and advisories.
     """
     from compress.core.env import detect_cpu
 
@@ -93,10 +94,10 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
     except Exception as e:
         raise StepError(ctx.step_name, f"neural-compressor autotune failed: {type(e).__name__}: {e}") from e
     baseline = trials[0]["accuracy"] if trials else None
-    ctx.details.update({"engine": "inc", "trials": trials[1:], "baseline_accuracy": baseline,
+    notes.details.update({"engine": "inc", "trials": trials[1:], "baseline_accuracy": baseline,
                         "activation_type": act_dtype, "cpu": cpu.as_dict(), "require_goal": config.require_goal})
     if q_model is None:
-        ctx.details["goal_met"] = False
+        notes.details["goal_met"] = False
         raise StepError(ctx.step_name, f"neural-compressor found no configuration within tolerable_loss {tolerable}")
     from compress.core.fileio import atomic_write_with
     from compress.intake.models import set_mode
@@ -114,33 +115,33 @@ def quantize_inc(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
     folded = fold_weight_quantize(model)
     atomic_write_with(dest, lambda tmp: onnx.save(model, str(tmp)))
     raw.unlink()
-    ctx.details["folded_weight_quantizers"] = folded
+    notes.details["folded_weight_quantizers"] = folded
     name = config.name or "onnx-inc-static"
     art = Artifact(name=name, format="onnx", path=dest, parent=artifact.name, precision="int8",
                    metadata={"quantization": {"engine": "neural-compressor", "method": "static",
                                               "per_channel": config.per_channel, "activation_type": act_dtype}})
-    verify_goal_on_artifact(art, baseline, tolerable, config, trials, ctx)
+    verify_goal_on_artifact(art, baseline, tolerable, config, trials, ctx, notes)
     return art
 
 
 def verify_goal_on_artifact(art: Artifact, baseline: float | None, tolerable: float, config: QuantizeConfig,
-                            trials: list[dict[str, Any]], ctx: StepContext) -> None:
+                            trials: list[dict[str, Any]], ctx: StepContext, notes: Notes) -> None:
     """``goal_met`` from the ONNX artifact's accuracy in onnxruntime, with an advisory when it misses."""
     accuracy = ctx.evaluate(art).get("accuracy")
     torch_accuracy = max((t["accuracy"] for t in trials[1:]), default=None)
     if accuracy is None or baseline is None:
-        ctx.details.update({"goal_met": None, "artifact_accuracy": accuracy})
+        notes.details.update({"goal_met": None, "artifact_accuracy": accuracy})
         return
     allowed = tolerable * abs(baseline) if config.loss_kind == "relative" else tolerable
     loss = baseline - float(accuracy)
     met = loss <= allowed + 1e-9
-    ctx.details.update({"goal_met": met, "artifact_accuracy": float(accuracy), "artifact_loss": loss,
+    notes.details.update({"goal_met": met, "artifact_accuracy": float(accuracy), "artifact_loss": loss,
                         "torch_quantized_accuracy": torch_accuracy, "allowed_loss": allowed,
                         "goal_measured_on": "onnx artifact (onnxruntime, this CPU)"})
     ctx.log(f"  {art.name} in onnxruntime: accuracy {accuracy:.4f} (loss {loss:+.4f}, allowed {allowed:.4f})"
             + ("" if met else " goal missed"))
     if not met:
-        ctx.advise("tuning_goal_unmet",
+        notes.advise("tuning_goal_unmet",
                    f"neural-compressor's tuned model met tolerable_loss {tolerable} in torch"
                    + (f" ({torch_accuracy:.4f})" if torch_accuracy is not None else "")
                    + f", but its ONNX export runs at accuracy {accuracy:.4f} in onnxruntime on this CPU (loss "

@@ -32,7 +32,7 @@ import numpy as np
 from bench.runtime import feeds_of
 from compress.core.fileio import atomic_write_with
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import StepError
 from compress.intake.recipe import QuantizeConfig
 from compress.core.env import (
@@ -262,11 +262,11 @@ def precision_of(plan: Plan, n_conv: int) -> str:
 
 
 def advise(config: QuantizeConfig, artifact: Artifact, summary: Any, arch: str, dot: bool | None,
-           ctx: StepContext) -> None:
+           notes: Notes) -> None:
     """Advisories for choices that will not pay off on this model and target."""
     method = config.method
     if method == "dynamic" and summary.n_conv and summary.conv_share > 0.5:
-        ctx.advise("dynamic_on_conv",
+        notes.advise("dynamic_on_conv",
                    f"dynamic int8 on a convolutional network: convolutions carry {summary.conv_share:.0%} of the "
                    "compute, and onnxruntime runs dynamically quantized convolutions (ConvInteger) several times "
                    "slower than float, so they were left in float and the model will barely speed up; "
@@ -274,24 +274,24 @@ def advise(config: QuantizeConfig, artifact: Artifact, summary: Any, arch: str, 
     sparsity = artifact.metadata.get("sparsity")
     sparsity = max(float(sparsity) if isinstance(sparsity, (int, float)) else 0.0, summary.weight_sparsity)
     if sparsity > SPARSITY_ADVISORY:
-        ctx.advise("sparsity_on_dense_runtime",
+        notes.advise("sparsity_on_dense_runtime",
                    f"{sparsity:.0%} of the weights are zero (unstructured sparsity), but onnxruntime's CPU kernels "
                    "are dense: zeros cost the same time as any weight and int8 does not shrink them further. "
                    "Use structured pruning (prune: {method: structured}) to remove channels instead")
     if method in ("static", "dynamic") and dot is False:
         flags = "avx512_vnni / avx_vnni" if arch == "x86" else "asimddp (ARMv8.2 dot product)"
-        ctx.advise("int8_without_dot_product",
+        notes.advise("int8_without_dot_product",
                    f"int8 on a {arch} CPU without int8 dot-product instructions ({flags}): int8 kernels gain "
                    "little over float there" + (" and u8s8 needs 7-bit weights (reduce_range) to avoid saturation"
                                                 if arch == "x86" else "") + "; measure before shipping, or use fp16 "
                    "where the CPU has fp16 arithmetic")
     if method == "fp16" and arch == "x86":
-        ctx.advise("fp16_on_x86_cpu",
+        notes.advise("fp16_on_x86_cpu",
                    "fp16 halves the file, but onnxruntime's x86 CPU kernels compute in float32 and insert casts "
                    "around fp16 nodes, so it runs slower than fp32 here; fp16 pays off on GPUs and ARM CPUs "
                    "with fp16 arithmetic", severity="info")
     if method == "weight_only" and (summary.op_counts.get("MatMul", 0) == 0 or summary.conv_share > 0.5):
-        ctx.advise("weight_only_no_matmul",
+        notes.advise("weight_only_no_matmul",
                    "weight_only quantizes MatMul weights (onnxruntime's MatMulNBits), not convolutions or Gemm; "
                    f"here convolutions carry {summary.conv_share:.0%} of the compute, so the model barely changes. "
                    "Use method: static")
@@ -300,7 +300,7 @@ def advise(config: QuantizeConfig, artifact: Artifact, summary: Any, arch: str, 
 # --------------------------------------------------------------------------- the step
 
 
-def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
+def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, notes: Notes) -> Artifact:
     """The float ONNX model to quantize.
 
     A torch artifact is exported here (and offered to the runner as its ONNX export, so it
@@ -335,13 +335,13 @@ def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -
     float_art.metadata = {k: v for k, v in float_art.metadata.items() if not k.startswith("_")}
     # Parity against the module exported here: the runner would compare with the run's first
     # model, which is not this one after a prune or distill step.
-    float_art.metadata["_parity"] = export_parity(artifact, dest, float_art.name, ctx)
-    ctx.extra_artifacts.append(float_art)
+    float_art.metadata["_parity"] = export_parity(artifact, dest, float_art.name, ctx, notes)
+    notes.extra.append(float_art)
     artifact.metadata["_onnx_export"] = float_art  # the runner's export cache: no second export
     return float_art
 
 
-def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext) -> Any:
+def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext, notes: Notes) -> Any:
     """Float parity of the step's own ONNX export, gated like the runner's export check."""
     from bench.runtime import open_model, predict
     from compress.intake.data import synthetic_inputs
@@ -359,11 +359,12 @@ def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext) 
         msg = f"{name} differs from {torch_art.name}: max abs diff {parity.max_abs_diff:.3g} > atol {p.atol:g}"
         if p.fail:
             raise StepError(ctx.step_name, msg + " (relax parity.atol or set parity.fail: false to accept)")
-        ctx.advise("parity_failed", msg, artifact=name)
+        notes.advise("parity_failed", msg, artifact=name)
     return parity
 
 
-def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> Artifact:
+@register_step("quantize", config=QuantizeConfig, accepts=("onnx", "torch"), check=check)
+def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> StepResult:
     """The ``quantize`` step (see the module docstring), for the CPU the model will run on."""
     return quantize_for(artifact, config, ctx, detect_cpu(resolve_arch(config, ctx)))
 
@@ -392,7 +393,7 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
 
 
 def upgrade_if_old(src: Path, work: Path, plan: Plan, calib_x: list[np.ndarray] | None,
-                   ctx: StepContext) -> tuple[Path, Plan]:
+                   ctx: StepContext, notes: Notes) -> tuple[Path, Plan]:
     """Opset < 13: the upgraded model (parity-checked), or per-tensor weights when that fails."""
     from dataclasses import replace
 
@@ -411,13 +412,13 @@ def upgrade_if_old(src: Path, work: Path, plan: Plan, calib_x: list[np.ndarray] 
         raise StepError(ctx.step_name, str(e)) from e
     if up.from_opset >= PER_CHANNEL_OPSET:
         return src, plan
-    ctx.details["opset_upgrade"] = {**up.as_dict(), "parity_batches": len(feeds)}
+    notes.details["opset_upgrade"] = {**up.as_dict(), "parity_batches": len(feeds)}
     if up.upgraded:
         ctx.log(f"  opset {up.from_opset} -> {up.to_opset} (onnx.version_converter), max output difference "
                 + (f"{up.max_abs_diff:.2e}" if up.max_abs_diff is not None else "not checked (no data)"))
         return dst, plan
     if plan.per_channel and plan.method in ("static", "dynamic"):
-        ctx.advise("opset_upgrade_failed",
+        notes.advise("opset_upgrade_failed",
                    f"the model's opset {up.from_opset} has no per-channel DequantizeLinear (opset 13+), and "
                    f"onnx.version_converter could not upgrade it ({up.error}): weights are quantized per tensor, "
                    "which can cost accuracy. Re-export the model with opset 13 or newer for per-channel weights")
@@ -438,7 +439,7 @@ def verify_loads(path: Path, step: str) -> None:
 
 
 def measure_on_artifact(dest: Path, float_path: Path, cpu: CpuFeatures, feeds: list[dict[str, np.ndarray]],
-                        one: dict[str, np.ndarray], name: str, ctx: StepContext) -> None:
+                        one: dict[str, np.ndarray], name: str, notes: Notes) -> None:
     """Advisories from the artifact on this CPU: int8 kernels vs QDQ in float, int8 vs fp32 speed."""
     from compress.core.env import describe_cpu
     from bench.host import MIN_KERNEL_AGREEMENT, MIN_KERNEL_COSINE, SLOWER_RATIO, kernel_fidelity, relative_speed
@@ -448,26 +449,26 @@ def measure_on_artifact(dest: Path, float_path: Path, cpu: CpuFeatures, feeds: l
         fid = kernel_fidelity(dest, feeds)
         speed = relative_speed(float_path, dest, one)
     except Exception as e:  # noqa: BLE001  a measurement that cannot run must not fail the step
-        ctx.details["on_this_cpu"] = {"cpu": here, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        notes.details["on_this_cpu"] = {"cpu": here, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         return
-    ctx.details["on_this_cpu"] = {"cpu": here, "int8_kernels_vs_qdq_float": fid, **speed}
+    notes.details["on_this_cpu"] = {"cpu": here, "int8_kernels_vs_qdq_float": fid, **speed}
     agreement = fid["agreement"]
     if (agreement is not None and agreement < MIN_KERNEL_AGREEMENT) or fid["cosine"] < MIN_KERNEL_COSINE:
         figure = f"agreement {agreement:.1%}" if agreement is not None else f"mean cosine {fid['cosine']:.4f}"
-        ctx.advise("int8_kernels_lose_accuracy",
+        notes.advise("int8_kernels_lose_accuracy",
                    f"on this {here}, onnxruntime's int8 kernels disagree with the same QDQ model computed in float "
                    f"({figure} over {fid['samples']} samples): the int8 arithmetic itself loses accuracy here "
                    "(without VNNI, u8s8 products saturate unless weights are 7-bit). Use reduce_range / "
                    "activation_type: int8, or measure on the target CPU", artifact=name)
     if speed["int8_ms"] > SLOWER_RATIO * speed["fp32_ms"]:
-        ctx.advise("int8_slower_than_fp32",
+        notes.advise("int8_slower_than_fp32",
                    f"on this {here}, {name} ran {speed['int8_ms']:.3f} ms against {speed['fp32_ms']:.3f} ms for the "
                    "float model (single thread, batch 1, measured in the step): per-operator quantize/dequantize "
                    "overhead outweighs the int8 arithmetic on a model this small; keep fp32 unless size matters",
                    artifact=name)
 
 
-def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, cpu: CpuFeatures) -> Artifact:
+def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, cpu: CpuFeatures) -> StepResult:
     """The ``quantize`` step with the target CPU's features given explicitly.
 
     Args:
@@ -476,20 +477,21 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         ctx: The step context.
         cpu: The target CPU's features (:func:`compress.core.env.detect_cpu` for the real one).
     """
+    notes = Notes(ctx)
     if config.engine == "inc":
         from compress.steps.quantize.inc import quantize_inc
 
-        return quantize_inc(artifact, config, ctx, cpu)
+        return notes.result(quantize_inc(artifact, config, ctx, cpu, notes))
     from export.onnx_inspect import io_quant_params, summarize
 
-    source = float_source(artifact, config, ctx)
+    source = float_source(artifact, config, ctx, notes)
     arch, dot = cpu.arch, cpu.has_int8_dot
     summary = summarize(source.path)
     if summary.quantized:
         raise StepError(ctx.step_name, f"{source.name} is already quantized; quantize a float model")
-    advise(config, artifact, summary, arch, dot, ctx)
+    advise(config, artifact, summary, arch, dot, notes)
     plan = base_plan(config, arch, dot, transformer=is_transformer(summary))
-    ctx.details.update({"method": config.method, "target": arch, "int8_dot_product": dot, "cpu": cpu.as_dict(),
+    notes.details.update({"method": config.method, "target": arch, "int8_dot_product": dot, "cpu": cpu.as_dict(),
                         "model": summary.as_dict(), "source": source.name})
     step_dir = ctx.step_dir.resolve()
     dest = step_dir / "model.onnx"
@@ -499,10 +501,10 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
     with scratch_dir(step_dir) as work:
         src = float_path
         if config.method in ("static", "dynamic"):
-            src, plan = upgrade_if_old(float_path, work, plan, calib_x, ctx)
+            src, plan = upgrade_if_old(float_path, work, plan, calib_x, ctx, notes)
         pre = work / "preprocessed.onnx"
         if config.method in ("static", "dynamic"):
-            ctx.details["preprocess"] = preprocess(src, pre, ctx.log)
+            notes.details["preprocess"] = preprocess(src, pre, ctx.log)
         else:
             shutil.copyfile(src, pre)
         names, batch = input_names(pre)
@@ -511,7 +513,7 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         if config.method == "static":
             n = config.calibration_samples or len(ctx.data.calib)
             calib = feeds_of(ctx.data.calib.x, names, batch, n)
-            ctx.details["calibration_samples"] = min(n, len(ctx.data.calib))
+            notes.details["calibration_samples"] = min(n, len(ctx.data.calib))
         if config.tolerable_loss is None:
             ctx.log(f"  {describe(plan)}")
             try:
@@ -526,14 +528,14 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
         else:
             from compress.steps.quantize.tuning import tune
 
-            chosen = tune(plan, config, ctx, pre, names, batch, calib, work)
+            chosen = tune(plan, config, ctx, notes, pre, names, batch, calib, work)
             chosen_plan = chosen.plan
             atomic_write_with(dest, lambda tmp: shutil.copyfile(chosen.path, tmp))
         verify_loads(dest, ctx.step_name)
         if config.method in ("static", "dynamic") and ctx.data is not None and cpu.arch == host_arch():
             eval_x = ctx.data.eval.x
             measure_on_artifact(dest, pre, host_cpu(), feeds_of(eval_x, names, batch, 256, step=64),
-                                feeds_of(eval_x, names, batch, 1, step=1)[0], name, ctx)
+                                feeds_of(eval_x, names, batch, 1, step=1)[0], name, notes)
     metadata = {k: v for k, v in artifact.metadata.items() if not k.startswith("_")}
     metadata.update({
         "quantization": {**chosen_plan.as_dict(), "engine": "onnxruntime", "format": "QDQ" if chosen_plan.method ==
@@ -546,7 +548,8 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
     if chosen_plan.method != "fp16" and not summarize(dest).quantized:
         # e.g. weight_only on a model without MatMul: the file is the float model, and says so
         precision = "fp32"
-        ctx.advise("nothing_quantized", f"{config.method} quantization changed no operator of this model: the "
+        notes.advise("nothing_quantized", f"{config.method} quantization changed no operator of this model: the "
                    f"artifact is the float model ({source.name}) under another name", artifact=name)
-    ctx.details["quantized"] = precision != "fp32"
-    return Artifact(name=name, format="onnx", path=dest, parent=source.name, precision=precision, metadata=metadata)
+    notes.details["quantized"] = precision != "fp32"
+    return notes.result(Artifact(name=name, format="onnx", path=dest, parent=source.name, precision=precision,
+                                 metadata=metadata))

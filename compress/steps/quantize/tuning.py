@@ -389,14 +389,15 @@ def describe(plan: Plan) -> str:
     return " ".join(parts)
 
 
-def tune(plan: Plan, config: Any, ctx: Any, pre: Path, names: list[str], batch: int | None,
+def tune(plan: Plan, config: Any, ctx: Any, notes: Any, pre: Path, names: list[str], batch: int | None,
          calib: list[dict[str, np.ndarray]] | None, work: Path) -> Trial:
-    """The quantize step's accuracy-aware search; records every trial in ``ctx.details``.
+    """The quantize step's accuracy-aware search; records every trial in ``notes.details``.
 
     Args:
         plan: The configured plan.
         config: The step's ``QuantizeConfig``.
         ctx: The step's ``StepContext`` (its ``evaluate`` scores each trial).
+        notes: The step's :class:`compress.core.step.Notes` (details, advisories).
         pre: The pre-processed float model.
         names: The model's input names.
         batch: Its fixed batch size, if any.
@@ -463,7 +464,7 @@ def tune(plan: Plan, config: Any, ctx: Any, pre: Path, names: list[str], batch: 
                     applicable=lambda moves: bool(source_for(moves)[1].get("changed")))
     chosen = search.run()
     met = chosen.goal_met
-    ctx.details.update({
+    notes.details.update({
         "baseline_accuracy": baseline, "tolerable_loss": config.tolerable_loss, "loss_kind": config.loss_kind,
         "allowed_loss": goal.allowed, "goal_met": met, "require_goal": config.require_goal,
         "chosen_trial": chosen.index, "trials": [t.as_dict() for t in search.trials],
@@ -475,5 +476,5 @@ def tune(plan: Plan, config: Any, ctx: Any, pre: Path, names: list[str], batch: 
         msg = (f"no trial met tolerable_loss {config.tolerable_loss} ({config.loss_kind}) in {len(search.trials)} "
                f"trials; kept the most accurate (trial {chosen.index}: accuracy {chosen.accuracy:.4f}, loss "
                f"{chosen.loss:+.4f}). Raise max_trials or tolerable_loss, or try quantization-aware training (qat)")
-        ctx.advise("tuning_goal_unmet", msg, severity="error" if config.require_goal else "warning")
+        notes.advise("tuning_goal_unmet", msg, severity="error" if config.require_goal else "warning")
     return chosen

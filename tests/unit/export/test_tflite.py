@@ -64,7 +64,7 @@ def all_precisions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, 
     ctx = make_context(folder)
     art = tiny_artifact(ctx)
     cfg = TfliteExportConfig(precisions=["fp32", "fp16", "dynamic_int8", "int8"])
-    arts = export_tflite(art, cfg, ctx)
+    arts = export_tflite(art, cfg, ctx).artifacts
     return ctx, art, {a.name: a for a in arts}
 
 
@@ -121,8 +121,9 @@ def test_channels_last_io_and_saturation_advisory(tiny_dir: Path) -> None:
 
     ctx = make_context(tiny_dir)
     art = tiny_artifact(ctx)
-    arts = export_tflite(art, TfliteExportConfig(precisions=["fp32", "int8"], channels_last_io=True,
-                                                 calibration_samples=1), ctx)
+    res = export_tflite(art, TfliteExportConfig(precisions=["fp32", "int8"], channels_last_io=True,
+                                                calibration_samples=1), ctx)
+    arts = res.artifacts
     fp32, int8 = arts
     for a in arts:
         assert a.metadata["layout"] == "NHWC" and a.metadata["inputs"][0]["shape"] == [1, 8, 8, 1]
@@ -131,9 +132,9 @@ def test_channels_last_io_and_saturation_advisory(tiny_dir: Path) -> None:
     assert int8.metadata["calibration_samples"] == 1
     sat = int8.metadata["output_saturation"][0]
     assert max(sat["share_at_max"], sat["share_at_min"]) > 0.01
-    codes = [a.code for a in ctx.advisories]
+    codes = [a.code for a in res.advisories]
     assert "int8_output_saturation" in codes
-    adv = next(a for a in ctx.advisories if a.code == "int8_output_saturation")
+    adv = next(a for a in res.advisories if a.code == "int8_output_saturation")
     assert adv.artifact == "tflite-int8" and "range" in adv.message
 
 
@@ -275,9 +276,10 @@ def test_pt2e_quantized_model_converts_with_its_own_parameters(tiny_dir: Path, t
     assert (rewrites["uint8_to_int8"] > 0) == (target == "x86")  # x86 quantizes activations as uint8
 
     art = Artifact(name="qat", format="torch", module=converted, precision="int8", step="01-qat")
-    arts = export_tflite(art, TfliteExportConfig(precisions=["fp32", "int8"]), ctx)
+    res = export_tflite(art, TfliteExportConfig(precisions=["fp32", "int8"]), ctx)
+    arts = res.artifacts
     assert [a.name for a in arts] == ["tflite-int8"]
-    assert "tflite_precision_skipped" in [a.code for a in ctx.advisories]
+    assert "tflite_precision_skipped" in [a.code for a in res.advisories]
     meta = arts[0].metadata
     assert meta["inputs"][0]["dtype"] == "int8" and meta["inputs"][0]["quantization"]["scale"] > 0
     assert meta["quantization"].startswith("pt2e")

@@ -35,16 +35,17 @@ def test_width_student_is_pruned_teacher_and_learns(tmp_path: Path) -> None:
     teacher = runner.baseline.module
     cfg = DistillConfig(width=0.5, epochs=3, lr=3e-3)
     ctx = step_ctx(runner)
-    out = distill(runner.baseline, cfg, ctx)
+    res = distill(runner.baseline, cfg, ctx)
+    out = res.artifact
     student = out.module
     assert out.format == "torch" and student is not teacher
     s_ch, t_ch = channel_counts(student), channel_counts(teacher)
     assert s_ch["features.0"] == t_ch["features.0"] // 2 and s_ch["features.3"] == t_ch["features.3"] // 2
     assert s_ch["classifier"] == t_ch["classifier"] == 10
     assert runner.evaluate(student)["accuracy"] >= 0.9
-    (out_row,) = ctx.details["outputs"]
+    (out_row,) = res.details["outputs"]
     assert out_row["loss"] == "kl on logits" and out_row["trained_by"] == "teacher+labels"
-    losses = ctx.details["training"]["epoch_losses"]
+    losses = res.details["training"]["epoch_losses"]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert all(p.requires_grad for p in teacher.parameters())  # the teacher is given back trainable
 
@@ -56,8 +57,9 @@ def test_given_student_with_feature_matching_adapter(tmp_path: Path) -> None:
         "features": [{"student": "features.2", "teacher": "features.2", "weight": 0.5}],
     })
     ctx = step_ctx(runner)
-    student = distill(runner.baseline, cfg, ctx).module
-    feat = ctx.details["features"][0]
+    res = distill(runner.baseline, cfg, ctx)
+    student = res.artifact.module
+    feat = res.details["features"][0]
     # width-6 student vs width-16 teacher: a learned 1x1 conv maps 6 -> 16 channels
     assert feat["adapter"] == "Conv2d" and feat["student_shape"][0] == 6 and feat["teacher_shape"][0] == 16
     assert not student.features[2]._forward_hooks and not runner.baseline.module.features[2]._forward_hooks
@@ -67,8 +69,9 @@ def test_given_student_with_feature_matching_adapter(tmp_path: Path) -> None:
 def test_embedding_task_matches_teacher_embeddings(tmp_path: Path) -> None:
     runner = digits_runner(tmp_path, task="embedding")
     ctx = step_ctx(runner)
-    student = distill(runner.baseline, DistillConfig(width=0.5, epochs=3, lr=3e-3, alpha=1.0), ctx).module
-    assert ctx.details["loss"] == "embedding-cosine"
+    res = distill(runner.baseline, DistillConfig(width=0.5, epochs=3, lr=3e-3, alpha=1.0), ctx)
+    student = res.artifact.module
+    assert res.details["loss"] == "embedding-cosine"
     x = torch.from_numpy(runner.data.eval.x[0])
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(student(x), runner.baseline.module(x), dim=1)

@@ -296,13 +296,14 @@ def test_three_heads_pruned_and_fine_tuned_keep_and_train_every_head(
     ctx = _ctx(tmp_path, recipe, train_partial, ev)
     base = Artifact(name="baseline", format="torch", module=three_heads, step="input")
     before = channel_counts(three_heads)
-    pruned = prune(base, PruneConfig(ratio=0.5, epochs=3, lr=3e-3), ctx).module
+    res = prune(base, PruneConfig(ratio=0.5, epochs=3, lr=3e-3), ctx)
+    pruned = res.artifact.module
     after = channel_counts(pruned)
-    assert ctx.details["ignored_layers"] == ["digit", "high", "quadrants"]
+    assert res.details["ignored_layers"] == ["digit", "high", "quadrants"]
     assert [after[h] for h in ("digit", "high", "quadrants")] == [10, 1, 4]  # no head lost a channel
     assert after["features.0"] == before["features.0"] // 2 and after["features.7"] == before["features.7"] // 2
     assert [tuple(t.shape) for t in pruned(torch.randn(3, 1, 8, 8))] == [(3, 10), (3, 1), (3, 4)]
-    assert [o["trained_by"] for o in ctx.details["outputs"]] == ["labels", "labels", "teacher"]
+    assert [o["trained_by"] for o in res.details["outputs"]] == ["labels", "labels", "teacher"]
     f = _head_fidelity(pruned, three_heads, ev)
     # figures seen: digit agreement 0.983, high agreement 0.947 and ROC-AUC 0.997 (49% positive),
     # quadrants error 0.11 of the teacher's variance; before fine-tuning: 0.15, 0.71, 2.0
@@ -316,13 +317,14 @@ def test_three_heads_distilled_at_half_width(
     train, ev = digits
     ctx = _ctx(tmp_path, _recipe(THREE_OUTPUTS), train, ev)
     base = Artifact(name="baseline", format="torch", module=three_heads, step="input")
-    student = distill(base, DistillConfig(width=0.5, epochs=3, lr=3e-3), ctx).module
+    res = distill(base, DistillConfig(width=0.5, epochs=3, lr=3e-3), ctx)
+    student = res.artifact.module
     s_ch, t_ch = channel_counts(student), channel_counts(three_heads)
     assert [s_ch[h] for h in ("digit", "high", "quadrants")] == [10, 1, 4]
     assert s_ch["features.3"] == t_ch["features.3"] // 2
     assert [tuple(t.shape) for t in student(torch.randn(3, 1, 8, 8))] == [(3, 10), (3, 1), (3, 4)]
-    assert [o["loss"] for o in ctx.details["outputs"]] == ["kl on logits", "bernoulli-kl on logits", "mse/variance"]
-    assert set(ctx.details["output_losses"]) == {"digit", "high", "quadrants"}
+    assert [o["loss"] for o in res.details["outputs"]] == ["kl on logits", "bernoulli-kl on logits", "mse/variance"]
+    assert set(res.details["output_losses"]) == {"digit", "high", "quadrants"}
     f = _head_fidelity(student, three_heads, ev)
     # figures seen: digit agreement 0.986, high agreement 0.972 and ROC-AUC 0.997, quadrants 0.13
     assert f["digit_agreement"] >= 0.9 and f["high_agreement"] >= 0.9
@@ -341,8 +343,9 @@ def test_softmax_output_model_distilled_without_collapse(digits: tuple[Split, Sp
     ctx = _ctx(tmp_path, recipe, plain, ev)
     base = Artifact(name="baseline", format="torch", module=teacher, step="input")
     # SGD, whose steps follow the gradient's size (Adam rescales a vanishing gradient back up)
-    student = distill(base, DistillConfig(width=0.5, epochs=3, lr=1e-2, optimizer="sgd"), ctx).module
-    assert ctx.details["outputs"][0]["loss"] == "kl on probabilities"
+    res = distill(base, DistillConfig(width=0.5, epochs=3, lr=1e-2, optimizer="sgd"), ctx)
+    student = res.artifact.module
+    assert res.details["outputs"][0]["loss"] == "kl on probabilities"
     t_acc = ctx.evaluate(teacher)["accuracy"]
     s_pred = torch_predict(student, ev.x)[0]
     s_acc = float((s_pred.argmax(1) == ev.y).mean())

@@ -23,16 +23,17 @@ def test_structured_removes_channels_and_keeps_output(tmp_path: Path) -> None:
     runner = digits_runner(tmp_path)
     teacher = runner.baseline.module
     ctx = step_ctx(runner)
-    out = prune(runner.baseline, PruneConfig(ratio=0.5, epochs=2, lr=2e-3), ctx)
+    res = prune(runner.baseline, PruneConfig(ratio=0.5, epochs=2, lr=2e-3), ctx)
+    out = res.artifact
     pruned = out.module
     before, after = channel_counts(teacher), channel_counts(pruned)
     assert after["features.0"] == 8 and after["features.3"] == 16 and after["features.7"] == 32
     assert after["classifier"] == before["classifier"] == 10  # the output layer is never pruned
     assert pruned.classifier.in_features == 32  # its inputs follow the last conv
     assert count_macs(pruned, SPECS) < count_macs(teacher, SPECS) / 3
-    assert ctx.details["channels_removed"] == sum(before.values()) - sum(after.values()) > 0
-    assert ctx.details["ignored_layers"] == ["classifier"]
-    assert [o["trained_by"] for o in ctx.details["outputs"]] == ["labels"]  # no teacher needed
+    assert res.details["channels_removed"] == sum(before.values()) - sum(after.values()) > 0
+    assert res.details["ignored_layers"] == ["classifier"]
+    assert [o["trained_by"] for o in res.details["outputs"]] == ["labels"]  # no teacher needed
     assert pruned(torch.randn(3, 1, 8, 8)).shape == (3, 10)
     assert runner.evaluate(pruned)["accuracy"] >= 0.9  # fine-tuned back
     assert channel_counts(teacher) == before  # the input module is untouched
@@ -41,7 +42,8 @@ def test_structured_removes_channels_and_keeps_output(tmp_path: Path) -> None:
 def test_global_round_to_and_ignore(tmp_path: Path) -> None:
     runner = digits_runner(tmp_path)
     cfg = PruneConfig(ratio=0.4, scope="global", round_to=4, ignore=["features.0"])
-    pruned = prune(runner.baseline, cfg, step_ctx(runner)).module
+    res = prune(runner.baseline, cfg, step_ctx(runner))
+    pruned = res.artifact.module
     after = channel_counts(pruned)
     assert after["features.0"] == 16
     assert all(c % 4 == 0 for name, c in after.items() if name != "classifier")
@@ -52,8 +54,9 @@ def test_taylor_iterative_with_kd_fine_tuning(tmp_path: Path) -> None:
     runner = digits_runner(tmp_path)
     ctx = step_ctx(runner)
     cfg = PruneConfig(ratio=0.5, importance="taylor", iterative_steps=2, epochs=2, lr=3e-3, distill_from_unpruned=True)
-    pruned = prune(runner.baseline, cfg, ctx).module
-    steps = ctx.details["steps"]
+    res = prune(runner.baseline, cfg, ctx)
+    pruned = res.artifact.module
+    steps = res.details["steps"]
     assert [s["step"] for s in steps] == [1, 2]
     assert steps[0]["macs"] > steps[1]["macs"] == count_macs(pruned, SPECS)
     assert all(s["fine_tune"]["steps"] > 0 for s in steps)
@@ -72,17 +75,18 @@ def test_unstructured_reaches_sparsity_and_reports_sizes(tmp_path: Path) -> None
     runner = digits_runner(tmp_path)
     ctx = step_ctx(runner)
     cfg = PruneConfig(method="unstructured", ratio=0.8, iterative_steps=2, epochs=1, lr=1e-3)
-    sparse = prune(runner.baseline, cfg, ctx).module
+    res = prune(runner.baseline, cfg, ctx)
+    sparse = res.artifact.module
     layers = {n: m for n, m in sparse.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     assert global_sparsity(layers) == pytest.approx(0.8, abs=0.005)  # the masks held through fine-tuning
-    d = ctx.details
+    d = res.details
     assert d["sparsity"] == pytest.approx(0.8, abs=0.005) and set(d["layer_sparsity"]) == set(layers)
     assert d["steps"][0]["target_sparsity"] < d["steps"][1]["target_sparsity"] == 0.8
     files = d["files"]
     assert files["sparse_zipped_bytes"] < 0.6 * files["dense_zipped_bytes"]
     assert abs(files["sparse_onnx_bytes"] - files["dense_onnx_bytes"]) < 0.05 * files["dense_onnx_bytes"]
-    assert [a.code for a in ctx.advisories] == ["unstructured_dense_runtime"]
-    (dense,) = ctx.extra_artifacts
+    assert [a.code for a in res.advisories] == ["unstructured_dense_runtime"]
+    (dense,) = res.extras
     assert dense.format == "onnx" and dense.metadata["_parity"].passed
     assert runner.evaluate(sparse)["accuracy"] >= 0.85
     # the dense channel structure is unchanged: zeros, not removed channels

@@ -32,12 +32,13 @@ def test_x86_qat_quantizes_and_exports_qdq(tmp_path: Path) -> None:
     runner = digits_runner(tmp_path)
     teacher = runner.baseline.module
     ctx = step_ctx(runner)
-    out = qat(runner.baseline, QatConfig(epochs=1, freeze_bn_epoch=1), ctx)
+    res = qat(runner.baseline, QatConfig(epochs=1, freeze_bn_epoch=1), ctx)
+    out = res.artifact
     assert out.format == "torch" and out.precision == "int8"
-    ops = ctx.details["quant_ops"]
+    ops = res.details["quant_ops"]
     # 3 convs + 1 linear: per-channel int8 weights, activations quantized around each
     assert ops["dequantize_per_channel"] == 4 and ops["quantize_per_tensor"] >= 4
-    assert ctx.details["quantizer"] == "X86InductorQuantizer"
+    assert res.details["quantizer"] == "X86InductorQuantizer"
     assert count_macs(out.module, SPECS) == count_macs(teacher, SPECS)
     assert count_params(out.module) == count_params(teacher)
     base_acc = runner.evaluate(teacher)["accuracy"]
@@ -55,10 +56,11 @@ def test_x86_qat_quantizes_and_exports_qdq(tmp_path: Path) -> None:
 def test_arm_quantizer(tmp_path: Path) -> None:
     runner = digits_runner(tmp_path, train=256)
     ctx = step_ctx(runner)
-    out = qat(runner.baseline, QatConfig(epochs=1, target="arm"), ctx)
-    assert "XNNPACK" in ctx.details["quantizer"] and ctx.details["target"] == "arm"
-    assert sum(ctx.details["quant_ops"].values()) >= 8
-    codes = {a.code for a in ctx.advisories}
+    res = qat(runner.baseline, QatConfig(epochs=1, target="arm"), ctx)
+    out = res.artifact
+    assert "XNNPACK" in res.details["quantizer"] and res.details["target"] == "arm"
+    assert sum(res.details["quant_ops"].values()) >= 8
+    codes = {a.code for a in res.advisories}
     # (the digits CNN is small enough that int8 may run slower than fp32: measured, and said)
     assert "qat_xnnpack_deprecated" in codes and codes <= {"qat_xnnpack_deprecated", "int8_slower_than_fp32"}
     assert np.isfinite(runner.evaluate(out.module)["accuracy"])
@@ -111,9 +113,10 @@ def qat_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for cpu in ("avx2", "vnni"):
         runner = digits_runner(tmp_path_factory.mktemp(cpu))
         ctx = step_ctx(runner)
-        art = qat_for(runner.baseline, QatConfig(epochs=1, freeze_bn_epoch=1), ctx, NAMED_CPUS[cpu])
+        res = qat_for(runner.baseline, QatConfig(epochs=1, freeze_bn_epoch=1), ctx, NAMED_CPUS[cpu])
+        art = res.artifact
         onnx_art = art.metadata["_onnx_export"]
-        out[cpu] = {"ctx": ctx, "onnx": onnx_art, "torch_accuracy": runner.evaluate(art.module)["accuracy"],
+        out[cpu] = {"result": res, "onnx": onnx_art, "torch_accuracy": runner.evaluate(art.module)["accuracy"],
                     "eval": runner.data.eval, "module": art.module}
     return out
 
@@ -121,13 +124,13 @@ def qat_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_qat_onnx_is_measured_in_onnxruntime_on_this_cpu(qat_onnx: dict[str, Any]) -> None:
     """The step exports its ONNX once (the runner's export), with its accuracy as onnxruntime runs it."""
     for cpu, run in qat_onnx.items():
-        d = run["ctx"].details
+        d = run["result"].details
         assert d["reduce_range"] is (cpu == "avx2")
-        assert run["ctx"].extra_artifacts == [run["onnx"]] and run["onnx"].precision == "int8"
+        assert run["result"].extras == [run["onnx"]] and run["onnx"].precision == "int8"
         facts = d["onnx"]
         assert facts["torch_accuracy"] == pytest.approx(run["torch_accuracy"])
         assert facts["fp32_ms"] > 0 and facts["int8_ms"] > 0  # against the float model it was trained from
-        slower = any(a.code == "int8_slower_than_fp32" for a in run["ctx"].advisories)
+        slower = any(a.code == "int8_slower_than_fp32" for a in run["result"].advisories)
         assert slower is (facts["int8_ms"] > 1.1 * facts["fp32_ms"])
         # this machine's int8 kernels; with 7-bit weights nothing saturates on any x86 CPU
         if cpu == "avx2":

@@ -9,6 +9,7 @@ the VNNI and AVX2-without-VNNI choices are explicit parametrised cases that inje
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from compress.core.types import Artifact
-from compress.core.step import StepContext
+from compress.core.step import StepContext, StepResult
 from compress.intake.data import Dataset, Split
 from compress.intake.recipe import QuantizeConfig, Recipe
 
@@ -118,8 +119,31 @@ def make_ctx(tmp_path: Path, x: np.ndarray, float_path: Path, target_arch: str =
                        data=data, reference=None, log=lambda msg: None, evaluate=evaluate, target_arch=target_arch)
 
 
+@dataclass
+class Ran:
+    """A quantize step that ran: its context (evaluate, step folder) and its result."""
+
+    ctx: StepContext
+    result: StepResult
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.result.details
+
+    @property
+    def advisories(self) -> list[Any]:
+        return self.result.advisories
+
+    def evaluate(self, art: Any) -> dict[str, Any]:
+        return self.ctx.evaluate(art)
+
+    @property
+    def step_dir(self) -> Path:
+        return self.ctx.step_dir
+
+
 def quantize_onnx(tmp_path: Path, model: Path, x: np.ndarray, arch: str = "x86", cpu: str | None = None,
-                  **cfg: Any) -> tuple[Artifact, StepContext]:
+                  **cfg: Any) -> tuple[Artifact, Ran]:
     """Quantize on this machine's own CPU, or on an explicitly named one (``vnni``, ``avx2``)."""
     from compress.core.env import NAMED_CPUS
     from compress.steps.quantize.step import quantize, quantize_for
@@ -127,8 +151,10 @@ def quantize_onnx(tmp_path: Path, model: Path, x: np.ndarray, arch: str = "x86",
     ctx = make_ctx(tmp_path, x, model, arch)
     source = Artifact(name="onnx-fp32", format="onnx", path=model)
     if cpu is None:
-        return quantize(source, QuantizeConfig(**cfg), ctx), ctx
-    return quantize_for(source, QuantizeConfig(**cfg), ctx, NAMED_CPUS[cpu]), ctx
+        res = quantize(source, QuantizeConfig(**cfg), ctx)
+    else:
+        res = quantize_for(source, QuantizeConfig(**cfg), ctx, NAMED_CPUS[cpu])
+    return res.artifact, Ran(ctx, res)
 
 
 def images(n: int = 160) -> np.ndarray:
@@ -174,9 +200,9 @@ def test_target_aware_defaults() -> None:
 
 def test_target_config_overrides_the_run_target(tmp_path: Path) -> None:
     model = conv_model(tmp_path / "conv.onnx")
-    art, ctx = quantize_onnx(tmp_path, model, images(), arch="x86", method="static", target="arm")
+    art, ran = quantize_onnx(tmp_path, model, images(), arch="x86", method="static", target="arm")
     assert art.metadata["quantization"]["activation_type"] == "int8"
-    assert art.metadata["quantization"]["target"] == "arm" and ctx.details["target"] == "arm"
+    assert art.metadata["quantization"]["target"] == "arm" and ran.details["target"] == "arm"
 
 
 def test_check_reports_config_problems() -> None:
@@ -206,7 +232,7 @@ def test_static_is_u8s8_qdq_per_channel_on_x86(tmp_path: Path, cpu: str) -> None
 
     model = conv_model(tmp_path / "conv.onnx")
     x = images()
-    art, ctx = quantize_onnx(tmp_path, model, x, method="static", cpu=None if cpu == "this-cpu" else cpu)
+    art, ran = quantize_onnx(tmp_path, model, x, method="static", cpu=None if cpu == "this-cpu" else cpu)
     features = detect_cpu("x86") if cpu == "this-cpu" else NAMED_CPUS[cpu]
     assert art.format == "onnx" and art.precision == "int8" and art.name == "onnx-static"
     q = onnx.load(str(art.path))
@@ -218,31 +244,31 @@ def test_static_is_u8s8_qdq_per_channel_on_x86(tmp_path: Path, cpu: str) -> None
     meta = art.metadata["quantization"]
     assert (meta["activation_type"], meta["weight_type"], meta["format"]) == ("uint8", "int8", "QDQ")
     assert meta["reduce_range"] is features.u8s8_saturates
-    assert ctx.details["cpu"]["int8_dot_product"] == features.int8_dot_product
+    assert ran.details["cpu"]["int8_dot_product"] == features.int8_dot_product
     assert art.metadata["io_quantization"]["inputs"]["x"]["dtype"] == "uint8"
-    cos = ctx.evaluate(art)["cosine_mean"]
+    cos = ran.evaluate(art)["cosine_mean"]
     assert cos > 0.99, cos
     # measured on the artifact on the CPU running the tests: int8 kernels vs the QDQ model in float
-    on_cpu = ctx.details["on_this_cpu"]
+    on_cpu = ran.details["on_this_cpu"]
     assert on_cpu["int8_kernels_vs_qdq_float"]["cosine"] > 0.99 and on_cpu["fp32_ms"] > 0
-    assert sorted(p.name for p in ctx.step_dir.iterdir()) == ["model.onnx"], "scratch files are removed"
+    assert sorted(p.name for p in ran.step_dir.iterdir()) == ["model.onnx"], "scratch files are removed"
 
 
 @pytest.mark.parametrize("calibration", ["entropy", "percentile"])
 def test_static_calibration_methods(tmp_path: Path, calibration: str) -> None:
-    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="static",
+    art, ran = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="static",
                              calibration=calibration)
     assert art.metadata["quantization"]["calibration"] == calibration
-    assert ctx.evaluate(art)["cosine_mean"] > 0.95
+    assert ran.evaluate(art)["cosine_mean"] > 0.95
 
 
 def test_dynamic_quantizes_matmuls(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "mm.onnx", outliers=0)
-    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="dynamic")
+    art, ran = quantize_onnx(tmp_path, model, vectors(), method="dynamic")
     ops = op_types(art.path)
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}, ops
     assert art.precision == "int8"
-    assert ctx.evaluate(art)["cosine_mean"] > 0.99
+    assert ran.evaluate(art)["cosine_mean"] > 0.99
 
 
 def test_fp16_keeps_float32_io(tmp_path: Path) -> None:
@@ -289,10 +315,10 @@ def test_fp16_clamps_mask_constants_to_finite(tmp_path: Path) -> None:
 
 def test_weight_only_uses_matmulnbits(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "mm.onnx", outliers=0)
-    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="weight_only")
+    art, ran = quantize_onnx(tmp_path, model, vectors(), method="weight_only")
     assert "MatMulNBits" in op_types(art.path)
     assert art.metadata["weight_bits"] == 8 and art.precision == "mixed"
-    assert ctx.evaluate(art)["cosine_mean"] > 0.999
+    assert ran.evaluate(art)["cosine_mean"] > 0.999
 
 
 def test_a_second_quantize_step_starts_from_the_float_model(tmp_path: Path) -> None:
@@ -301,8 +327,9 @@ def test_a_second_quantize_step_starts_from_the_float_model(tmp_path: Path) -> N
     model = conv_model(tmp_path / "conv.onnx")
     first, _ctx = quantize_onnx(tmp_path, model, images(), method="static")
     ctx2 = make_ctx(tmp_path / "2", images(), model)
-    second = quantize(first, QuantizeConfig(method="fp16"), ctx2)
-    assert second.parent == "onnx-fp32" and ctx2.details["source"] == "onnx-fp32"
+    res2 = quantize(first, QuantizeConfig(method="fp16"), ctx2)
+    second = res2.artifact
+    assert second.parent == "onnx-fp32" and res2.details["source"] == "onnx-fp32"
     assert "QuantizeLinear" not in op_types(second.path)
 
 
@@ -324,22 +351,22 @@ def test_summary_counts_conv_and_matmul_macs(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- advisories
 
 
-def codes(ctx: StepContext) -> set[str]:
-    return {a.code for a in ctx.advisories}
+def codes(ran: Ran | StepResult) -> set[str]:
+    return {a.code for a in ran.advisories}
 
 
 def test_advisory_dynamic_on_conv(tmp_path: Path) -> None:
-    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="dynamic")
-    assert "dynamic_on_conv" in codes(ctx)
+    art, ran = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="dynamic")
+    assert "dynamic_on_conv" in codes(ran)
     assert "ConvInteger" not in op_types(art.path), "convolutions stay float under dynamic quantization"
-    _, ctx2 = quantize_onnx(tmp_path / "s", conv_model(tmp_path / "conv.onnx"), images(), method="static")
-    assert "dynamic_on_conv" not in codes(ctx2)
+    _, ran2 = quantize_onnx(tmp_path / "s", conv_model(tmp_path / "conv.onnx"), images(), method="static")
+    assert "dynamic_on_conv" not in codes(ran2)
 
 
 def test_advisory_sparsity_on_dense_runtime(tmp_path: Path) -> None:
-    _, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "sparse.onnx", sparsity=0.6), images(), method="static")
-    assert "sparsity_on_dense_runtime" in codes(ctx)
-    assert ctx.details["model"]["weight_sparsity"] > 0.3
+    _, ran = quantize_onnx(tmp_path, conv_model(tmp_path / "sparse.onnx", sparsity=0.6), images(), method="static")
+    assert "sparsity_on_dense_runtime" in codes(ran)
+    assert ran.details["model"]["weight_sparsity"] > 0.3
     _, dense = quantize_onnx(tmp_path / "d", conv_model(tmp_path / "dense.onnx"), images(), method="static")
     assert "sparsity_on_dense_runtime" not in codes(dense)
 
@@ -350,8 +377,8 @@ def test_advisory_sparsity_from_parent_metadata(tmp_path: Path) -> None:
     model = conv_model(tmp_path / "conv.onnx")
     ctx = make_ctx(tmp_path, images(), model)
     parent = Artifact(name="onnx-fp32", format="onnx", path=model, metadata={"sparsity": 0.5})
-    quantize(parent, QuantizeConfig(method="dynamic"), ctx)
-    assert "sparsity_on_dense_runtime" in codes(ctx)
+    res = quantize(parent, QuantizeConfig(method="dynamic"), ctx)
+    assert "sparsity_on_dense_runtime" in codes(res)
 
 
 @pytest.mark.parametrize(("arch", "cpuinfo", "expect"), [
@@ -370,9 +397,10 @@ def test_advisory_int8_without_dot_product(tmp_path: Path, arch: str, cpuinfo: s
     cpu = features_from_flags(arch, read_cpu_flags(info))
     model = conv_model(tmp_path / "conv.onnx")
     ctx = make_ctx(tmp_path, images(), model, arch)
-    art = quantize_for(Artifact(name="onnx-fp32", format="onnx", path=model), QuantizeConfig(method="static"), ctx, cpu)
-    assert ("int8_without_dot_product" in codes(ctx)) is expect
-    assert ctx.details["int8_dot_product"] is (not expect)
+    res = quantize_for(Artifact(name="onnx-fp32", format="onnx", path=model), QuantizeConfig(method="static"), ctx, cpu)
+    art = res.artifact
+    assert ("int8_without_dot_product" in codes(res)) is expect
+    assert res.details["int8_dot_product"] is (not expect)
     if arch == "x86":
         assert art.metadata["quantization"]["reduce_range"] is expect
 
@@ -385,16 +413,16 @@ def test_cpuinfo_env_describes_the_target(tmp_path: Path, monkeypatch: pytest.Mo
     info.write_text(X86_CPUINFO.format(extra=""))
     monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
     assert detect_cpu("x86").u8s8_saturates and detect_cpu("x86").int8_dot_product is None
-    art, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="static")
+    art, ran = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="static")
     assert art.metadata["quantization"]["reduce_range"] is True
-    assert "int8_without_dot_product" in codes(ctx)
+    assert "int8_without_dot_product" in codes(ran)
 
 
 def test_advisories_fp16_on_x86_and_weight_only_on_conv(tmp_path: Path) -> None:
-    _, ctx = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="fp16")
-    assert "fp16_on_x86_cpu" in codes(ctx)
-    _, ctx2 = quantize_onnx(tmp_path / "w", conv_model(tmp_path / "conv.onnx"), images(), method="weight_only")
-    assert "weight_only_no_matmul" in codes(ctx2)
+    _, ran = quantize_onnx(tmp_path, conv_model(tmp_path / "conv.onnx"), images(), method="fp16")
+    assert "fp16_on_x86_cpu" in codes(ran)
+    _, ran2 = quantize_onnx(tmp_path / "w", conv_model(tmp_path / "conv.onnx"), images(), method="weight_only")
+    assert "weight_only_no_matmul" in codes(ran2)
 
 
 def test_engine_inc_without_neural_compressor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -413,8 +441,8 @@ def test_engine_inc_without_neural_compressor(tmp_path: Path, monkeypatch: pytes
 
 def test_tuning_meets_tolerable_loss_where_full_int8_misses(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "outlier.onnx")
-    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.01)
-    d = ctx.details
+    art, ran = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.01)
+    d = ran.details
     trials = d["trials"]
     assert trials[0]["goal_met"] is False and trials[0]["loss"] > 0.01, trials[0]
     assert d["goal_met"] is True and d["require_goal"] is False
@@ -425,29 +453,29 @@ def test_tuning_meets_tolerable_loss_where_full_int8_misses(tmp_path: Path) -> N
     assert d["sensitivity"][0]["node"] == "fc2"
     assert set(art.metadata["quantization"]["exclude"]) >= {"fc2", "outlier_scale"}
     assert art.precision == "mixed"
-    assert ctx.evaluate(art)["cosine_mean"] >= 1 - 0.01
-    assert not codes(ctx) & {"tuning_goal_unmet"}
+    assert ran.evaluate(art)["cosine_mean"] >= 1 - 0.01
+    assert not codes(ran) & {"tuning_goal_unmet"}
 
 
 def test_tuning_relative_loss(tmp_path: Path) -> None:
     from compress.steps.quantize.tuning import Goal
 
     assert Goal(baseline=0.8, tolerable_loss=0.01, kind="relative").allowed == pytest.approx(0.008)
-    _, ctx = quantize_onnx(tmp_path, outlier_model(tmp_path / "o.onnx"), vectors(), method="static",
+    _, ran = quantize_onnx(tmp_path, outlier_model(tmp_path / "o.onnx"), vectors(), method="static",
                            tolerable_loss=0.01, loss_kind="relative")
-    assert ctx.details["goal_met"] is True and ctx.details["allowed_loss"] == pytest.approx(0.01 * 1.0, abs=1e-3)
+    assert ran.details["goal_met"] is True and ran.details["allowed_loss"] == pytest.approx(0.01 * 1.0, abs=1e-3)
 
 
 def test_tuning_unmet_goal_keeps_best_and_says_so(tmp_path: Path) -> None:
     model = outlier_model(tmp_path / "outlier.onnx")
-    art, ctx = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.0, max_trials=2,
+    art, ran = quantize_onnx(tmp_path, model, vectors(), method="static", tolerable_loss=0.0, max_trials=2,
                              require_goal=True)
-    d = ctx.details
+    d = ran.details
     assert d["goal_met"] is False and d["require_goal"] is True and len(d["trials"]) == 2
     assert art.path.is_file()
     best = max(t["accuracy"] for t in d["trials"])
     assert d["trials"][d["chosen_trial"] - 1]["accuracy"] == best
-    adv = [a for a in ctx.advisories if a.code == "tuning_goal_unmet"]
+    adv = [a for a in ran.advisories if a.code == "tuning_goal_unmet"]
     assert adv and adv[0].severity == "error" and "tolerable_loss" in adv[0].message
 
 
@@ -479,13 +507,13 @@ def test_static_on_a_transformer_quantizes_only_weight_operators(tmp_path: Path)
 
     model = attention_like_model(tmp_path / "attn.onnx")
     assert is_transformer(summarize(model)) and not is_transformer(summarize(conv_model(tmp_path / "c.onnx")))
-    art, ctx = quantize_onnx(tmp_path, model, vectors(640).reshape(-1, 4, 32), method="static")
+    art, ran = quantize_onnx(tmp_path, model, vectors(640).reshape(-1, 4, 32), method="static")
     assert art.metadata["quantization"]["op_types"] == list(STATIC_TRANSFORMER_OPS)
     q = onnx.load(str(art.path))
     producers = {o: n.op_type for n in q.graph.node for o in n.output}
     softmax = next(n for n in q.graph.node if n.op_type == "Softmax")
     assert producers[softmax.input[0]] == "Add", "the masked scores reach Softmax unquantized"
-    assert ctx.evaluate(art)["cosine_mean"] > 0.99
+    assert ran.evaluate(art)["cosine_mean"] > 0.99
 
 
 def test_fold_weight_quantize_keeps_outputs_and_shrinks_the_file(tmp_path: Path) -> None:
@@ -583,17 +611,17 @@ def test_opset11_model_is_upgraded_and_quantized_per_channel(tmp_path: Path) -> 
 
     model = opset11_model(tmp_path / "old.onnx")
     assert _opset(model) == 11
-    art, ctx = quantize_onnx(tmp_path, model, images(), method="static")
-    up = ctx.details["opset_upgrade"]
+    art, ran = quantize_onnx(tmp_path, model, images(), method="static")
+    up = ran.details["opset_upgrade"]
     assert (up["from_opset"], up["to_opset"], up["upgraded"]) == (11, 13, True)
     assert up["max_rel_diff"] <= 1e-4 and up["parity_batches"] > 0
     q = onnx.load(str(art.path))
     assert _opset(art.path) >= 13
     assert any(a.name == "axis" for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
     assert art.metadata["quantization"]["per_channel"] is True
-    cos = ctx.evaluate(art)["cosine_mean"]  # int8 artifact vs the opset-11 fp32 model, in onnxruntime
+    cos = ran.evaluate(art)["cosine_mean"]  # int8 artifact vs the opset-11 fp32 model, in onnxruntime
     assert cos > 0.99, cos
-    assert "opset_upgrade_failed" not in codes(ctx)
+    assert "opset_upgrade_failed" not in codes(ran)
 
 
 def test_opset11_model_falls_back_to_per_tensor_when_conversion_fails(tmp_path: Path,
@@ -605,11 +633,11 @@ def test_opset11_model_falls_back_to_per_tensor_when_conversion_fails(tmp_path: 
 
     monkeypatch.setattr(onnx.version_converter, "convert_version", broken)
     model = opset11_model(tmp_path / "old.onnx")
-    art, ctx = quantize_onnx(tmp_path, model, images(), method="static")
-    assert ctx.details["opset_upgrade"]["upgraded"] is False and "no adapter" in ctx.details["opset_upgrade"]["error"]
+    art, ran = quantize_onnx(tmp_path, model, images(), method="static")
+    assert ran.details["opset_upgrade"]["upgraded"] is False and "no adapter" in ran.details["opset_upgrade"]["error"]
     assert art.metadata["quantization"]["per_channel"] is False
-    assert "opset_upgrade_failed" in codes(ctx)
-    assert ctx.evaluate(art)["cosine_mean"] > 0.98  # onnxruntime loads and runs it
+    assert "opset_upgrade_failed" in codes(ran)
+    assert ran.evaluate(art)["cosine_mean"] > 0.98  # onnxruntime loads and runs it
 
 
 def test_opset_upgrade_that_changes_outputs_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -658,8 +686,8 @@ def test_scratch_files_stay_in_the_step_folder(tmp_path: Path, monkeypatch: pyte
         return real(*args, **kwargs)
 
     monkeypatch.setattr(shape_inference, "quant_pre_process", spy)
-    art, ctx = quantize_onnx(tmp_path / "run", model, images(), method="static")
-    step = ctx.step_dir.resolve()
+    art, ran = quantize_onnx(tmp_path / "run", model, images(), method="static")
+    step = ran.step_dir.resolve()
     assert Path(seen["cwd"]).parent == step and Path(seen["tmp"]).parent == step
     assert sorted((p.name, p.stat().st_size) for p in models.iterdir()) == before
     assert Path.cwd() == models and tempfile.gettempdir() != seen["tmp"]
@@ -673,10 +701,10 @@ def test_quantize_that_changes_nothing_says_fp32(tmp_path, monkeypatch) -> None:
     info.write_text(X86_CPUINFO.format(extra="avx512_vnni"))
     monkeypatch.setenv("EDGEPACK_CPUINFO", str(info))
     model = conv_model(tmp_path / "conv.onnx")
-    art, ctx = quantize_onnx(tmp_path, model, images(), method="weight_only")
+    art, ran = quantize_onnx(tmp_path, model, images(), method="weight_only")
     assert "MatMulNBits" not in op_types(art.path)
-    assert art.precision == "fp32" and ctx.details["quantized"] is False
-    assert [a.code for a in ctx.advisories if a.code == "nothing_quantized"] == ["nothing_quantized"]
-    static, ctx2 = quantize_onnx(tmp_path / "s", model, images(), method="static")
-    assert static.precision == "int8" and ctx2.details["quantized"] is True
-    assert not [a for a in ctx2.advisories if a.code == "nothing_quantized"]
+    assert art.precision == "fp32" and ran.details["quantized"] is False
+    assert [a.code for a in ran.advisories if a.code == "nothing_quantized"] == ["nothing_quantized"]
+    static, ran2 = quantize_onnx(tmp_path / "s", model, images(), method="static")
+    assert static.precision == "int8" and ran2.details["quantized"] is True
+    assert not [a for a in ran2.advisories if a.code == "nothing_quantized"]

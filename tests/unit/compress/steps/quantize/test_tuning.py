@@ -71,9 +71,10 @@ def test_tuning_folds_an_outlier_inside_the_weights_back_with_cle(tmp_path: Path
     model = hidden_outlier_mlp(tmp_path / "mlp.onnx")
     x = decisive_inputs(model)
     ctx = classification_ctx(tmp_path, model, x)
-    art = quantize(Artifact(name="onnx-fp32", format="onnx", path=model),
+    res = quantize(Artifact(name="onnx-fp32", format="onnx", path=model),
                    QuantizeConfig(method="static", tolerable_loss=0.01), ctx)
-    d = ctx.details
+    art = res.artifact
+    d = res.details
     trials = d["trials"]
     assert d["baseline_accuracy"] == 1.0
     assert trials[0]["accuracy"] < 0.5, "full int8 loses the 63 small hidden units to the outlier's range"
@@ -103,9 +104,10 @@ def test_without_moves_the_bisection_finds_both_layers(tmp_path: Path, monkeypat
     model = hidden_outlier_mlp(tmp_path / "mlp.onnx")
     x = decisive_inputs(model)
     ctx = classification_ctx(tmp_path, model, x)
-    art = quantize(Artifact(name="onnx-fp32", format="onnx", path=model),
+    res = quantize(Artifact(name="onnx-fp32", format="onnx", path=model),
                    QuantizeConfig(method="static", tolerable_loss=0.01), ctx)
-    d = ctx.details
+    art = res.artifact
+    d = res.details
     assert d["goal_met"] is True and len(d["trials"]) <= 12
     assert any(t["phase"] == "exclude-bisect" for t in d["trials"])
     assert {"fc1", "fc2"} <= set(art.metadata["quantization"]["exclude"])
@@ -222,6 +224,6 @@ def test_moves_that_change_nothing_spend_no_trial(tmp_path: Path, max_trials: in
 
     model = outlier_model(tmp_path / "mm.onnx", outliers=0)
     ctx = make_ctx(tmp_path, vectors(), model)
-    quantize(Artifact(name="onnx-fp32", format="onnx", path=model),
-             QuantizeConfig(method="static", tolerable_loss=0.0, max_trials=max_trials), ctx)
-    assert all(not t["config"]["equalize"] for t in ctx.details["trials"])
+    res = quantize(Artifact(name="onnx-fp32", format="onnx", path=model),
+                   QuantizeConfig(method="static", tolerable_loss=0.0, max_trials=max_trials), ctx)
+    assert all(not t["config"]["equalize"] for t in res.details["trials"])

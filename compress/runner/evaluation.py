@@ -1,0 +1,143 @@
+"""Outputs and task metrics of torch models and file artifacts on the eval split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compress.core.types import Artifact
+from compress.intake.data import Split, synthetic_inputs
+
+
+class EvaluationMixin:
+    """Runner methods: outputs and task metrics of torch models and file artifacts on the eval split."""
+
+    @property
+    def eval_split(self) -> Split:
+        if self.data is not None:
+            return self.data.eval
+        from compress.intake.models import input_specs_of
+
+        return synthetic_inputs(input_specs_of(self.recipe.model) or [], 64, self.recipe.seed)
+
+    def _outputs_key(self, art: Artifact) -> str | None:
+        """Cache key of an artifact's eval outputs, or None when they may still change.
+
+        A file artifact of this run never changes once written (the key still carries its
+        size and time, to be sure); a torch model is final only once every step has run.
+        """
+        if not any(a is art for a in self.state.artifacts) and not (self._steps_done and art.format == "torch"):
+            return None
+        if art.format == "torch":
+            return f"torch:{art.name}:{id(art.module)}"
+        if art.path is None or not art.path.is_file():
+            return None
+        st = art.path.stat()
+        return f"file:{art.name}:{art.path}:{st.st_size}:{st.st_mtime_ns}"
+
+    def outputs_of(self, thing: Any) -> list[np.ndarray]:
+        """Outputs on the eval split of a torch module or a file artifact (computed once per artifact)."""
+        if isinstance(thing, Artifact):
+            key = self._outputs_key(thing)
+            if key is not None and key in self.state.outputs:
+                return self.state.outputs[key]
+            if thing.format == "torch":
+                outs = self.outputs_of(thing.module)
+            else:
+                from bench.runtime import open_model, predict
+
+                outs = predict(open_model(thing.path), self.model_inputs(thing))
+                if thing.metadata.get("channels_last_outputs"):
+                    from export.tflite import from_model_layout
+
+                    outs = from_model_layout(thing.metadata, outs)
+            if key is not None:
+                self.state.outputs[key] = outs
+            return outs
+        from compress.intake.models import set_mode, torch_predict
+
+        was_training = getattr(thing, "training", False)
+        if was_training:
+            set_mode(thing, False)
+        try:
+            return torch_predict(thing, self.eval_split.x)
+        finally:
+            if was_training:
+                set_mode(thing, True)
+
+    def model_inputs(self, art: Artifact) -> list[np.ndarray]:
+        """The eval inputs in the layout the artifact takes (NHWC for a channels-last TFLite model)."""
+        if art.metadata.get("channels_last_inputs"):
+            from export.tflite import to_model_layout
+
+            return to_model_layout(art.metadata, self.eval_split.x)
+        return self.eval_split.x
+
+    def evaluate(self, thing: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
+        """Task metrics of a module or artifact on the eval split (``outputs``: its primary output, if known)."""
+        from bench.accuracy import task_metrics
+
+        y = self.eval_split.y
+        ncls = len(self.recipe.task.labels) if self.recipe.task.labels else None
+        primary = self.gatekeeper.specs[0] if self.gatekeeper is not None and self.gatekeeper.specs else None
+        probabilities = bool(primary and primary.probabilities)
+        # Cached per (model hash, eval data): the metrics of a model the cache answered need
+        # not be computed again (the outputs the gates compare are computed where needed).
+        key = self._eval_key(thing, ncls, probabilities) if outputs is None else None
+        if key is not None and (hit := self.cache.eval_get(*key)) is not None:
+            return hit
+        out = self.outputs_of(thing)[0] if outputs is None else outputs
+        metrics = task_metrics(self.recipe.task.kind, out, y, self.state.reference_outputs, ncls,
+                               probabilities=probabilities)
+        if key is not None:
+            self.cache.eval_put(*key, metrics)
+        return metrics
+
+    def _eval_key(self, thing: Any, ncls: int | None, probabilities: bool) -> tuple[str, str] | None:
+        """(model hash, metric spec) of an evaluation the cache may answer, or None."""
+        if self.cache is None or not self.cache.enabled or self.state.reference_outputs is None:
+            return None
+        import hashlib
+
+        try:
+            model_hash = self.cache.artifact_hash(thing)
+        except (TypeError, OSError, RuntimeError, AttributeError):
+            return None
+        ref = np.ascontiguousarray(self.state.reference_outputs)
+        spec = (f"{self.recipe.task.kind}|classes={ncls}|probabilities={probabilities}|"
+                f"reference={hashlib.sha256(ref.tobytes()).hexdigest()[:16]}|"
+                f"layout={thing.metadata.get('channels_last_inputs') if isinstance(thing, Artifact) else None}")
+        return model_hash, spec
+
+    def torch_facts(self, module: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
+        from compress.intake.models import count_macs, count_params, torch_size_bytes
+
+        specs = self.recipe.model.input_specs() or []
+        facts: dict[str, Any] = {"params": count_params(module), "macs": count_macs(module, specs)}
+        try:
+            facts["size_bytes"] = torch_size_bytes(module)
+        except Exception:
+            facts["size_bytes"] = None
+        facts["accuracy"] = self.evaluate(module, outputs).get("accuracy")
+        return facts
+
+    def file_facts(self, art: Artifact) -> dict[str, Any]:
+        """Size and accuracy of a file artifact, with the params / MACs of the model it came from."""
+        counts = self.counts_of(art)
+        facts: dict[str, Any] = {"params": counts.get("params"), "macs": counts.get("macs"), "size_bytes": art.size_bytes}
+        try:
+            facts["accuracy"] = self.metrics_of(art).get("accuracy")
+        except Exception as e:
+            self.log(f"cannot evaluate {art.name}: {e}")
+        return facts
+
+    def metrics_of(self, art: Artifact) -> dict[str, Any]:
+        """Task metrics of a file artifact, computed once for a registered one."""
+        registered = any(a is art for a in self.state.artifacts)
+        if registered and art.name in self.state.metrics:
+            return self.state.metrics[art.name]
+        metrics = self.evaluate(art)
+        if registered:
+            self.state.metrics[art.name] = metrics
+        return metrics

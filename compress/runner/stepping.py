@@ -1,0 +1,209 @@
+"""Running steps and exports: their folders and contexts, the step cache, format boundaries."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from compress.core.fileio import config_hash
+from compress.core.types import Artifact
+from compress.core.step import StepContext, StepResult
+from compress.core.errors import EdgepackError, RecipeProblem, StepError
+from compress.intake.recipe import step_config, step_kind
+from compress.steps.registry import EXPORTS, STEPS, load
+
+
+def is_arm_target(target: str) -> bool:
+    """Whether a bench target runs on ARM: emulated aarch64, an Android phone, or a device
+    profile (shipped or the user's own) whose ``arch`` is ARM."""
+    if target.startswith(("emulated:", "adb")):
+        return True
+    if target.startswith("estimate:"):
+        from devices.estimate import load_profile
+
+        try:
+            arch = load_profile(target.split(":", 1)[1]).arch
+        except Exception:  # noqa: BLE001  (an unknown profile is the target's own error, reported when it runs)
+            return False
+        return arch.lower() in ("aarch64", "arm64") or arch.lower().startswith("arm")
+    return False
+
+
+class SteppingMixin:
+    """Runner methods: steps and exports, their folders and contexts, the step cache, format boundaries."""
+
+    def _context(self, step_dir: Path, step_name: str, reference: Any) -> StepContext:
+        if step_dir.is_dir() and step_dir not in self._dirs_used:
+            # what a killed or earlier run left in this step's folder (a resumed run, a rerun
+            # into the same folder): the step starts clean, and the cache stores only its files
+            shutil.rmtree(step_dir)
+        self._dirs_used.add(step_dir)
+        step_dir.mkdir(parents=True, exist_ok=True)
+        ctx = StepContext(
+            recipe=self.recipe, run_dir=self.run_dir, step_dir=step_dir, step_name=step_name, data=self.data,
+            reference=reference, log=self.log, evaluate=self.evaluate, target_arch=self.target_arch(),
+        )
+        return ctx
+
+    def target_arch(self) -> str:
+        """x86 unless every benchmark target is ARM (then int8 defaults follow ARM kernels)."""
+        targets = self.recipe.bench.targets
+        arm = [t for t in targets if is_arm_target(t)]
+        return "arm" if arm and len(arm) == len([t for t in targets if t != "local"]) and "local" not in targets else "x86"
+
+    def preflight(self, baseline: Artifact) -> None:
+        """Step checks against the loaded model, before any work starts."""
+        from compress.intake.models import intake_problems
+
+        problems: list[RecipeProblem] = [self.source.problem(loc, msg)
+                                         for loc, msg in intake_problems(baseline, self.recipe, self.data)]
+        for i, step in enumerate(self.recipe.steps):
+            kind = step_kind(step)
+            check = STEPS[kind].check
+            if check is None:
+                continue
+            for sub, msg in check(step_config(step), baseline, self.recipe, self.data) or []:
+                loc = ("steps", i, kind) + tuple(sub)
+                problems.append(self.source.problem(loc, msg))
+        if problems:
+            raise self.source.error(problems)
+
+    def run_step(self, index: int, step: Any, current: Artifact, reference: Any) -> Artifact:
+        kind = step_kind(step)
+        cfg = step_config(step)
+        entry = STEPS[kind]
+        name = f"{index + 1:02d}-{kind}"
+        record: dict[str, Any] = {"index": index + 1, "kind": kind, "name": name,
+                                  "config": cfg.model_dump(mode="json"), "status": "ok"}
+        self.state.steps.append(record)
+        if current.format not in entry.accepts:
+            raise StepError(name, f"{kind} accepts {', '.join(entry.accepts)} models, got {current.format}")
+        self.log(f"[bold]step {name}[/bold]")
+        record["input"] = current.name
+        if current.format == "torch":
+            # the previous step's "after" (the module has not changed since)
+            record["before"] = dict(self.state.facts.get(current.name) or self.torch_facts(current.module))
+        else:
+            record["before"] = self.file_facts(current)
+        ctx = self._context(self.run_dir / "steps" / name, name, reference)
+        key = self.cache.key(kind, record["config"], current, reference) if self.cache is not None else None
+        hit = self.cache.lookup(key, self.run_dir, ctx.step_dir) if key is not None else None
+        t0 = time.perf_counter()
+        try:
+            if hit is not None:
+                step_result = self._from_cache(record, hit)
+            else:
+                self._seed(index + 1)
+                step_result = entry.run(current, cfg, ctx)
+        except KeyboardInterrupt:
+            record["status"] = "interrupted"
+            raise
+        except EdgepackError as e:
+            record["status"] = "failed"
+            record["error"] = str(e)
+            self.state.advisories.extend(getattr(e, "advisories", ()))
+            raise
+        except Exception as e:
+            record["status"] = "failed"
+            record["error"] = f"{type(e).__name__}: {e}"
+            self._log_traceback()
+            raise StepError(name, f"{type(e).__name__}: {e}") from e
+        finally:
+            record["duration_s"] = round(time.perf_counter() - t0, 3)
+        result = step_result.artifact
+        result.step = result.step or name
+        result.config_hash = result.config_hash or config_hash(cfg)
+        if hit is None and key is not None:
+            if self.cache.store(key, self.run_dir, ctx.step_dir, step_result, record["duration_s"]):
+                record["cache_key"] = key.digest[:16]
+                self.log(f"  stored in the step cache, entry {key.digest[:12]}")
+        self.state.advisories.extend(step_result.advisories)
+        record["details"] = step_result.details
+        for extra in step_result.extras:
+            self.add_artifact(extra)
+        if result.format == "torch":
+            if result is not current:
+                result.name = self._unique_name(result.name)  # a second prune's model is not the first's
+            record["after"] = self.torch_facts(result.module)
+            self.state.facts[result.name] = dict(record["after"])
+            self.state.torch_models[result.name] = result
+            self.gate_torch_step(record, result)
+        else:
+            self.add_artifact(result)
+            # A step that restarts from another file than its input (a second quantize step starts
+            # again from the float ONNX model) is compared with that file, not with its input.
+            parent = self.artifact_named(result.parent)
+            if parent is not None and parent is not current and parent.format != "torch":
+                record["before"] = self.file_facts(parent)
+            record["after"] = self.file_facts(result)
+        self._adopt_step_facts(current, step_result)
+        record["output"] = result.name
+        return result
+
+    def _adopt_step_facts(self, current: Artifact, step_result: StepResult) -> None:
+        """Move what a step found about artifacts into the run state, keyed by artifact name.
+
+        Transitional: the quantize step still makes (and parity-checks) its own float ONNX
+        export and the prune step its ``onnx-dense`` file; once they ask ``ctx.onnx_of``
+        this goes.
+        """
+        for extra in step_result.extras:
+            if (parity := extra.metadata.pop("_parity", None)) is not None:
+                self.state.parity[extra.name] = parity
+        for torch_art in (current, step_result.artifact):
+            if (export := torch_art.metadata.get("_onnx_export")) is not None:  # quantize reads it too
+                self.state.onnx_exports[torch_art.name] = export
+
+    def _from_cache(self, record: dict[str, Any], hit: Any) -> StepResult:
+        """A step's result from the step cache, as if the step had just returned it."""
+        record["cached"] = True
+        record["cache_key"] = hit.digest[:16]
+        self.state.cached.update(a.name for a in hit.result.artifacts)
+        took = f" (it took {hit.duration_s:.1f} s)" if hit.duration_s is not None else ""
+        self.log(f"  cached: {record['name']} from the step cache, entry {hit.digest[:12]}{took}")
+        return hit.result
+
+    def ensure_onnx(self, torch_art: Artifact) -> Artifact:
+        """The ONNX export of a torch artifact, made once, parity-checked, registered."""
+        cached = self.state.onnx_exports.get(torch_art.name)
+        if cached is not None:
+            return cached
+        from compress.intake.recipe import OnnxExportConfig
+
+        cfg = self.recipe.export_config("onnx") or OnnxExportConfig()
+        art = self.run_export("onnx", cfg, torch_art)[0]
+        self.state.onnx_exports[torch_art.name] = art
+        return art
+
+    def run_export(self, kind: str, cfg: Any, source: Artifact) -> list[Artifact]:
+        """Run one export; check each result's parity against the torch model."""
+        step_name = f"export:{kind}"
+        ctx = self._context(self.run_dir / "exports" / f"{kind}-{source.precision}", step_name, source.module)
+        self.log(f"[bold]export {kind}[/bold] ({source.precision})")
+        key = (self.cache.key(step_name, cfg.model_dump(mode="json"), source, None)
+               if self.cache is not None and source.format == "torch" else None)
+        hit = self.cache.lookup(key, self.run_dir, ctx.step_dir) if key is not None else None
+        t0 = time.perf_counter()
+        try:
+            if hit is not None:
+                self.log(f"  cached: export {kind} from the step cache, entry {hit.digest[:12]}")
+                result = hit.result
+                self.state.cached.update(a.name for a in result.artifacts)
+            else:
+                result = load(EXPORTS[kind])(source, cfg, ctx)
+                if key is not None:
+                    self.cache.store(key, self.run_dir, ctx.step_dir, result, time.perf_counter() - t0)
+        except EdgepackError as e:
+            self.state.advisories.extend(getattr(e, "advisories", ()))
+            raise
+        except Exception as e:
+            self._log_traceback()
+            raise StepError(step_name, f"{type(e).__name__}: {e}") from e
+        self.state.advisories.extend(result.advisories)
+        for art in result.artifacts:
+            art.metadata.setdefault("export_seconds", round(time.perf_counter() - t0, 3))
+            self.add_artifact(art)
+            self.check_parity(art, source)
+        return list(result.artifacts)
