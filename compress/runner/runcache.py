@@ -113,21 +113,31 @@ class NotCacheable(Exception):
     """A step's result that the cache cannot store (a live object that is not data)."""
 
 
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout or site-packages holding compress/, export/, ...
 _SOURCE_DIGEST: str | None = None
 
 
-def source_digest() -> str:
-    """sha256 over edgepack's own Python files (paths and bytes), computed once per process."""
+def source_digest(root: Path | None = None) -> str:
+    """sha256 over edgepack's own Python files (paths and bytes); for this install computed once per process.
+
+    Raises:
+        RuntimeError: a package folder is missing under ``root`` (the digest would not cover it).
+    """
     global _SOURCE_DIGEST
-    if _SOURCE_DIGEST is None:
-        root = Path(__file__).resolve().parent.parent
-        h = hashlib.sha256()
-        for pkg in _PACKAGES:
-            for p in sorted((root / pkg).rglob("*.py")):
-                h.update(p.relative_to(root).as_posix().encode() + b"\0")
-                h.update(p.read_bytes() + b"\0")
+    if root is None and _SOURCE_DIGEST is not None:
+        return _SOURCE_DIGEST
+    base = root or SOURCE_ROOT
+    h = hashlib.sha256()
+    for pkg in _PACKAGES:
+        files = sorted((base / pkg).rglob("*.py"))
+        if not files:
+            raise RuntimeError(f"no Python files under {base / pkg}: the step cache key would not cover {pkg}/")
+        for p in files:
+            h.update(p.relative_to(base).as_posix().encode() + b"\0")
+            h.update(p.read_bytes() + b"\0")
+    if root is None:
         _SOURCE_DIGEST = h.hexdigest()
-    return _SOURCE_DIGEST
+    return h.hexdigest()
 
 
 def _referenced_files(recipe: Any, base: Path | None, cfg: dict[str, Any]) -> list[tuple[str, Path]]:
