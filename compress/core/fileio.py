@@ -54,7 +54,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         if tmp_path.exists():
             # mkstemp creates 0600; a run folder's reports and models get what open() would give
             os.chmod(tmp_path, 0o666 & ~_umask())
-            _fsync(tmp_path)
+            fsync_path(tmp_path)
         os.replace(tmp_path, dest)
     except OSError as e:
         if e.errno in _NO_ROOM and e.filename in (None, tmp):
@@ -70,7 +70,8 @@ def atomic_path(dest: Path) -> Iterator[Path]:
             pass
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entry list) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

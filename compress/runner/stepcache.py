@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.core.fileio import sha256_file
+from compress.core.fileio import fsync_path, sha256_file
 
 KEY_SCHEMA = 1
 RESULT_SCHEMA = 1
@@ -307,14 +307,6 @@ def diff_keys(a: StepKey | Mapping[str, Any], b: StepKey | Mapping[str, Any]) ->
 
 
 # ---------------------------------------------------------------- small file helpers
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json_atomic(dest: Path, obj: Any) -> None:
@@ -619,10 +611,10 @@ class StepCache:
                 shutil.copy2(src, dest)
                 # read-only: a run folder hard-linked to it must not write through into the cache
                 os.chmod(dest, stat.S_IMODE(os.stat(dest).st_mode) & ~0o222)
-                _fsync_path(dest)
+                fsync_path(dest)
                 records.append({"name": name, "sha256": sha256_file(dest), "size": dest.stat().st_size})
             for top, _dirs, _names in os.walk(tmp / _FILES):
-                _fsync_path(Path(top))
+                fsync_path(Path(top))
             _write_json_atomic(tmp / _KEY, {**key.describe(), "digest": digest})
             (tmp / _USED).touch()
             _write_json_atomic(tmp / _RESULT, {
@@ -630,7 +622,7 @@ class StepCache:
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "files": records, "payload": dict(payload),
             })
-            _fsync_path(tmp)
+            fsync_path(tmp)
             return self._publish(tmp, entry)
         finally:
             if tmp.exists():
@@ -640,7 +632,7 @@ class StepCache:
         for _ in range(2):
             try:
                 os.rename(tmp, entry)
-                _fsync_path(self.steps_dir)
+                fsync_path(self.steps_dir)
                 return True
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
