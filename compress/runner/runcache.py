@@ -321,7 +321,7 @@ class RunCache:
         self._data_fp: str | None = None
         self._versions: dict[str, str] | None = None
         self._cpu: list[str] | None = None
-        self._hashes: dict[int, tuple[Any, str]] = {}
+        self._reference: tuple[Any, str] | None = None  # the teacher and its hash: it does not change in a run
 
     # ------------------------------------------------------------------ key parts
 
@@ -367,13 +367,19 @@ class RunCache:
         module = art.module if isinstance(art, Artifact) else art
         return hash_state_dict(module)
 
+    def _reference_hash(self, reference: Any) -> str:
+        """The teacher's hash, computed once (every step's key names it; the teacher is never trained)."""
+        if self._reference is None or self._reference[0] is not reference:
+            self._reference = (reference, hash_state_dict(reference))
+        return self._reference[1]
+
     def key(self, kind: str, cfg: dict[str, Any], current: Artifact, reference: Any) -> StepKey | None:
         """The key of a step or export, or None when the input cannot be hashed (then it runs uncached)."""
         if not self.enabled:
             return None
         try:
             input_hash = self.artifact_hash(current)
-            ref_hash = hash_state_dict(reference) if reference is not None and reference is not current.module else None
+            ref_hash = self._reference_hash(reference) if reference is not None and reference is not current.module else None
         except (TypeError, OSError, RuntimeError) as e:
             self.log(f"  not cached: the input cannot be hashed ({e})")
             return None
