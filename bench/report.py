@@ -40,8 +40,9 @@ def latency_cell(t: TargetResult) -> str:
         return f"~{s.p50:.2f} ms ({t.estimate_band_ms[0]:.2f}-{t.estimate_band_ms[1]:.2f}) estimated"
     noisy = ", noisy" if s.noisy else ""
     runs = f"{s.repeats} processes x {s.runs // s.repeats} runs" if s.repeats > 1 else f"{s.runs} runs"
-    return (f"{_fmt_ms(s.p50)} ms [{_fmt_ms(s.ci95[0])}, {_fmt_ms(s.ci95[1])}] p90 {_fmt_ms(s.p90)} "
-            f"p99 {_fmt_ms(s.p99)} ({s.how}, {runs}{noisy})")
+    tail = " ".join(f"{label} {_fmt_ms(v)}" for label, v in (("p90", s.p90), ("p95", s.p95), ("p99", s.p99), ("max", s.max))
+                    if v is not None and (label != "max" or s.p99 is None))  # max: when no p99 was printed
+    return f"{_fmt_ms(s.p50)} ms [{_fmt_ms(s.ci95[0])}, {_fmt_ms(s.ci95[1])}] {tail} ({s.how}, {runs}{noisy})"
 
 
 def repeats_cell(t: TargetResult) -> str:

@@ -6,8 +6,10 @@ benchmark tool, from the LiteRT / TensorFlow nightly builds) for ``.tflite`` fil
 printed output is parsed into the same statistics as every other target:
 ``onnxruntime_perf_test`` writes every run's time to a result file, so its figures are full
 statistics; ``benchmark_model`` prints only a summary (count, min, max, avg, std and, in
-newer builds, p5 / median / p95), so its p90 and p99 are upper bounds (the tool's p95 and
-max) and its confidence interval assumes normal run-to-run noise; the result says so.
+newer builds, p5 / median / p95), so its latency carries exactly those figures: ``p95`` and
+``max`` as printed, ``p90`` and ``p99`` left empty (never made up from another percentile),
+the mean standing in for the median only when no median was printed, and a confidence
+interval that assumes normal run-to-run noise; the result's note says which.
 
 The phone is not trusted: every figure it prints is checked (finite, positive, ordered),
 its text is cleaned of terminal escapes before it is shown, each benchmark runs in a fresh
@@ -119,17 +121,28 @@ def check_summary(s: dict[str, Any], target: str) -> None:
 
 
 def stats_from_summary(s: dict[str, Any], threads: int, batch: int = 1) -> LatencyStats:
-    """LatencyStats from benchmark_model's summary figures (no per-run times)."""
+    """LatencyStats from benchmark_model's summary figures (no per-run times).
+
+    Only printed figures are kept: ``p95`` when the tool printed one, ``max`` always; ``p90``
+    and ``p99`` stay None (the tool prints neither). Without a printed median, ``p50`` is the
+    mean (:func:`summary_note` says so in the result).
+    """
     n = int(s["runs"])
     p50 = s.get("median_ms", s["avg_ms"])
     # Standard error of a median under normal noise: sqrt(pi/2) * std / sqrt(n).
     half = 1.96 * math.sqrt(math.pi / 2) * s["std_ms"] / math.sqrt(max(n, 1))
     ci = (max(s["min_ms"], p50 - half), min(s["max_ms"], p50 + half))
     noisy = p50 > 0 and (ci[1] - ci[0]) / p50 > 0.10
-    return LatencyStats(p50=p50, p90=s.get("p95_ms", s["max_ms"]), p99=s["max_ms"], mean=s["avg_ms"], std=s["std_ms"],
+    return LatencyStats(p50=p50, p90=None, p95=s.get("p95_ms"), p99=None, mean=s["avg_ms"], std=s["std_ms"],
                         min=s["min_ms"], max=s["max_ms"], ci95=ci, runs=n, threads=threads, batch=batch,
                         how="measured", noisy=noisy,
                         noise_reason=f"CI of the median is {100 * (ci[1] - ci[0]) / p50:.0f}% of it" if noisy else None)
+
+
+def summary_note(s: dict[str, Any]) -> str:
+    """What a summary-only latency holds, for the result's details."""
+    printed = "min, median, p95, max" if "median_ms" in s else "min, mean, max (no median: p50 is the mean)"
+    return f"benchmark_model prints a summary only ({printed}, std): no per-run times, no p90 or p99"
 
 
 def parse_perf_test(stdout: str, result_file: str | None = None) -> dict[str, Any]:
@@ -262,7 +275,7 @@ class AdbTarget:
                 check_summary(figures, self.name)
                 stats = stats_from_summary(figures, spec.threads, spec.batch)
                 times, runtime = None, "TFLite benchmark_model"
-                note = "benchmark_model prints a summary only: p90 is its p95 and p99 its max (upper bounds)"
+                note = summary_note(figures)
                 memory = figures.get("memory_overall_mb")
                 load_ms = figures.get("init_ms")
             else:

@@ -212,7 +212,7 @@ def _model_card(report: Any, recipe: Any, art: Any, platform: str) -> str:
             lines.append(f"| {t.target} | {t.device} | {t.how} | {t.threads} | {t.batch} | {note} | | |")
             continue
         s = t.latency_ms
-        lines.append(f"| {t.target} | {t.device} | {t.how} | {t.threads} | {t.batch} | {s.p50:.3f} | {s.p90:.3f} | {s.runs} |")
+        lines.append(f"| {t.target} | {t.device} | {t.how} | {t.threads} | {t.batch} | {s.p50:.3f} | {'-' if s.p90 is None else f'{s.p90:.3f}'} | {s.runs} |")
     lines += ["", "## Limitations", "",
               "- Latencies marked `estimated` come from a device profile, not a measurement.",
               "- Accuracy was measured on the recipe's eval split only."]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -137,6 +135,9 @@ def bench_report(
         shapes: ``--shape`` sizes by input name (batch first), for a model with dynamic
             dimensions and no data; the shapes used are logged either way.
     """
+    import datetime as dt
+    import hashlib
+
     import numpy as np
 
     from bench.accuracy import task_metrics
@@ -277,14 +278,13 @@ def bench_cmd(
     html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report here")] = None,
 ) -> None:
     """Benchmark a model file without a recipe (fresh process, warmup until stable, every run kept)."""
-    from rich.console import Console
-
     from bench.report import render_markdown
+    from compress.core.console import make_console
     from compress.core.fileio import atomic_write_text
 
     if task not in ("auto", "classification", "regression"):
         fail(InputFileError(f"--task {task!r}: use auto, classification or regression"))
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
     from compress.cli.outputs import check_output_file
 
     try:
@@ -292,18 +292,18 @@ def bench_cmd(
             if path is not None:
                 check_output_file(path, option)
         report = bench_report(model, target, threads or [1], batch or [1], runs, warmup, _parse_cpus(cpus), data, task,
-                              name, log=lambda m: err.print(m, markup=False), shapes=parse_shapes(shape or []), repeats=repeats)
+                              name, log=err.print, shapes=parse_shapes(shape or []), repeats=repeats)
     except EdgepackError as e:
         fail(e)
     sys.stdout.write(render_markdown(report))
     if json_out:
         atomic_write_text(json_out, report.model_dump_json(indent=2))
-        err.print(f"report: {json_out}", markup=False)
+        err.print(f"report: {json_out}")
     if html_out:
         from bench.html import render_html
 
         atomic_write_text(html_out, render_html(report))
-        err.print(f"html: {html_out}", markup=False)
+        err.print(f"html: {html_out}")
 
 
 def _parse_effect(text: str, option: str) -> float:

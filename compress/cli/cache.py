@@ -68,7 +68,7 @@ def prune_cmd(
         n, freed = _cache().prune(age)
     except EdgepackError as e:
         fail(e)
-    _console().print(f"removed {n} entr{'y' if n == 1 else 'ies'}, {_size(freed)} freed", markup=False)
+    _console().print(f"removed {n} entr{'y' if n == 1 else 'ies'}, {_size(freed)} freed")
 
 
 @cache_app.command("clear")
@@ -83,5 +83,4 @@ def clear_cmd(
 
     n, freed = cache.clear()
     evals = EvalCache(cache.root).clear()
-    _console().print(f"removed {n} step entr{'y' if n == 1 else 'ies'} ({_size(freed)}) and {evals} evaluation(s)",
-                     markup=False)
+    _console().print(f"removed {n} step entr{'y' if n == 1 else 'ies'} ({_size(freed)}) and {evals} evaluation(s)")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from compress.cli.root import _console, devices_app, fail
+from compress.core.console import styled
 from compress.core.errors import EdgepackError, TargetError
 
 
@@ -69,7 +70,7 @@ def list_cmd(
             prof = load_profile(name)
             cal = efficiencies_for(prof)
         except EdgepackError as e:
-            table.add_row(f"estimate:{name}", "estimated", f"[red]{e}[/red]")
+            table.add_row(f"estimate:{name}", "estimated", styled("[red]{}[/red]", e))
             continue
         how = "own calibration" if not cal["transfer"] else f"borrows {cal['fitted_on']}'s calibration"
         table.add_row(f"estimate:{name}", "estimated", f"{prof.description}; {how}")

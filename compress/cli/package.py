@@ -7,19 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from compress.cli.root import _console, app
+from compress.cli.root import _console, app, fail  # fail: a bundle member named ``[/]`` prints as itself
 from compress.core.errors import EdgepackError, InputFileError
-
-
-def fail(err: EdgepackError) -> None:
-    """Print a user error and exit with its code; the message is never read as markup.
-
-    A bundle is untrusted: a member named ``[/]`` or ``[link=...]`` must print as itself.
-    """
-    from rich.markup import escape
-
-    _console(stderr=True).print(f"[red]error:[/red] {escape(err.user_message())}", markup=True, soft_wrap=True)
-    raise typer.Exit(err.exit_code)
 
 
 @app.command("package")
@@ -46,8 +35,7 @@ def package_cmd(
     except EdgepackError as e:
         fail(e)
     signed = f", signed by key {info['signed_by'][:16]}..." if info.get("signed_by") else ", unsigned"
-    _console().print(f"bundle {info['path']}: {len(info['files'])} files under {info['prefix']}{signed}",
-                     markup=False, soft_wrap=True)
+    _console().print(f"bundle {info['path']}: {len(info['files'])} files under {info['prefix']}{signed}")
 
 
 @app.command("verify")

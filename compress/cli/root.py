@@ -3,19 +3,27 @@
 ``compress RECIPE`` runs a recipe; the subcommands validate, describe and compare.
 Errors the user can fix are printed as one readable message with a non-zero exit code,
 never as a traceback.
+
+``compress --help`` must start at once: this module and the command modules import only
+typer and the kernel at module level; rich, pydantic, numpy, yaml and everything else are
+imported inside the commands. Help is plain click formatting (``rich_markup_mode=None``):
+typer's rich help alone costs several times Python's own start-up.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
+from compress.core.console import make_console, styled
 from compress.core.errors import EdgepackError
+
+if TYPE_CHECKING:
+    import click
 
 
 class _DefaultRun(TyperGroup):
@@ -32,33 +40,62 @@ class _DefaultRun(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+PROG = "compress"
+
 app = typer.Typer(
     cls=_DefaultRun,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Compress a trained PyTorch model, export it to ONNX and TFLite, and measure it on devices.\n\n"
     "Run a recipe with: compress RECIPE.yaml",
 )
-devices_app = typer.Typer(help="Benchmark targets: list, check, set up, calibrate.", no_args_is_help=True)
+devices_app = typer.Typer(help="Benchmark targets: list, check, set up, calibrate.", no_args_is_help=True,
+                          rich_markup_mode=None)
 app.add_typer(devices_app, name="devices")
 cache_app = typer.Typer(help="The step cache ($EDGEPACK_CACHE, default ~/.cache/edgepack): ls, prune, clear.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
+def version_text() -> str:
+    """``edgepack X.Y.Z`` from the installed package's metadata (the source's own version if not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return Console(stderr=stderr, highlight=False)
+    try:
+        return f"edgepack {version('edgepack')}"
+    except PackageNotFoundError:
+        import compress
+
+        return f"edgepack {compress.__version__} (not installed: version of the source tree)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print edgepack's version and exit.")] = None,
+) -> None:
+    """Compress a trained PyTorch model, export it to ONNX and TFLite, and measure it on devices.
+
+    Run a recipe with: compress RECIPE.yaml
+    """
+
+
+def _console(stderr: bool = False):  # noqa: ANN202  (a rich Console, imported lazily)
+    """A console that prints strings verbatim: user text is never markup or emoji."""
+    return make_console(stderr=stderr)
 
 
 def fail(err: EdgepackError) -> None:
     """Print a user error and exit with its code (its text is not markup: it may quote a board or a file)."""
-    from rich.markup import escape
-
-    _console(stderr=True).print(f"[red]error:[/red] {escape(err.user_message())}", markup=True, highlight=False,
-                                soft_wrap=True)
+    _console(stderr=True).print(styled("[red]error:[/red] {}", err.user_message()), soft_wrap=True)
     raise typer.Exit(err.exit_code)
 
 
@@ -110,7 +147,9 @@ def run_cmd(
     from compress.runner.folder import RunFolderBusy
     from compress.runner.run import Runner
 
-    console = None if quiet else _console()
+    # markup on for the runner's own "[bold]step ...[/bold]" lines (emoji stays off) until Runner.log
+    # prints rich Text; user text in those lines is then never read as markup either
+    console = None if quiet else make_console(markup=True)
     runner = Runner(source, out, console, use_cache=not no_cache)
     existed = runner.run_dir.exists()
     try:
@@ -139,16 +178,13 @@ def run_cmd(
                 f.write(traceback.format_exc())
         except OSError:
             pass
-        _console(stderr=True).print(f"internal error: {type(e).__name__}: {e}\nthe traceback is in {log}; please report it",
-                                    markup=False)
+        _console(stderr=True).print(f"internal error: {type(e).__name__}: {e}\nthe traceback is in {log}; please report it")
         raise typer.Exit(1)
     c = _console()
     c.print(f"report: {runner.run_dir / 'report.md'}")
     if report.status == "degraded":
-        from rich.markup import escape
-
         warn = source.recipe.gate == "warn"
-        _console(stderr=True).print(f"[{'yellow' if warn else 'red'}]degraded:[/] {escape(report.error or '')}"
+        _console(stderr=True).print(styled(f"[{'yellow' if warn else 'red'}]degraded:[/] {{}}", report.error or "")
                                     + ("" if warn else "; see the report's gate reasons (gate: warn accepts them)"))
         if not warn:
             raise typer.Exit(1)
@@ -201,7 +237,9 @@ def schema_cmd() -> None:
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        # one program name however it was started (``python -m compress`` too): completion's
+        # ``_COMPRESS_COMPLETE`` variable and the usage line follow it
+        app(prog_name=PROG)
     except EdgepackError as e:  # errors raised outside a command's own handling
         _console(stderr=True).print(f"error: {e.user_message()}")
         sys.exit(e.exit_code)

@@ -26,8 +26,10 @@ class LatencyStats(BaseModel):
     """
 
     p50: float
-    p90: float
-    p99: float
+    p90: float | None = Field(description="None: the tool printed no p90 (a summary-only benchmark binary)")
+    p99: float | None = Field(description="None: the tool printed no p99 (a summary-only benchmark binary)")
+    p95: float | None = Field(None, description="when the tool printed its own p95 instead of p90/p99 "
+                                                "(TFLite benchmark_model)")
     mean: float
     std: float
     min: float

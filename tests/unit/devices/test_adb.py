@@ -25,6 +25,7 @@ from devices.adb import (
     parse_perf_test,
     shell_command,
     stats_from_summary,
+    summary_note,
     tflite_benchmark_args,
 )
 from compress.core.types import BenchSpec
@@ -52,16 +53,36 @@ def test_parse_litert_benchmark_model() -> None:
     assert fig["avg_ms"] == pytest.approx(16.2987) and fig["init_ms"] == pytest.approx(57.235)
     assert fig["memory_overall_mb"] == pytest.approx(41.2617)
     s = stats_from_summary(fig, threads=4)
-    assert s.p50 == pytest.approx(16.207) and s.p90 == pytest.approx(17.014) and s.p99 == pytest.approx(17.803)
+    # what the tool printed, under its own names: its p95 is not a p90, its max not a p99
+    assert s.p50 == pytest.approx(16.207) and s.p95 == pytest.approx(17.014) and s.max == pytest.approx(17.803)
+    assert s.p90 is None and s.p99 is None
+    assert s.min == pytest.approx(15.987) and s.mean == pytest.approx(16.2987) and s.std == pytest.approx(0.341)
     assert s.min <= s.ci95[0] <= s.p50 <= s.ci95[1] <= s.max and s.runs == 50 and s.how == "measured"
+    assert "median, p95" in summary_note(fig) and "no p90 or p99" in summary_note(fig)
 
 
 def test_parse_older_benchmark_model_without_percentiles() -> None:
     fig = parse_benchmark_model((DATA / "benchmark_model_tf2.txt").read_text())
     assert fig["runs"] == 50 and "median_ms" not in fig
     s = stats_from_summary(fig, threads=1)
-    assert s.p50 == pytest.approx(79.732)  # no median printed: the mean stands in
-    assert s.p99 == pytest.approx(88.213)
+    assert s.p50 == pytest.approx(79.732)  # no median printed: the mean stands in, and the note says so
+    assert "no median: p50 is the mean" in summary_note(fig)
+    # this format prints min, max, avg and std only: no percentile is made up from them
+    assert s.max == pytest.approx(88.213) and s.min == pytest.approx(77.385)
+    assert s.p90 is None and s.p95 is None and s.p99 is None
+
+
+def test_summary_only_latency_renders_and_round_trips() -> None:
+    from bench.report import latency_cell
+    from compress.core.report_schema import LatencyStats, TargetResult
+
+    for sample, shown, absent in (("benchmark_model_litert.txt", ["p95 17.01", "max 17.8"], ["p90", "p99"]),
+                                  ("benchmark_model_tf2.txt", ["max 88.21"], ["p90", "p95", "p99"])):
+        s = stats_from_summary(parse_benchmark_model((DATA / sample).read_text()), threads=1)
+        assert LatencyStats.model_validate_json(s.model_dump_json()) == s
+        cell = latency_cell(TargetResult(target="adb:phone", how="measured", device="Android x", threads=1,
+                                         batch=1, latency_ms=s))
+        assert all(w in cell for w in shown) and not any(w in cell for w in absent), cell
 
 
 def test_parse_onnxruntime_perf_test_with_result_file() -> None:
