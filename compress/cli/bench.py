@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from compress.cli.root import app, fail
+from compress.cli.shapes import bench_shapes, onnx_dim_names, parse_shapes
 from compress.core.errors import EdgepackError, InputFileError
 
 
@@ -29,51 +30,6 @@ def load_npz_data(path: Path, inputs: list[dict[str, Any]] | None = None) -> tup
                                            batch_axis=0 if i["shape"] else None, dynamic={}) for i in inputs]
     split = read_npz(path, specs)
     return split.x, split.y
-
-
-def parse_shapes(items: list[str]) -> dict[str, list[int]]:
-    """``--shape name=1x3x48x192`` options -> {name: [1, 3, 48, 192]} (``name=`` alone: a scalar)."""
-    shapes: dict[str, list[int]] = {}
-    for item in items:
-        name, eq, dims = item.partition("=")
-        try:
-            shape = [int(d) for d in dims.lower().split("x")] if dims.strip() else []
-        except ValueError:
-            shape = [-1]
-        if not eq or not name or any(d < 1 for d in shape):
-            raise InputFileError(f"--shape {item!r}: expected NAME=1x3x224x224 (positive sizes, batch first)")
-        shapes[name] = shape
-    return shapes
-
-
-def bench_shapes(inputs: list[dict[str, Any]], shapes: dict[str, list[int]]) -> dict[str, list[int]]:
-    """The shape of each input for random inputs (batch 1): ``--shape`` where given, else the model's own.
-
-    Raises:
-        InputFileError: an unknown name, a shape of the wrong rank or against a fixed size,
-            or a dynamic dimension other than the batch with no ``--shape``.
-    """
-    names = [i["name"] for i in inputs]
-    unknown = [n for n in shapes if n not in names]
-    if unknown:
-        raise InputFileError(f"--shape {unknown[0]}: the model has no input {unknown[0]!r} (its inputs: {', '.join(names)})")
-    used: dict[str, list[int]] = {}
-    for i in inputs:
-        declared = [int(d) for d in i["shape"]]
-        if i["name"] in shapes:
-            given = shapes[i["name"]]
-            if len(given) != len(declared) or any(0 < d != g for k, (d, g) in enumerate(zip(declared, given)) if k > 0):
-                raise InputFileError(f"--shape {i['name']}={'x'.join(map(str, given))} does not fit the model's "
-                                     f"input shape {declared} (-1: any size)")
-            used[i["name"]] = given
-            continue
-        dynamic = [k for k, d in enumerate(declared) if k > 0 and d <= 0]
-        if dynamic:
-            example = "x".join(str(d) if d > 0 else "N" for d in [1] + declared[1:])
-            raise InputFileError(f"input {i['name']!r} has dynamic dimension {dynamic[0]} (shape {declared}) and no data "
-                                 f"gives its size: pass --shape {i['name']}={example} (sizes for every -1) or --data")
-        used[i["name"]] = [1 if k == 0 and d <= 0 else d for k, d in enumerate(declared)]
-    return used
 
 
 def _random_inputs(inputs: list[dict[str, Any]], used: dict[str, list[int]], rows: int) -> list[Any]:
@@ -161,27 +117,7 @@ def bench_report(
     inputs = _model_inputs(model, fmt)
     if shapes and data:
         raise InputFileError("--shape and --data: the data gives the shapes; pass one of them")
-    xs, y = load_npz_data(data, inputs) if data else (None, None)
-    if xs is None and inputs is not None:
-        used = bench_shapes(inputs, shapes or {})
-        if log:
-            log("inputs (random): " + ", ".join(f"{n}={'x'.join(map(str, s)) or 'scalar'}" for n, s in used.items()))
-        if any(s != [1 if k == 0 and d <= 0 else d for k, d in enumerate(i["shape"])]
-               for i, s in zip(inputs, used.values())) or shapes:
-            xs = _random_inputs(inputs, used, max(batches))
-    elif xs is not None and log:
-        from bench.agent import batch_axes_of
-
-        per = [[1 if k == ax else d for k, d in enumerate(np.shape(a))] for a, ax in zip(xs, batch_axes_of(xs))]
-        names = [i["name"] for i in inputs] if inputs is not None else [f"x{k}" for k in range(len(xs))]
-        log("inputs (data): " + ", ".join(f"{n}={'x'.join(map(str, s)) or 'scalar'}" for n, s in zip(names, per)))
-    if data and xs is not None and inputs is not None:
-        from compress.intake.data import input_mismatches
-
-        # a TFLite session quantizes float inputs itself, so only ONNX dtypes must match exactly
-        wrong = input_mismatches([(i["shape"], i["dtype"] if fmt == "onnx" else None) for i in inputs], xs)
-        if wrong:
-            raise InputFileError(f"{data}: does not fit {model.name}: " + "; ".join(wrong))
+    xs, y, shown = _bench_inputs(model, fmt, inputs, data, shapes or {}, max(batches), log or (lambda _m: None))
     art = ArtifactReport(name=name or model.stem, format=fmt, path=str(model), size_bytes=model.stat().st_size,
                          sha256=hashlib.sha256(model.read_bytes()).hexdigest(), precision=guess_precision(model),
                          parent=None, step="compress bench")
@@ -215,9 +151,42 @@ def bench_report(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         env=environment(),
         task={"kind": kind} if kind else {},
-        data={"source": str(data) if data else "random inputs", "eval": num_samples(xs) if data and xs else None},
+        data={"source": str(data) if data else "random inputs", "eval": num_samples(xs) if data and xs else None,
+              "inputs": shown},
         artifacts=[art],
     )
+
+
+def _bench_inputs(model: Path, fmt: str, inputs: list[dict[str, Any]] | None, data: Path | None,
+                  shapes: dict[str, list[int]], rows: int, log: Any) -> tuple[list[Any] | None, Any, str | None]:
+    """The inputs to time (None: the target generates them in the model's own fixed shapes), the
+    labels, and the shape of one request per input as logged (``x=1x3x224x224``)."""
+    import numpy as np
+
+    xs, y = load_npz_data(data, inputs) if data else (None, None)
+    shown = None
+    if xs is None and inputs is not None:
+        used = bench_shapes(inputs, shapes, onnx_dim_names(model))
+        shown = ", ".join(f"{n}={'x'.join(map(str, s)) or 'scalar'}" for n, s in used.items())
+        log(f"inputs (random): {shown}")
+        if any(s != [1 if k == 0 and d <= 0 else d for k, d in enumerate(i["shape"])]
+               for i, s in zip(inputs, used.values())) or shapes:
+            xs = _random_inputs(inputs, used, rows)
+    elif xs is not None:
+        from bench.agent import batch_axes_of
+
+        per = [[1 if k == ax else d for k, d in enumerate(np.shape(a))] for a, ax in zip(xs, batch_axes_of(xs))]
+        names = [i["name"] for i in inputs] if inputs is not None else [f"x{k}" for k in range(len(xs))]
+        shown = ", ".join(f"{n}={'x'.join(map(str, s)) or 'scalar'}" for n, s in zip(names, per))
+        log(f"inputs (data): {shown}")
+    if data and xs is not None and inputs is not None:
+        from compress.intake.data import input_mismatches
+
+        # a TFLite session quantizes float inputs itself, so only ONNX dtypes must match exactly
+        wrong = input_mismatches([(i["shape"], i["dtype"] if fmt == "onnx" else None) for i in inputs], xs)
+        if wrong:
+            raise InputFileError(f"{data}: does not fit {model.name}: " + "; ".join(wrong))
+    return xs, y, shown
 
 
 def _model_inputs(model: Path, fmt: str) -> list[dict[str, Any]] | None:
