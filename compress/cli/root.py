@@ -79,8 +79,9 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option(
-        "--version", callback=_show_version, is_eager=True, help="Print edgepack's version and exit.")] = None,
+    # a plain bool: typer coerces it without pydantic, so `compress devices --help` stays light
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print edgepack's version and exit.")] = False,
 ) -> None:
     """Compress a trained PyTorch model, export it to ONNX and TFLite, and measure it on devices.
 
