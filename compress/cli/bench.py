@@ -232,7 +232,8 @@ def bench_cmd(
     model: Annotated[Path, typer.Argument(help="MODEL.onnx or MODEL.tflite")],
     data: Annotated[Path | None, typer.Option("--data", help=".npz with x (or x0, x1..., or x_<input>) and optional labels y")] = None,
     shape: Annotated[list[str] | None, typer.Option(
-        "--shape", help="NAME=1x3x48x192: an input's shape for random inputs (dynamic dims); repeatable")] = None,
+        "--shape", help="NAME=1x3x224x224: an input's shape for random inputs, needed for each dynamic size other "
+                   "than the batch (never guessed); repeatable")] = None,
     threads: Annotated[list[int] | None, typer.Option("--threads", min=1, help="repeat for several")] = None,
     batch: Annotated[list[int] | None, typer.Option("--batch", min=1, help="items per run; repeat for several")] = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="timed runs in each process")] = 200,
@@ -246,7 +247,12 @@ def bench_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report JSON here")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report here")] = None,
 ) -> None:
-    """Benchmark a model file without a recipe (fresh process, warmup until stable, every run kept)."""
+    """Benchmark a model file without a recipe (fresh process, warmup until stable, every run kept).
+
+    Without --data, inputs are random in the model's own shapes (batch 1); a dynamic size other
+    than the batch (an image's height and width) must be given with --shape: latency depends on
+    it, so it is never guessed. The shapes timed are printed and kept in the report.
+    """
     from bench.report import render_markdown
     from compress.core.console import make_console
     from compress.core.fileio import atomic_write_text

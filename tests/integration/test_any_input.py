@@ -180,14 +180,17 @@ def test_bench_an_onnx_model_with_dynamic_dims_needs_a_shape(tmp_path: Path) -> 
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])
     g = helper.make_graph([helper.make_node("ReduceMean", ["input"], ["out"], axes=[2, 3], keepdims=0)], "g", [x], [y])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
-    res = compress("bench", str(tmp_path / "m.onnx"), "--runs", "3", "--warmup", "1")
+    res = compress("bench", str(tmp_path / "m.onnx"), "--runs", "3", "--warmup", "1", "--json", str(tmp_path / "r.json"))
     assert res.returncode == 2, res.stderr
-    assert "input 'input' has dynamic dimension 2" in res.stderr and "--shape input=1x3xNxN" in res.stderr
+    assert "input 'input' has shape [N, 3, H, W]: H (axis 2) and W (axis 3) are dynamic" in res.stderr, res.stderr
+    assert "--shape input=1x3xHxW" in res.stderr and not (tmp_path / "r.json").exists()
     res = compress("bench", str(tmp_path / "m.onnx"), "--runs", "3", "--warmup", "1", "--shape", "input=1x3x48x64",
                    "--json", str(tmp_path / "r.json"))
     assert res.returncode == 0, res.stderr
     assert "inputs (random): input=1x3x48x64" in res.stderr
-    (t,) = json.loads((tmp_path / "r.json").read_text())["artifacts"][0]["targets"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["data"]["inputs"] == "input=1x3x48x64"  # the report says the shape it timed
+    (t,) = report["artifacts"][0]["targets"]
     assert t["details"]["inputs"][0]["request_shape"] == [1, 3, 48, 64]
     res = compress("bench", str(tmp_path / "m.onnx"), "--shape", "input=1x4x48x64")
     assert res.returncode == 2 and "does not fit" in res.stderr
