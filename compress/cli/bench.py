@@ -1,6 +1,5 @@
 """``compress bench`` (a model file, no recipe) and ``compress compare`` (reports, with CI gates)."""
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path

@@ -1,6 +1,5 @@
 """``compress cache``: what the step cache holds, and making room."""
 
-from __future__ import annotations
 
 import json
 from typing import Annotated

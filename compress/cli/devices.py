@@ -1,6 +1,5 @@
 """``compress devices``: list targets and profiles, check one, set up aarch64, calibrate estimates."""
 
-from __future__ import annotations
 
 import json
 from pathlib import Path

@@ -1,6 +1,5 @@
 """`compress package`, `compress verify` and `compress keygen`: mobile bundles and their signing keys."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional

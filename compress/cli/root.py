@@ -10,7 +10,6 @@ imported inside the commands. Help is plain click formatting (``rich_markup_mode
 typer's rich help alone costs several times Python's own start-up.
 """
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path
@@ -29,12 +28,12 @@ if TYPE_CHECKING:
 class _DefaultRun(TyperGroup):
     """``compress recipe.yaml`` means ``compress run recipe.yaml``."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+    def resolve_command(self, ctx: "click.Context", args: list[str]):  # type: ignore[override]
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["run", *args]
         return super().resolve_command(ctx, args)
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: "click.Context", args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
