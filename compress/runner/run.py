@@ -302,7 +302,9 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
             if art.format in ("onnx", "tflite"):
                 self.metrics_of(art)
                 if art.name not in self.state.parity and art is not baseline:
-                    self.check_parity(art, last_torch if last_torch.format == "torch" else baseline)
+                    # against the model it was made from, by lineage
+                    self.check_parity(art, self.parent_of(art) or (last_torch if last_torch.format == "torch"
+                                                                   else baseline))
                 if art.metadata.get("zipped_bytes") is None and art.path is not None and art.path.is_file():
                     # what the model adds to an app download (APKs and bundles are deflated)
                     art.metadata["zipped_bytes"] = zipped_size(art.path)

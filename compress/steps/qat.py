@@ -261,8 +261,7 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext, notes: Note
     if wanted is None:
         shutil.rmtree(export_ctx.step_dir, ignore_errors=True)
         return
-    notes.extra.append(art)
-    out.metadata["_onnx_export"] = art  # the runner's export cache: no second export
+    notes.extra.append(art)  # the runner adopts it as the QAT model's ONNX export: no second export
 
 
 def speed_against_float(art: Artifact, float_module: Any, names: list[str], batch: int | None,
