@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from compress.intake.recipe_sections import NETWORKS
+from devices.names import TargetName, try_parse
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "devices" / "profiles"
 
@@ -64,9 +65,10 @@ def _recipe_input_specs(recipe: Any) -> list[dict[str, Any]]:
 
 
 def _profile_power(target: str) -> float | None:
-    if not target.startswith("estimate:"):
+    profile = (try_parse(target) or TargetName("local")).profile
+    if profile is None:
         return None
-    path = PROFILES_DIR / f"{target.split(':', 1)[1]}.yaml"
+    path = PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
         return None
     data = yaml.safe_load(path.read_text()) or {}

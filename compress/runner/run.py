@@ -231,11 +231,12 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
     def check_targets(self) -> None:
         """Reach every device target before any work: an unreachable board, a phone that is
         not there or an emulation root never set up fails now, not after the training."""
+        from devices.names import parse_target
         from devices.targets import make_target
 
         errors = []
         for name in self.recipe.bench.targets:
-            if name == "local" or name.startswith("estimate:"):
+            if not parse_target(name).reachable:
                 continue  # nothing to reach; profiles are checked with the recipe
             self.log(f"checking target {name}")
             try:

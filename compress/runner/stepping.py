@@ -13,22 +13,7 @@ from compress.core.step import StepContext, StepResult
 from compress.core.errors import EdgepackError, RecipeProblem, StepError
 from compress.intake.recipe import step_config, step_kind
 from compress.steps.registry import EXPORTS, STEPS, load
-
-
-def is_arm_target(target: str) -> bool:
-    """Whether a bench target runs on ARM: emulated aarch64, an Android phone, or a device
-    profile (shipped or the user's own) whose ``arch`` is ARM."""
-    if target.startswith(("emulated:", "adb")):
-        return True
-    if target.startswith("estimate:"):
-        from devices.estimate import load_profile
-
-        try:
-            arch = load_profile(target.split(":", 1)[1]).arch
-        except Exception:  # noqa: BLE001  (an unknown profile is the target's own error, reported when it runs)
-            return False
-        return arch.lower() in ("aarch64", "arm64") or arch.lower().startswith("arm")
-    return False
+from devices.targets import is_arm_target
 
 
 class SteppingMixin:
