@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from compress.core.progress import ProgressFn, no_progress
 from compress.core.types import Advisory, Artifact, Severity
 
 
@@ -23,6 +24,9 @@ class StepContext:
         log: Write a line to the console and ``log.txt``.
         evaluate: Task metrics of a torch module or file artifact on the eval split.
         target_arch: ``x86`` or ``arm``: the CPU family the int8 defaults follow.
+        progress: ``progress(desc, total)`` around long work (training, calibration,
+            conversion): a bar with ETA on the run's terminal and a log line when done
+            (:mod:`compress.core.progress`).
         onnx_of: The run's ONNX export of a torch artifact (made once, parity-checked and
             registered by the runner, from the step cache when it has it); None outside a run.
     """
@@ -37,6 +41,7 @@ class StepContext:
     evaluate: Callable[[Any], dict[str, Any]]
     target_arch: Literal["x86", "arm"] = "x86"
     onnx_of: Callable[[Artifact], Artifact] | None = None
+    progress: ProgressFn = no_progress
 
 
 @dataclass

@@ -29,7 +29,7 @@ class SteppingMixin:
         ctx = StepContext(
             recipe=self.recipe, run_dir=self.run_dir, step_dir=step_dir, step_name=step_name, data=self.data,
             reference=reference, log=self.log, evaluate=self.evaluate, target_arch=self.target_arch(),
-            onnx_of=self.ensure_onnx,
+            onnx_of=self.ensure_onnx, progress=self.progress,
         )
         return ctx
 
@@ -179,7 +179,8 @@ class SteppingMixin:
                 result = hit.result
                 self.state.cached.update(a.name for a in result.artifacts)
             else:
-                result = load(EXPORTS[kind])(source, cfg, ctx)
+                with self.progress(f"export {kind} ({source.precision})"):
+                    result = load(EXPORTS[kind])(source, cfg, ctx)
                 if key is not None:
                     self.cache.store(key, self.run_dir, ctx.step_dir, result, time.perf_counter() - t0)
         except EdgepackError as e:

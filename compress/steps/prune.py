@@ -62,7 +62,7 @@ def _fine_tune(module: Any, teacher: Any | None, cfg: PruneConfig, ctx: StepCont
     if cfg.epochs <= 0 or ctx.data is None or plan is None:
         return {}
     loss = _fine_tune_loss(module, teacher, cfg, plan)
-    result = fit(module, loss, ctx.data.train, cfg, seed=ctx.recipe.seed, log=ctx.log, desc=label,
+    result = fit(module, loss, ctx.data.train, cfg, seed=ctx.recipe.seed, log=ctx.log, progress=ctx.progress, desc=label,
                  targets=plan.targets)
     return {**result.as_dict(), "output_losses": loss.summary()}
 
@@ -232,7 +232,7 @@ def _fine_tune_masked(module: Any, teacher: Any | None, config: PruneConfig, ctx
     if config.epochs <= 0 or ctx.data is None or plan is None:
         return {}
     loss = _fine_tune_loss(module, teacher, config, plan)
-    result = fit(module, loss, ctx.data.train, config, seed=ctx.recipe.seed + i, log=ctx.log,
+    result = fit(module, loss, ctx.data.train, config, seed=ctx.recipe.seed + i, log=ctx.log, progress=ctx.progress,
                  desc=f"fine-tune {i + 1}/{config.iterative_steps}", after_step=lambda: apply_masks(layers, masks),
                  targets=plan.targets)
     return {**result.as_dict(), "output_losses": loss.summary()}

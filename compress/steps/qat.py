@@ -183,7 +183,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
 
     if config.freeze_bn_epoch == 0:
         _freeze_bn(prepared)
-    result = fit(prepared, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, desc="qat",
+    result = fit(prepared, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, progress=ctx.progress, desc="qat",
                  on_epoch_end=on_epoch_end, targets=plan.targets)
     set_mode(prepared, False)
     with warnings.catch_warnings():

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +141,16 @@ def preprocess(src: Path, dst: Path, log: Any) -> str:
 class _Reader:
     """onnxruntime CalibrationDataReader over prepared feeds."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: list[dict[str, np.ndarray]], advance: Callable[..., None] | None = None) -> None:
         self.feeds = feeds
         self._it = iter(feeds)
+        self.advance = advance
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
+        feed = next(self._it, None)
+        if feed is not None and self.advance is not None:
+            self.advance(1)
+        return feed
 
     def rewind(self) -> None:
         self._it = iter(self.feeds)
@@ -176,8 +180,9 @@ def _quiet_ort_logs() -> None:
 
 
 def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.ndarray]] | None,
-                  extra: dict[str, Any] | None = None) -> None:
-    """Write ``src`` quantized by ``plan`` to ``dst`` (atomically)."""
+                  extra: dict[str, Any] | None = None, advance: Callable[..., None] | None = None) -> None:
+    """Write ``src`` quantized by ``plan`` to ``dst`` (atomically); ``advance`` is called per
+    calibration batch read."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -195,7 +200,7 @@ def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.nda
                 # A tensor read by a quantized and an excluded node: without its own Q/DQ pair per
                 # consumer the excluded node would read the quantized copy and stay exactly as lossy.
                 options.setdefault("DedicatedQDQPair", True)
-            quantize_static(str(src), str(tmp), _Reader(calib), quant_format=QuantFormat.QDQ,
+            quantize_static(str(src), str(tmp), _Reader(calib, advance), quant_format=QuantFormat.QDQ,
                             per_channel=plan.per_channel, reduce_range=plan.reduce_range,
                             activation_type=qt[plan.activation_type or "uint8"], weight_type=qt[plan.weight_type or "int8"],
                             nodes_to_exclude=list(plan.exclude), calibrate_method=methods[plan.calibration or "minmax"],
@@ -475,8 +480,10 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
             notes.details["calibration_samples"] = min(n, len(ctx.data.calib))
         if config.tolerable_loss is None:
             ctx.log(f"  {describe(plan)}")
+            what = (f"calibrate on {len(calib)} batches and quantize" if calib else f"quantize ({config.method})")
             try:
-                quantize_plan(plan, pre, dest, calib)
+                with ctx.progress(what, len(calib) if calib else None) as advance:
+                    quantize_plan(plan, pre, dest, calib, advance=advance)
             except StepError:
                 raise
             except Exception as e:
