@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from compress.intake.recipe_sections import NETWORKS
+from devices.names import TargetName, try_parse
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "devices" / "profiles"
 
@@ -64,9 +65,10 @@ def _recipe_input_specs(recipe: Any) -> list[dict[str, Any]]:
 
 
 def _profile_power(target: str) -> float | None:
-    if not target.startswith("estimate:"):
+    profile = (try_parse(target) or TargetName("local")).profile
+    if profile is None:
         return None
-    path = PROFILES_DIR / f"{target.split(':', 1)[1]}.yaml"
+    path = PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
         return None
     data = yaml.safe_load(path.read_text()) or {}
@@ -237,22 +239,48 @@ def tradeoff_section(report: Any, recipe: Any, run_dir: Path | None = None) -> d
     return section
 
 
+def by_artifact(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scenarios collapsed to one row per artifact: its device side once, then per network
+    the cloud's latency, the winner on latency and the break-even round trip."""
+    rows: dict[str, dict[str, Any]] = {}
+    for s in section["scenarios"]:
+        row = rows.setdefault(s["artifact"], {"artifact": s["artifact"], "device_target": s["device_target"],
+                                              "device": s["device"], "cost_per_million_usd":
+                                              s["cloud"]["cost_per_million_usd"], "networks": {}})
+        row["networks"][s["network"]] = {
+            "cloud_ms": s["cloud"]["latency_ms"], "winner": s["wins"]["latency"],
+            "break_even_rtt_ms": s["break_even_rtt_ms"],
+            "within_budget": s["meets_latency_budget"].get("cloud") if s["meets_latency_budget"] else None}
+    return list(rows.values())
+
+
 def render_tradeoff_markdown(section: dict[str, Any]) -> str:
+    """One row per artifact; per network, the cloud's p50 and who wins on latency."""
     lines = ["## Cloud vs device", ""]
     if not section["scenarios"]:
         lines.append("No artifact has both a device latency and a local server measurement: nothing to compare.")
         return "\n".join(lines)
-    lines += ["| artifact | network | device p50 | cloud p50 (RTT + transfer + server) | $ per 1M | break-even RTT | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    for s in section["scenarios"]:
-        d, c = s["device"], s["cloud"]
-        lines.append(
-            f"| {s['artifact']} | {s['network']} | {_ms(d['latency_ms'])} ms ({d['how']}, {s['device_target']}) "
-            f"| {_ms(c['latency_ms'])} ms ({c['rtt_ms']:g} + {_ms(c['transfer_ms'])} + {_ms(c['server_ms'])}) "
-            f"| ${c['cost_per_million_usd']:.3g} | {_rtt(s['break_even_rtt_ms'])} | {s['verdict']} |"
-        )
-    lines += ["", "Assumptions:", ""] + [f"- {a}" for a in section["assumptions"]]
+    nets = list(dict.fromkeys(s["network"] for s in section["scenarios"]))
+    lines += ["| artifact | device p50 | size | cloud $ per 1M | " + " | ".join(f"{n}: cloud p50, faster" for n in nets)
+              + " |", "|---|---|---|---|" + "---|" * len(nets)]
+    for row in by_artifact(section):
+        d = row["device"]
+        cells = []
+        for n in nets:
+            c = row["networks"].get(n)
+            cells.append("-" if c is None else f"{_ms(c['cloud_ms'])} ms, **{c['winner']}** "
+                         f"(break-even RTT {_rtt(c['break_even_rtt_ms'])})")
+        lines.append(f"| {row['artifact']} | {_ms(d['latency_ms'])} ms ({d['how']}, {row['device_target']}) "
+                     f"| {_size(d['size_mb'])} | ${row['cost_per_million_usd']:.3g} | " + " | ".join(cells) + " |")
+    lines += ["", "Cloud p50 = round trip + transfer + server time. The device wins on cost (the user's hardware) "
+              "and on privacy and offline use in every row. Budgets per scenario are in "
+              "`report.json` (`tradeoff.scenarios`). Break-even RTT: the round trip below which the cloud would be faster.", "", "Assumptions:", ""]
+    lines += [f"- {a}" for a in section["assumptions"]]
     return "\n".join(lines)
+
+
+def _size(mb: float) -> str:
+    return f"{mb * 1e3:.1f} kB" if mb < 1 else f"{mb:.2f} MB"
 
 
 def _rtt(ms: float) -> str:

@@ -470,7 +470,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
               "converter": f"litert-torch {versions.get('litert-torch', '?')}"}
     made: dict[str, tuple[bytes, dict[str, Any]]] = {}
     try:
-        with captured_output(log_path):
+        with captured_output(log_path), ctx.progress("convert to TFLite (litert-torch)"):
             if quantized_source:
                 gm, rewrites = pt2e_for_litert(module)
                 wrapped = litert_torch.to_channel_last_io(gm, args=nhwc_in, outputs=nhwc_out) if nhwc_in or nhwc_out else gm
@@ -495,7 +495,7 @@ def export_tflite(artifact: Artifact, config: TfliteExportConfig, ctx: StepConte
             if precision == "int8":
                 calib, calib_source = _calibration_inputs(ctx, notes, config, nhwc_in)
             try:
-                with captured_output(log_path):
+                with captured_output(log_path), ctx.progress(f"quantize TFLite {precision} (ai-edge-quantizer)"):
                     data = quantize_float_model(float_bytes, precision, calib, summary.signature_inputs,
                                                 summary.signature, [t.dtype for t in summary.inputs])
             except EdgepackError:

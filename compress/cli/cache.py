@@ -57,7 +57,7 @@ def prune_cmd(
     older_than: Annotated[str, typer.Option("--older-than", help="remove entries not used for this long: 30d, 12h, 90m")],
 ) -> None:
     """Remove entries not used for a while (and partial ones a crash left)."""
-    from compress.runner.stepcache import parse_age
+    from compress.runner.cachefiles import parse_age
 
     try:
         age = parse_age(older_than)
@@ -78,7 +78,7 @@ def clear_cmd(
     cache = _cache()
     if not yes and not typer.confirm(f"remove everything under {cache.root}?", default=False):
         raise typer.Exit(1)
-    from compress.runner.stepcache import EvalCache
+    from compress.runner.evalcache import EvalCache
 
     n, freed = cache.clear()
     evals = EvalCache(cache.root).clear()

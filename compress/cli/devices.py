@@ -10,6 +10,7 @@ import typer
 from compress.cli.root import _console, devices_app, fail
 from compress.core.console import styled
 from compress.core.errors import EdgepackError, TargetError
+from devices.names import parse_target
 
 
 def _bench_config(recipe: Path | None) -> Any:
@@ -94,7 +95,7 @@ def check_cmd(
         t = make_target(target, bench)
         facts = t.describe()
         console.print(json.dumps(facts, indent=2, default=str))
-        if target.startswith(("emulated", "local", "ssh")):
+        if parse_target(target).kind in ("emulated", "local", "ssh"):
             with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
                 model = _tiny_onnx(Path(tmp) / "check.onnx")
                 x = [np.linspace(-2, 2, 24, dtype=np.float32).reshape(3, 8)]

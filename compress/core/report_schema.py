@@ -237,6 +237,10 @@ class Report(_Model):
     env: dict[str, Any] = Field(default_factory=dict)
     task: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
+    summary: dict[str, Any] | None = Field(None, description="the answer first: per target the artifact to ship "
+                                                 "(fastest that passed its gates), its speed-up, size and accuracy "
+                                                 "against the baseline, and every artifact slower than its parent "
+                                                 "(bench/summary.py)")
     baseline: ModelFacts | None = None
     steps: list[StepReport] = Field(default_factory=list)
     artifacts: list[ArtifactReport] = Field(default_factory=list)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from compress.core.progress import ProgressFn, no_progress
 from compress.core.types import Advisory, Artifact, Severity
 
 
@@ -23,8 +24,11 @@ class StepContext:
         log: Write a line to the console and ``log.txt``.
         evaluate: Task metrics of a torch module or file artifact on the eval split.
         target_arch: ``x86`` or ``arm``: the CPU family the int8 defaults follow.
+        progress: ``progress(desc, total)`` around long work (training, calibration,
+            conversion): a bar with ETA on the run's terminal and a log line when done
+            (:mod:`compress.core.progress`).
         onnx_of: The run's ONNX export of a torch artifact (made once, parity-checked and
-            registered by the runner); None outside a run.
+            registered by the runner, from the step cache when it has it); None outside a run.
     """
 
     recipe: Any  # compress.intake.recipe.Recipe (the kernel imports nothing of the project)
@@ -37,6 +41,7 @@ class StepContext:
     evaluate: Callable[[Any], dict[str, Any]]
     target_arch: Literal["x86", "arm"] = "x86"
     onnx_of: Callable[[Artifact], Artifact] | None = None
+    progress: ProgressFn = no_progress
 
 
 @dataclass
@@ -101,6 +106,9 @@ class StepKind:
         check: ``(config, baseline, recipe, data) -> [(dotted_subpath, message)]``, run against
             the loaded model before any work starts.
         needs_train_data: Whether it always trains (the recipe then needs a data section).
+        input_format: ``(config) -> format``: which of ``accepts`` this configuration is given
+            when the input could be converted (default: the input's own format when accepted,
+            else the first of ``accepts``).
     """
 
     kind: str
@@ -109,13 +117,21 @@ class StepKind:
     accepts: tuple[str, ...]
     check: Callable[..., Any] | None = None
     needs_train_data: bool = False
+    input_format: Callable[[Any], str] | None = None
+
+    def wants(self, config: Any, current: str) -> str:
+        """The format the runner hands this step for an input of format ``current``."""
+        if self.input_format is not None:
+            return self.input_format(config)
+        return current if current in self.accepts else self.accepts[0]
 
 
 STEPS: dict[str, StepKind] = {}
 
 
 def register_step(kind: str, *, config: type, accepts: tuple[str, ...], check: Callable[..., Any] | None = None,
-                  needs_train_data: bool = False) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
+                  needs_train_data: bool = False, input_format: Callable[[Any], str] | None = None,
+                  ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register a step function under its kind: the one registration point of a step.
 
     Example::
@@ -128,7 +144,7 @@ def register_step(kind: str, *, config: type, accepts: tuple[str, ...], check: C
         known = STEPS.get(kind)
         if known is not None and known.run.__qualname__ != run.__qualname__:
             raise ValueError(f"step kind {kind!r} is registered twice ({known.run.__module__}, {run.__module__})")
-        STEPS[kind] = StepKind(kind, run, config, tuple(accepts), check, needs_train_data)
+        STEPS[kind] = StepKind(kind, run, config, tuple(accepts), check, needs_train_data, input_format)
         return run
 
     return add

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from compress.core.errors import RecipeError, RecipeProblem, shorten
 from compress.intake.recipe import Recipe, step_config, step_kind
 from compress.steps.registry import STEPS
+from devices.names import TargetName, try_parse
 from compress.intake.yamlpos import MAX_BYTES, Loc, YamlLimitError, dotted, line_of, load_value, load_with_lines
 
 
@@ -250,8 +251,9 @@ def _target_problems(src: RecipeSource) -> list[RecipeProblem]:
     problems: list[RecipeProblem] = []
     profiles = list_profiles()
     for i, t in enumerate(r.bench.targets):
-        if t.startswith("estimate:") and t.split(":", 1)[1] not in profiles:
-            problems.append(src.problem(("bench", "targets", i), f"no device profile {t.split(':', 1)[1]!r}; "
+        profile = (try_parse(t) or TargetName("local")).profile
+        if profile is not None and profile not in profiles:
+            problems.append(src.problem(("bench", "targets", i), f"no device profile {profile!r}; "
                                                                  f"available: {', '.join(profiles)}"))
     if r.tradeoff is not None:
         from compress.intake.recipe_sections import NETWORKS

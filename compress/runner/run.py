@@ -31,6 +31,8 @@ from compress.runner.gates import GatingMixin
 from compress.runner.benchmarks import BenchmarkingMixin
 from compress.runner.report import ReportingMixin, tool_versions
 from compress.runner.state import LineageMixin, RunState
+from compress.runner.progress import RunProgress
+from compress.runner.quiet import library_output_to
 from compress.runner.folder import (
     RunFolderLock,
     RunFolderWriteError,
@@ -66,6 +68,7 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.run_dir = out or Path("runs") / self.recipe.name / f"{stamp}-{secrets.token_hex(3)}"
         self.console = console
+        self.progress = RunProgress(console, self.log)
         self.state = RunState()
         self.data: Dataset | None = None
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -156,86 +159,93 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
             lock.release()
 
     def _run_locked(self) -> Any:
-        from compress.intake.models import load_model
 
         removed = remove_stale_files(self.run_dir)
         remove_old_reports(self.run_dir)
         self.env = environment()
         self._log = RunLog(self.run_dir / "log.txt")
         try:
-            if removed:
-                self.log(f"removed {len(removed)} file(s) an interrupted run left: "
-                         + ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5]))
-            atomic_write_text(self.run_dir / "recipe.resolved.yaml",
-                              yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
-            atomic_write_text(self.run_dir / "env.json", json.dumps(self.env, indent=2))
-            self.log(f"run folder: {self.run_dir}")
-            if self.recipe.data is not None:
-                from compress.intake.models import input_specs_of
-
-                self.data = load_dataset(self.recipe.data, input_specs_of(self.recipe.model))
-                self.log(f"data {self.data.source}: {len(self.data.train)} train, {len(self.data.calib)} calibration, "
-                         f"{len(self.data.eval)} eval")
-            from compress.runner.runcache import RunCache
-
-            self.cache = RunCache(self.recipe, self.source.path.parent if self.source.path else None, self.data,
-                                  self.target_arch(), enabled=self.use_cache, log=self.log)
-            if not self.use_cache:
-                self.log("step cache off (--no-cache): every step runs")
-            baseline = load_model(self.recipe.model)
-            try:
-                self.preflight(baseline)
-            except (KeyboardInterrupt, Exception):
-                raise
-            except BaseException as e:  # the model's forward exited (SystemExit & co.) on the intake check
-                from compress.core.errors import UserCodeError
-
-                raise UserCodeError(f"the model's code raised {type(e).__name__} ({e}) on the intake check: "
-                                    "user code must return or raise an exception, not exit") from None
-            self.check_targets()
-            self._seed()
-            status, error = "ok", None
-            try:
-                self._pipeline(baseline)
-            except KeyboardInterrupt as e:
-                self._fail(e, "interrupted")
-                raise
-            except Exception as e:  # a bug still keeps the report of what finished
-                err = self._fail(e)
-                if err is e:
-                    raise
-                raise err from e
-            except BaseException as e:  # the model's own code (forward) raised SystemExit & co. mid-run
-                from compress.core.errors import UserCodeError
-
-                user = UserCodeError(f"the model's code raised {type(e).__name__} ({e}) during the run: "
-                                     "user code must return or raise an exception, not exit")
-                raise self._fail(user) from None
-            degraded = self.degraded()
-            if degraded:
-                status = "degraded"
-                error = (f"{len(degraded)} artifact(s) failed their fidelity gate: {', '.join(degraded)}"
-                         + (" (gate: warn)" if self.recipe.gate == "warn" else ""))
-            report = self.write_report(status, error)
-            try:
-                self.package_if_asked(report)
-            except Exception as e:  # the report must not say ok when the run did not finish
-                err = self._fail(e)
-                if err is e:
-                    raise
-                raise err from e
-            return report
+            with library_output_to(self.run_dir / "log.txt"):
+                return self._work(removed)
         finally:
             self._log.close()
+
+    def _work(self, removed: list[Path]) -> Any:
+        """The run itself, once its folder, log and environment are set up."""
+        from compress.intake.models import load_model
+
+        if removed:
+            self.log(f"removed {len(removed)} file(s) an interrupted run left: "
+                     + ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5]))
+        atomic_write_text(self.run_dir / "recipe.resolved.yaml",
+                          yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+        atomic_write_text(self.run_dir / "env.json", json.dumps(self.env, indent=2))
+        self.log(f"run folder: {self.run_dir}")
+        if self.recipe.data is not None:
+            from compress.intake.models import input_specs_of
+
+            self.data = load_dataset(self.recipe.data, input_specs_of(self.recipe.model))
+            self.log(f"data {self.data.source}: {len(self.data.train)} train, {len(self.data.calib)} calibration, "
+                     f"{len(self.data.eval)} eval")
+        from compress.runner.runcache import RunCache
+
+        self.cache = RunCache(self.recipe, self.source.path.parent if self.source.path else None, self.data,
+                              self.target_arch(), enabled=self.use_cache, log=self.log)
+        if not self.use_cache:
+            self.log("step cache off (--no-cache): every step runs")
+        baseline = load_model(self.recipe.model)
+        try:
+            self.preflight(baseline)
+        except (KeyboardInterrupt, Exception):
+            raise
+        except BaseException as e:  # the model's forward exited (SystemExit & co.) on the intake check
+            from compress.core.errors import UserCodeError
+
+            raise UserCodeError(f"the model's code raised {type(e).__name__} ({e}) on the intake check: "
+                                "user code must return or raise an exception, not exit") from None
+        self.check_targets()
+        self._seed()
+        status, error = "ok", None
+        try:
+            self._pipeline(baseline)
+        except KeyboardInterrupt as e:
+            self._fail(e, "interrupted")
+            raise
+        except Exception as e:  # a bug still keeps the report of what finished
+            err = self._fail(e)
+            if err is e:
+                raise
+            raise err from e
+        except BaseException as e:  # the model's own code (forward) raised SystemExit & co. mid-run
+            from compress.core.errors import UserCodeError
+
+            user = UserCodeError(f"the model's code raised {type(e).__name__} ({e}) during the run: "
+                                 "user code must return or raise an exception, not exit")
+            raise self._fail(user) from None
+        degraded = self.degraded()
+        if degraded:
+            status = "degraded"
+            error = (f"{len(degraded)} artifact(s) failed their fidelity gate: {', '.join(degraded)}"
+                     + (" (gate: warn)" if self.recipe.gate == "warn" else ""))
+        report = self.write_report(status, error)
+        try:
+            self.package_if_asked(report)
+        except Exception as e:  # the report must not say ok when the run did not finish
+            err = self._fail(e)
+            if err is e:
+                raise
+            raise err from e
+        return report
 
     def check_targets(self) -> None:
         """Reach every device target before any work: an unreachable board, a phone that is
         not there or an emulation root never set up fails now, not after the training."""
+        from devices.names import parse_target
         from devices.targets import make_target
 
         errors = []
         for name in self.recipe.bench.targets:
-            if name == "local" or name.startswith("estimate:"):
+            if not parse_target(name).reachable:
                 continue  # nothing to reach; profiles are checked with the recipe
             self.log(f"checking target {name}")
             try:
@@ -302,7 +312,9 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
             if art.format in ("onnx", "tflite"):
                 self.metrics_of(art)
                 if art.name not in self.state.parity and art is not baseline:
-                    self.check_parity(art, last_torch if last_torch.format == "torch" else baseline)
+                    # against the model it was made from, by lineage
+                    self.check_parity(art, self.parent_of(art) or (last_torch if last_torch.format == "torch"
+                                                                   else baseline))
                 if art.metadata.get("zipped_bytes") is None and art.path is not None and art.path.is_file():
                     # what the model adds to an app download (APKs and bundles are deflated)
                     art.metadata["zipped_bytes"] = zipped_size(art.path)

@@ -27,11 +27,9 @@ decoded is a miss. Measured latencies are never cached.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import importlib
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,78 +37,15 @@ import numpy as np
 
 from compress.core.step import StepResult
 from compress.core.types import Artifact
-from compress.runner.stepcache import EvalCache, StepCache, StepKey, fingerprint_arrays, hash_path, hash_state_dict
+from compress.runner.evalcache import EvalCache
+from compress.runner.runcodec import NotCacheable, _Codec, _Decoder, save_module
+from compress.runner.stepcache import StepCache
+from compress.runner.stepkey import StepKey, fingerprint_arrays, hash_path, hash_state_dict
 
 # Recipe sections a step may read (see the module docstring).
 STEP_RECIPE_SECTIONS = ("model", "task", "data", "parity", "seed")
 _PACKAGES = ("compress", "export", "bench", "devices")
 _MODULE_FILE = "module.pt"
-
-
-def _no_guards() -> Any:
-    import torch
-
-    class NoGuards(torch.nn.Module):
-        """Stands in for torch.export's input-guard function in a cached graph module."""
-
-        def forward(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    NoGuards.__module__, NoGuards.__qualname__ = __name__, "NoGuards"
-    return NoGuards
-
-
-def save_module(module: Any, path: Path) -> None:
-    """``torch.save`` of a whole module.
-
-    An exported graph module (a pt2e QAT model) holds what does not pickle: ``train``/``eval``
-    overrides that forbid switching modes, and ``_guards_fn``, a check of the input shapes
-    compiled by torch.export. They are left out of the saved copy (the cached model is used
-    in eval mode, on inputs that passed the run's checks) and everything else is saved by
-    value with cloudpickle (the graph's code refers to functions defined inside torch).
-    """
-    import pickle
-
-    import torch
-
-    try:
-        torch.save(module, path)
-        return
-    except (pickle.PicklingError, AttributeError, TypeError):
-        pass
-    import cloudpickle
-
-    removed: list[tuple[Any, str, Any]] = []
-    swapped: list[tuple[Any, str, Any]] = []
-    try:
-        for m in module.modules():
-            for attr in ("train", "eval"):
-                if attr in m.__dict__:
-                    removed.append((m, attr, m.__dict__.pop(attr)))
-            if m.__dict__.get("_tracer_cls") is not None:
-                # re-made on load with no arguments; export's module-stack tracer needs some
-                removed.append((m, "_tracer_cls", m.__dict__["_tracer_cls"]))
-                m.__dict__["_tracer_cls"] = None
-            guards = m._modules.get("_guards_fn")
-            if guards is not None:
-                swapped.append((m, "_guards_fn", guards))
-                m._modules["_guards_fn"] = NoGuards()
-        torch.save(module, path, pickle_module=cloudpickle)
-    finally:
-        for m, attr, v in removed:
-            m.__dict__[attr] = v
-        for m, name, v in swapped:
-            m._modules[name] = v
-
-
-try:
-    NoGuards = _no_guards()
-except ImportError:  # no torch: nothing to cache a module of
-    NoGuards = None  # type: ignore[assignment,misc]
-
-
-class NotCacheable(Exception):
-    """A step's result that the cache cannot store (a live object that is not data)."""
 
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout or site-packages holding compress/, export/, ...
@@ -191,109 +126,6 @@ class CachedStep:
     result: StepResult
     digest: str
     duration_s: float | None = None
-
-
-@dataclass
-class _Codec:
-    """JSON encoding of step results with run-folder paths made relative (and collected)."""
-
-    run_dir: Path
-    step_dir: Path
-    files: dict[str, Path] = field(default_factory=dict)
-    seen: dict[int, int] = field(default_factory=dict)  # id(artifact) -> its number: one object stays one
-
-    def path(self, p: Path) -> Any:
-        p = Path(p)
-        for prefix, base in (("step", self.step_dir), ("run", self.run_dir)):
-            try:
-                rel = p.resolve().relative_to(base.resolve())
-            except ValueError:
-                continue
-            name = f"{prefix}/{rel.as_posix()}"
-            if p.is_file():
-                self.files[name] = p
-            return {"__path__": name}
-        return {"__abspath__": str(p)}
-
-    def encode(self, obj: Any) -> Any:
-        from pydantic import BaseModel
-
-        if obj is None or isinstance(obj, (bool, int, float, str)):
-            return obj
-        if isinstance(obj, Path):
-            return self.path(obj)
-        if isinstance(obj, Artifact):
-            if id(obj) in self.seen:
-                return {"__artifact_ref__": self.seen[id(obj)]}
-            self.seen[id(obj)] = len(self.seen)
-            return {"__artifact__": {"id": self.seen[id(obj)],
-                "name": obj.name, "format": obj.format, "path": self.encode(obj.path), "parent": obj.parent,
-                "step": obj.step, "config_hash": obj.config_hash, "precision": obj.precision,
-                "metadata": self.encode(obj.metadata), "module": obj.module is not None}}
-        if isinstance(obj, BaseModel):
-            cls = type(obj)
-            return {"__model__": f"{cls.__module__}:{cls.__qualname__}", "data": obj.model_dump(mode="json")}
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            cls = type(obj)
-            return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
-                    "data": {f.name: self.encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
-        if isinstance(obj, np.ndarray):
-            return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, dict):
-            if not all(isinstance(k, str) for k in obj):
-                raise NotCacheable(f"a mapping with non-text keys ({type(next(iter(obj))).__name__})")
-            return {"__dict__": {k: self.encode(v) for k, v in obj.items()}}
-        if isinstance(obj, (list, tuple)):
-            return [self.encode(v) for v in obj]
-        raise NotCacheable(f"a {type(obj).__name__} in the step's result")
-
-
-@dataclass
-class _Decoder:
-    run_dir: Path
-    step_dir: Path
-    module: Any = None
-    made: dict[int, Artifact] = field(default_factory=dict)
-
-    def decode(self, obj: Any) -> Any:
-        if isinstance(obj, list):
-            return [self.decode(v) for v in obj]
-        if not isinstance(obj, dict):
-            return obj
-        if "__dict__" in obj:
-            return {k: self.decode(v) for k, v in obj["__dict__"].items()}
-        if "__path__" in obj:
-            prefix, _, rel = obj["__path__"].partition("/")
-            return (self.step_dir if prefix == "step" else self.run_dir) / rel
-        if "__abspath__" in obj:
-            return Path(obj["__abspath__"])
-        if "__artifact_ref__" in obj:
-            return self.made[obj["__artifact_ref__"]]
-        if "__artifact__" in obj:
-            a = obj["__artifact__"]
-            art = Artifact(name=a["name"], format=a["format"], path=self.decode(a["path"]),
-                           module=self.module if a["module"] else None, parent=a["parent"], step=a["step"],
-                           config_hash=a["config_hash"], precision=a["precision"])
-            self.made[a["id"]] = art
-            art.metadata = self.decode(a["metadata"])
-            return art
-        if "__model__" in obj:
-            return _resolve(obj["__model__"]).model_validate(obj["data"])
-        if "__dataclass__" in obj:
-            return _resolve(obj["__dataclass__"])(**{k: self.decode(v) for k, v in obj["data"].items()})
-        if "__ndarray__" in obj:
-            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
-        raise ValueError(f"unknown cached value {sorted(obj)[:3]}")
-
-
-def _resolve(ref: str) -> Any:
-    mod, _, qual = ref.partition(":")
-    thing: Any = importlib.import_module(mod)
-    for part in qual.split("."):
-        thing = getattr(thing, part)
-    return thing
 
 
 class RunCache:
@@ -408,7 +240,9 @@ class RunCache:
                 import torch
 
                 module = torch.load(hit.files[_MODULE_FILE].path, weights_only=False)
-            self._materialise({n: f for n, f in hit.files.items() if n != _MODULE_FILE}, run_dir, step_dir)
+            for prefix, dest in (("step/", step_dir), ("run/", run_dir)):  # the step's folder, the run's
+                replace(hit, files={n[len(prefix):]: f for n, f in hit.files.items() if n.startswith(prefix)}
+                        ).materialise(dest)
             dec = _Decoder(run_dir, step_dir, module)
             p = hit.payload
             result = StepResult(artifacts=dec.decode(p["artifacts"]), details=dec.decode(p["details"]),
@@ -417,26 +251,6 @@ class RunCache:
         except Exception as e:  # noqa: BLE001  an entry that does not load is a miss, never a failure
             self.log(f"  cache entry {key.digest[:12]} does not load ({type(e).__name__}: {e}): running the step")
             return None
-
-    @staticmethod
-    def _materialise(files: dict[str, Any], run_dir: Path, step_dir: Path) -> None:
-        """Place the entry's files: ``step/...`` into the step folder, ``run/...`` into the run folder."""
-        import os
-        import shutil
-
-        for name, f in files.items():
-            prefix, _, rel = name.partition("/")
-            dest = (step_dir if prefix == "step" else run_dir) / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():
-                dest.unlink()
-            tmp = dest.with_name(f".{dest.name}.part")
-            try:
-                os.link(f.path, tmp)
-            except OSError:
-                shutil.copy2(f.path, tmp)
-                os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
 
     def store(self, key: StepKey | None, run_dir: Path, step_dir: Path, result: StepResult, duration_s: float) -> bool:
         """Store a finished step; False (and a log line) when it cannot be stored."""

@@ -13,22 +13,7 @@ from compress.core.step import StepContext, StepResult
 from compress.core.errors import EdgepackError, RecipeProblem, StepError
 from compress.intake.recipe import step_config, step_kind
 from compress.steps.registry import EXPORTS, STEPS, load
-
-
-def is_arm_target(target: str) -> bool:
-    """Whether a bench target runs on ARM: emulated aarch64, an Android phone, or a device
-    profile (shipped or the user's own) whose ``arch`` is ARM."""
-    if target.startswith(("emulated:", "adb")):
-        return True
-    if target.startswith("estimate:"):
-        from devices.estimate import load_profile
-
-        try:
-            arch = load_profile(target.split(":", 1)[1]).arch
-        except Exception:  # noqa: BLE001  (an unknown profile is the target's own error, reported when it runs)
-            return False
-        return arch.lower() in ("aarch64", "arm64") or arch.lower().startswith("arm")
-    return False
+from devices.targets import is_arm_target
 
 
 class SteppingMixin:
@@ -44,8 +29,19 @@ class SteppingMixin:
         ctx = StepContext(
             recipe=self.recipe, run_dir=self.run_dir, step_dir=step_dir, step_name=step_name, data=self.data,
             reference=reference, log=self.log, evaluate=self.evaluate, target_arch=self.target_arch(),
+            onnx_of=self.ensure_onnx, progress=self.progress,
         )
         return ctx
+
+    def at_boundary(self, entry: Any, cfg: Any, current: Artifact, name: str) -> Artifact:
+        """The input a step is given: converted (torch -> ONNX, once per model, parity-checked
+        against it) when the step takes another format than the pipeline holds."""
+        want = entry.wants(cfg, current.format)
+        if want == current.format:
+            return current
+        if want not in entry.accepts or (current.format, want) != ("torch", "onnx"):
+            raise StepError(name, f"{entry.kind} accepts {', '.join(entry.accepts)} models, got {current.format}")
+        return self.ensure_onnx(current)
 
     def target_arch(self) -> str:
         """x86 unless every benchmark target is ARM (then int8 defaults follow ARM kernels)."""
@@ -77,9 +73,8 @@ class SteppingMixin:
         name = f"{index + 1:02d}-{kind}"
         record: dict[str, Any] = {"index": index + 1, "kind": kind, "name": name,
                                   "config": cfg.model_dump(mode="json"), "status": "ok"}
+        current = self.at_boundary(entry, cfg, current, name)
         self.state.steps.append(record)
-        if current.format not in entry.accepts:
-            raise StepError(name, f"{kind} accepts {', '.join(entry.accepts)} models, got {current.format}")
         self.log(f"[bold]step {name}[/bold]")
         record["input"] = current.name
         if current.format == "torch":
@@ -121,11 +116,18 @@ class SteppingMixin:
                 self.log(f"  stored in the step cache, entry {key.digest[:12]}")
         self.state.advisories.extend(step_result.advisories)
         record["details"] = step_result.details
+        made_as = result.name
+        if result.format == "torch" and result is not current:
+            result.name = self._unique_name(result.name)  # a second prune's model is not the first's
         for extra in step_result.extras:
+            if extra.parent == made_as:
+                extra.parent = result.name
+            if result.format == "torch" and extra.parent == result.name and extra.step == "export:onnx":
+                # the step's own export of its result (made with the run's exporter and config,
+                # e.g. QAT measures its int8 ONNX): that model's ONNX export, not made twice
+                self.state.onnx_exports[result.name] = extra
             self.add_artifact(extra)
         if result.format == "torch":
-            if result is not current:
-                result.name = self._unique_name(result.name)  # a second prune's model is not the first's
             record["after"] = self.torch_facts(result.module)
             self.state.facts[result.name] = dict(record["after"])
             self.state.torch_models[result.name] = result
@@ -138,23 +140,8 @@ class SteppingMixin:
             if parent is not None and parent is not current and parent.format != "torch":
                 record["before"] = self.file_facts(parent)
             record["after"] = self.file_facts(result)
-        self._adopt_step_facts(current, step_result)
         record["output"] = result.name
         return result
-
-    def _adopt_step_facts(self, current: Artifact, step_result: StepResult) -> None:
-        """Move what a step found about artifacts into the run state, keyed by artifact name.
-
-        Transitional: the quantize step still makes (and parity-checks) its own float ONNX
-        export and the prune step its ``onnx-dense`` file; once they ask ``ctx.onnx_of``
-        this goes.
-        """
-        for extra in step_result.extras:
-            if (parity := extra.metadata.pop("_parity", None)) is not None:
-                self.state.parity[extra.name] = parity
-        for torch_art in (current, step_result.artifact):
-            if (export := torch_art.metadata.get("_onnx_export")) is not None:  # quantize reads it too
-                self.state.onnx_exports[torch_art.name] = export
 
     def _from_cache(self, record: dict[str, Any], hit: Any) -> StepResult:
         """A step's result from the step cache, as if the step had just returned it."""
@@ -192,7 +179,8 @@ class SteppingMixin:
                 result = hit.result
                 self.state.cached.update(a.name for a in result.artifacts)
             else:
-                result = load(EXPORTS[kind])(source, cfg, ctx)
+                with self.progress(f"export {kind} ({source.precision})"):
+                    result = load(EXPORTS[kind])(source, cfg, ctx)
                 if key is not None:
                     self.cache.store(key, self.run_dir, ctx.step_dir, result, time.perf_counter() - t0)
         except EdgepackError as e:

@@ -290,7 +290,7 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Step
     ctx.log(f"  student: {config.student or f'teacher pruned to width {config.width}'}, "
             f"{count_params(student)} parameters (teacher {count_params(teacher)})")
     try:
-        result = fit(student, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, desc="distill",
+        result = fit(student, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, progress=ctx.progress, desc="distill",
                      extra_params=matcher.adapters.parameters() if matcher is not None else (),
                      targets=plan.targets)
     finally:

@@ -183,7 +183,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
 
     if config.freeze_bn_epoch == 0:
         _freeze_bn(prepared)
-    result = fit(prepared, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, desc="qat",
+    result = fit(prepared, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, progress=ctx.progress, desc="qat",
                  on_epoch_end=on_epoch_end, targets=plan.targets)
     set_mode(prepared, False)
     with warnings.catch_warnings():
@@ -261,8 +261,7 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext, notes: Note
     if wanted is None:
         shutil.rmtree(export_ctx.step_dir, ignore_errors=True)
         return
-    notes.extra.append(art)
-    out.metadata["_onnx_export"] = art  # the runner's export cache: no second export
+    notes.extra.append(art)  # the runner adopts it as the QAT model's ONNX export: no second export
 
 
 def speed_against_float(art: Artifact, float_module: Any, names: list[str], batch: int | None,

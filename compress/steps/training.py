@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.core.progress import ProgressFn, no_progress
 from compress.intake.data import Split
 from compress.intake.recipe import Recipe, TrainConfig
 
@@ -126,17 +127,6 @@ class TrainResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def _progress(total: int, desc: str) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    # Piped output (CI, tests) gets the per-epoch log lines only, not progress frames.
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), console=console, transient=True,
-                    disable=not console.is_terminal)
-
-
 def fit(
     model: Any,
     loss_fn: LossFn,
@@ -151,6 +141,7 @@ def fit(
     on_epoch_end: Callable[[int], None] | None = None,
     epochs: int | None = None,
     targets: dict[int, np.ndarray] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> TrainResult:
     """Train ``model`` on ``split`` with the optimizer and schedule of ``cfg``.
 
@@ -171,6 +162,7 @@ def fit(
         epochs: Overrides ``cfg.epochs``.
         targets: Labels by output index (:attr:`OutputPlan.targets`), one row per sample of
             ``split``; the loss then receives ``{index: batch}`` instead of ``split.y``.
+        progress: The run's progress (``ctx.progress``): a bar over every batch of every epoch.
 
     Raises:
         KeyboardInterrupt: After Ctrl-C, at the next batch boundary.
@@ -195,8 +187,7 @@ def fit(
     t0 = time.perf_counter()
     set_mode(model, True)
     try:
-        with stop_at_batch_boundary() as stop, _progress(per_epoch * n_epochs, desc) as bar:
-            task = bar.add_task(desc, total=per_epoch * n_epochs, loss=float("nan"))
+        with stop_at_batch_boundary() as stop, progress(f"{desc} ({n_epochs} epochs)", per_epoch * n_epochs) as bar:
             for epoch in range(n_epochs):
                 total, count = 0.0, 0
                 for idx in torch.randperm(n, generator=generator).split(cfg.batch_size):
@@ -217,7 +208,7 @@ def fit(
                     total += float(loss.detach()) * len(idx)
                     count += len(idx)
                     result.steps += 1
-                    bar.update(task, advance=1, loss=total / count)
+                    bar(1, note=f"loss {total / count:.4f}")
                 result.epoch_losses.append(total / max(count, 1))
                 log(f"  {desc} epoch {epoch + 1}/{n_epochs}: loss {result.epoch_losses[-1]:.4f}")
                 if on_epoch_end is not None:

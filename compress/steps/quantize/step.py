@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +141,16 @@ def preprocess(src: Path, dst: Path, log: Any) -> str:
 class _Reader:
     """onnxruntime CalibrationDataReader over prepared feeds."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: list[dict[str, np.ndarray]], advance: Callable[..., None] | None = None) -> None:
         self.feeds = feeds
         self._it = iter(feeds)
+        self.advance = advance
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
+        feed = next(self._it, None)
+        if feed is not None and self.advance is not None:
+            self.advance(1)
+        return feed
 
     def rewind(self) -> None:
         self._it = iter(self.feeds)
@@ -176,8 +180,9 @@ def _quiet_ort_logs() -> None:
 
 
 def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.ndarray]] | None,
-                  extra: dict[str, Any] | None = None) -> None:
-    """Write ``src`` quantized by ``plan`` to ``dst`` (atomically)."""
+                  extra: dict[str, Any] | None = None, advance: Callable[..., None] | None = None) -> None:
+    """Write ``src`` quantized by ``plan`` to ``dst`` (atomically); ``advance`` is called per
+    calibration batch read."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -195,7 +200,7 @@ def quantize_plan(plan: Plan, src: Path, dst: Path, calib: list[dict[str, np.nda
                 # A tensor read by a quantized and an excluded node: without its own Q/DQ pair per
                 # consumer the excluded node would read the quantized copy and stay exactly as lossy.
                 options.setdefault("DedicatedQDQPair", True)
-            quantize_static(str(src), str(tmp), _Reader(calib), quant_format=QuantFormat.QDQ,
+            quantize_static(str(src), str(tmp), _Reader(calib, advance), quant_format=QuantFormat.QDQ,
                             per_channel=plan.per_channel, reduce_range=plan.reduce_range,
                             activation_type=qt[plan.activation_type or "uint8"], weight_type=qt[plan.weight_type or "int8"],
                             nodes_to_exclude=list(plan.exclude), calibrate_method=methods[plan.calibration or "minmax"],
@@ -303,67 +308,26 @@ def advise(config: QuantizeConfig, artifact: Artifact, summary: Any, arch: str, 
 def float_source(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, notes: Notes) -> Artifact:
     """The float ONNX model to quantize.
 
-    A torch artifact is exported here (and offered to the runner as its ONNX export, so it
-    is parity-checked and not exported twice); an artifact that is already quantized by an
-    earlier quantize step is replaced by the float model that step started from.
+    The runner hands this step ONNX (a torch model is exported at the format boundary, once,
+    parity-checked); an artifact that is already quantized by an earlier quantize step is
+    replaced by the float model that step started from.
     """
-    if artifact.format == "onnx":
-        src = artifact.metadata.get("float_model")
-        if src and Path(src).is_file():
-            return Artifact(name=artifact.metadata.get("float_name", "onnx-fp32"), format="onnx", path=Path(src),
-                            precision="fp32")
-        return artifact
-    if artifact.format != "torch":
-        raise StepError(ctx.step_name, f"quantize takes an ONNX or torch model, got {artifact.format}")
-    cached = artifact.metadata.get("_onnx_export")
-    if cached is not None:
-        return cached
-    from compress.core.fileio import config_hash
-    from compress.intake.recipe import OnnxExportConfig
-    from export.onnx import export_module_to_onnx
-
-    cfg = ctx.recipe.export_config("onnx") or OnnxExportConfig()
-    dest = ctx.step_dir / "float.onnx"
-    ctx.log("  exporting the float model to ONNX")
-    try:
-        export_module_to_onnx(artifact.module, ctx.recipe.model.input_specs(), dest, cfg.opset, cfg.dynamic_batch)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StepError(ctx.step_name, f"torch.onnx.export failed: {type(e).__name__}: {first}") from e
-    float_art = artifact.derive(name=f"onnx-{artifact.precision}", format="onnx", path=dest, step="export:onnx",
-                                config_hash=config_hash(cfg))
-    float_art.metadata = {k: v for k, v in float_art.metadata.items() if not k.startswith("_")}
-    # Parity against the module exported here: the runner would compare with the run's first
-    # model, which is not this one after a prune or distill step.
-    float_art.metadata["_parity"] = export_parity(artifact, dest, float_art.name, ctx, notes)
-    notes.extra.append(float_art)
-    artifact.metadata["_onnx_export"] = float_art  # the runner's export cache: no second export
-    return float_art
+    if artifact.format != "onnx":
+        raise StepError(ctx.step_name, f"quantize (engine: ort) takes an ONNX model, got {artifact.format}: "
+                                       "run it through a recipe (the run exports torch models to ONNX first)")
+    src = artifact.metadata.get("float_model")
+    if src and Path(src).is_file():
+        return Artifact(name=artifact.metadata.get("float_name", "onnx-fp32"), format="onnx", path=Path(src),
+                        precision="fp32")
+    return artifact
 
 
-def export_parity(torch_art: Artifact, path: Path, name: str, ctx: StepContext, notes: Notes) -> Any:
-    """Float parity of the step's own ONNX export, gated like the runner's export check."""
-    from bench.runtime import open_model, predict
-    from compress.intake.data import synthetic_inputs
-    from compress.intake.models import torch_predict
-    from bench.parity import compare_outputs
-
-    specs = ctx.recipe.model.input_specs() or []
-    x = ctx.data.eval.x if ctx.data is not None else synthetic_inputs([(s.shape, s.dtype) for s in specs], 64).x
-    p = ctx.recipe.parity
-    parity = compare_outputs(torch_predict(torch_art.module, x)[0], predict(open_model(path), x)[0], torch_art.name,
-                             ctx.recipe.task.kind, tolerance=p.atol, min_agreement=p.min_agreement)
-    ctx.log(f"  parity {name} vs {torch_art.name}: max abs diff {parity.max_abs_diff:.2e}"
-            + ("" if parity.passed else " FAILED"))
-    if parity.passed is False:
-        msg = f"{name} differs from {torch_art.name}: max abs diff {parity.max_abs_diff:.3g} > atol {p.atol:g}"
-        if p.fail:
-            raise StepError(ctx.step_name, msg + " (relax parity.atol or set parity.fail: false to accept)")
-        notes.advise("parity_failed", msg, artifact=name)
-    return parity
+def _input_format(config: QuantizeConfig) -> str:
+    """``engine: inc`` tunes the torch model; onnxruntime quantizes its ONNX export."""
+    return "torch" if config.engine == "inc" else "onnx"
 
 
-@register_step("quantize", config=QuantizeConfig, accepts=("onnx", "torch"), check=check)
+@register_step("quantize", config=QuantizeConfig, accepts=("onnx", "torch"), check=check, input_format=_input_format)
 def quantize(artifact: Artifact, config: QuantizeConfig, ctx: StepContext) -> StepResult:
     """The ``quantize`` step (see the module docstring), for the CPU the model will run on."""
     return quantize_for(artifact, config, ctx, detect_cpu(resolve_arch(config, ctx)))
@@ -472,7 +436,7 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
     """The ``quantize`` step with the target CPU's features given explicitly.
 
     Args:
-        artifact: The model to quantize (ONNX, or torch: exported here).
+        artifact: The model to quantize: ONNX, or torch for ``engine: inc``.
         config: The step's configuration.
         ctx: The step context.
         cpu: The target CPU's features (:func:`compress.core.env.detect_cpu` for the real one).
@@ -516,8 +480,10 @@ def quantize_for(artifact: Artifact, config: QuantizeConfig, ctx: StepContext, c
             notes.details["calibration_samples"] = min(n, len(ctx.data.calib))
         if config.tolerable_loss is None:
             ctx.log(f"  {describe(plan)}")
+            what = (f"calibrate on {len(calib)} batches and quantize" if calib else f"quantize ({config.method})")
             try:
-                quantize_plan(plan, pre, dest, calib)
+                with ctx.progress(what, len(calib) if calib else None) as advance:
+                    quantize_plan(plan, pre, dest, calib, advance=advance)
             except StepError:
                 raise
             except Exception as e:

@@ -20,18 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compress.runner import stepcache
-from compress.runner.stepcache import (
-    ABSENT,
-    EvalCache,
-    StepCache,
-    StepKey,
-    diff_keys,
-    fingerprint_arrays,
-    hash_path,
-    hash_state_dict,
-    parse_age,
-    parse_size,
-)
+from compress.runner.cachefiles import parse_age, parse_size
+from compress.runner.evalcache import EvalCache
+from compress.runner.stepcache import StepCache
+from compress.runner.stepkey import ABSENT, StepKey, diff_keys, fingerprint_arrays, hash_path, hash_state_dict
 from tests.conftest import ROOT
 
 DAY = 86400.0
@@ -435,7 +427,8 @@ def test_many_threads_storing_one_key(tmp_path: Path) -> None:
 STORE_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from compress.runner.stepcache import StepCache, StepKey
+from compress.runner.stepcache import StepCache
+from compress.runner.stepkey import StepKey
 key = StepKey(kind="prune", config={"ratio": 0.5}, input_hash="a", arch="arm", versions={"edgepack": "0"})
 cache = StepCache(max_bytes=10**6)
 ok = cache.store(key, {"model.tflite": Path(sys.argv[1])}, {"pid": int(sys.argv[2])})

@@ -120,7 +120,7 @@ def qat_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ctx = step_ctx(runner)
         res = qat_for(runner.baseline, QatConfig(epochs=1, freeze_bn_epoch=1), ctx, NAMED_CPUS[cpu])
         art = res.artifact
-        onnx_art = art.metadata["_onnx_export"]
+        (onnx_art,) = [a for a in res.extras if a.step == "export:onnx" and a.parent == art.name]
         out[cpu] = {"result": res, "onnx": onnx_art, "torch_accuracy": runner.evaluate(art.module)["accuracy"],
                     "eval": runner.data.eval, "module": art.module}
     return out

@@ -1,4 +1,4 @@
-"""The runner's own decisions."""
+"""Which targets run on ARM (the int8 defaults follow them)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ def test_arm_targets_follow_the_profile_arch(tmp_path, monkeypatch) -> None:  # 
     import yaml
 
     import devices.estimate as est
-    from compress.runner.stepping import is_arm_target
+    from devices.targets import is_arm_target
 
     shipped = est.PROFILES_DIR
     for src, name in (("rpi4", "myboard"), ("cloud_x86", "rpi-like-name-but-x86")):
