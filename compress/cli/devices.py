@@ -10,7 +10,6 @@ import typer
 from compress.cli.root import _console, devices_app, fail
 from compress.core.console import styled
 from compress.core.errors import EdgepackError, TargetError
-from devices.names import parse_target
 
 
 def _bench_config(recipe: Path | None) -> Any:
@@ -87,6 +86,7 @@ def check_cmd(
 
     import numpy as np
 
+    from devices.names import parse_target  # here, not at import: `compress --help` loads no layer below
     from devices.targets import make_target
 
     console = _console()
