@@ -147,9 +147,7 @@ def run_cmd(
     from compress.runner.folder import RunFolderBusy
     from compress.runner.run import Runner
 
-    # markup on for the runner's own "[bold]step ...[/bold]" lines (emoji stays off) until Runner.log
-    # prints rich Text; user text in those lines is then never read as markup either
-    console = None if quiet else make_console(markup=True)
+    console = None if quiet else _console()
     runner = Runner(source, out, console, use_cache=not no_cache)
     existed = runner.run_dir.exists()
     try:

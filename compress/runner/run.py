@@ -78,17 +78,16 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
 
     # ------------------------------------------------------------------ logging
 
-    def log(self, msg: str) -> None:
-        from rich.errors import MarkupError
-
+    def log(self, msg: str, style: str = "") -> None:
+        """One line to the console and log.txt, printed as it is: a target named ``adb:phone:``
+        or a path with ``[red]`` in it is never read as emoji or markup. ``style`` (e.g.
+        ``"bold"``) colours the whole line on the console only."""
+        from compress.core.console import plain
         from devices.untrusted import clean_text
 
         msg = clean_text(msg, 20_000)  # a board's text reaches the log: no terminal escapes
         if self.console is not None:
-            try:
-                self.console.print(msg, highlight=False)
-            except MarkupError:  # brackets in a message (a board's, a path) that are not our markup
-                self.console.print(msg, highlight=False, markup=False)
+            self.console.print(plain(msg, style), highlight=False)
         if self._log is not None:
             self._log.write(f"{dt.datetime.now().strftime('%H:%M:%S')} {msg}\n")
 

@@ -75,7 +75,7 @@ class SteppingMixin:
                                   "config": cfg.model_dump(mode="json"), "status": "ok"}
         current = self.at_boundary(entry, cfg, current, name)
         self.state.steps.append(record)
-        self.log(f"[bold]step {name}[/bold]")
+        self.log(f"step {name}", style="bold")
         record["input"] = current.name
         if current.format == "torch":
             # the previous step's "after" (the module has not changed since)
@@ -168,7 +168,7 @@ class SteppingMixin:
         """Run one export; check each result's parity against the torch model."""
         step_name = f"export:{kind}"
         ctx = self._context(self.run_dir / "exports" / f"{kind}-{source.precision}", step_name, source.module)
-        self.log(f"[bold]export {kind}[/bold] ({source.precision})")
+        self.log(f"export {kind} ({source.precision})", style="bold")
         key = (self.cache.key(step_name, cfg.model_dump(mode="json"), source, None)
                if self.cache is not None and source.format == "torch" else None)
         hit = self.cache.lookup(key, self.run_dir, ctx.step_dir) if key is not None else None
