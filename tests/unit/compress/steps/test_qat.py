@@ -66,8 +66,17 @@ def test_arm_quantizer(tmp_path: Path) -> None:
     assert "XNNPACK" in res.details["quantizer"] and res.details["target"] == "arm"
     assert sum(res.details["quant_ops"].values()) >= 8
     codes = {a.code for a in res.advisories}
-    # (the digits CNN is small enough that int8 may run slower than fp32: measured, and said)
-    assert "qat_xnnpack_deprecated" in codes and codes <= {"qat_xnnpack_deprecated", "int8_slower_than_fp32"}
+    # (the digits CNN is small enough that int8 may run slower than fp32: measured, and said; the
+    # ARM model's int8 kernels measured on an x86 host without VNNI lose accuracy: said, naming that CPU)
+    from compress.core.env import host_cpu
+
+    allowed = {"qat_xnnpack_deprecated", "int8_slower_than_fp32"}
+    if host_cpu().u8s8_saturates:
+        allowed.add("int8_kernels_lose_accuracy")
+    assert "qat_xnnpack_deprecated" in codes and codes <= allowed
+    if "int8_kernels_lose_accuracy" in codes:
+        msg = next(a.message for a in res.advisories if a.code == "int8_kernels_lose_accuracy")
+        assert "without VNNI" in msg
     assert np.isfinite(runner.evaluate(out.module)["accuracy"])
 
 
