@@ -4,8 +4,8 @@ The study lives in ``search.db`` (SQLite) in the search folder, or in any Optuna
 (``search.storage``): a stopped search resumes from it (``--resume``) without redoing a
 finished trial; trials a killed search left running are marked failed and asked again
 with the same parameters. Objectives are the measured values of each trial's final
-artifact; hard limits and fidelity gates reach the sampler through ``constraints_func``
-(<= 0 is met), so TPE and NSGA-II both steer towards feasible trials.
+artifact; hard limits and fidelity gates reach the sampler as the trial's constraints
+(``Trial.set_constraint``, <= 0 is met), so TPE and NSGA-II both steer towards feasible trials.
 """
 
 from __future__ import annotations
@@ -54,17 +54,12 @@ def _optuna() -> Any:
     return optuna
 
 
-def constraints_of(frozen: Any) -> list[float]:
-    """Optuna's ``constraints_func``: the stored violations (<= 0 met); a gate failure counts 1."""
-    return list(frozen.user_attrs.get("constraints") or [1.0])
-
-
 def make_sampler(spec: SearchSpec) -> Any:
     """TPE (default, multivariate) or NSGA-II, both with the constraints."""
     optuna = _optuna()
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.seed, constraints_func=constraints_of)
-    return optuna.samplers.TPESampler(seed=spec.seed, constraints_func=constraints_of, multivariate=True,
+        return optuna.samplers.NSGAIISampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True,
                                       n_startup_trials=min(10, max(2, len(spec.space) + 1)))
 
 
@@ -116,9 +111,9 @@ def tell(study: Any, trial: Any, outcome: dict[str, Any], spec: SearchSpec) -> N
             trial.set_user_attr(OUTCOME, _jsonable(outcome))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
-    gate = 1.0 if "fidelity gate" in (outcome.get("reason") or "") else 0.0
-    misses = [v if v is not None else 1e9 for v in (outcome.get("violations") or {}).values()]
-    trial.set_user_attr("constraints", [*misses, gate])
+    for name, miss in (outcome.get("violations") or {}).items():
+        trial.set_constraint(name, 1e9 if miss is None else miss)
+    trial.set_constraint("fidelity_gate", 1.0 if outcome.get("gate_reasons") else 0.0)
     study.tell(trial, values)
 
 
