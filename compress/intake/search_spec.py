@@ -115,9 +115,18 @@ class SearchSpec(StrictModel):
     ray: RaySpec = Field(default_factory=RaySpec)
     storage: str | None = Field(None, max_length=1000, description="Optuna RDB URL (postgresql://...); "
                                 "default sqlite in the search folder (search.db)")
-    sampler: Literal["tpe", "nsga2"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "grid"] = Field("tpe", description="tpe (multi-objective TPE), nsga2, or grid "
+                                                     "(every combination once; ranges need a step)")
     seed: int | None = Field(0, ge=0, le=2**32 - 1, description="the sampler's seed")
     require: Bool = Field(False, description="exit 1 when no trial meets every constraint")
+
+    @model_validator(mode="after")
+    def _grid(self) -> SearchSpec:
+        if self.sampler == "grid":
+            loose = [k for k, d in self.space.items() if isinstance(d, Range) and d.step is None and not d.is_int()]
+            if loose:
+                raise ValueError(f"sampler: grid needs a step on every float range ({', '.join(loose)})")
+        return self
 
     @field_validator("objectives")
     @classmethod

@@ -57,6 +57,10 @@ def _optuna() -> Any:
 def make_sampler(spec: SearchSpec) -> Any:
     """TPE (default, multivariate) or NSGA-II, both with the constraints."""
     optuna = _optuna()
+    if spec.sampler == "grid":
+        from compress.search.space import grid_values
+
+        return optuna.samplers.GridSampler({k: grid_values(d) for k, d in spec.space.items()}, seed=spec.seed)
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True,
@@ -134,6 +138,10 @@ def run_search(s: SearchSettings) -> list[dict[str, Any]]:
     if s.resume:
         _requeue_interrupted(study)
     done = len(outcomes_of(study))
+    if s.spec.sampler == "grid":
+        from compress.search.space import grid_size
+
+        s.trials = min(s.trials, grid_size(s.spec) or s.trials)  # every combination once, then stop
     start = time.monotonic()
     executor = make_executor(s.executor, s.workers, s.address)
     asked: dict[int, Any] = {}

@@ -23,11 +23,26 @@ DROP = (None, "none")
 """Values of a step key that remove the step."""
 
 
+def grid_values(dom: Any) -> list[Any]:
+    """Every value of a discrete domain: a list as written, a range stepped from low to high."""
+    if not isinstance(dom, Range):
+        return list(dom)
+    step = dom.step or 1
+    n = int(round((dom.high - dom.low) / step + 1e-9)) + 1
+    values = [dom.low + i * step for i in range(n)]
+    return [int(v) for v in values] if dom.is_int() else [round(float(v), 12) for v in values]
+
+
 def suggest(trial: Any, spec: SearchSpec) -> dict[str, Any]:
-    """Sample one value per space key with an Optuna trial (categorical lists, float/int ranges)."""
+    """Sample one value per space key with an Optuna trial (categorical lists, float/int ranges).
+
+    Under ``sampler: grid`` every key is categorical over :func:`grid_values`.
+    """
     params: dict[str, Any] = {}
     for key, dom in spec.space.items():
-        if isinstance(dom, Range):
+        if spec.sampler == "grid":
+            params[key] = trial.suggest_categorical(key, grid_values(dom))
+        elif isinstance(dom, Range):
             if dom.is_int():
                 params[key] = trial.suggest_int(key, int(dom.low), int(dom.high), step=int(dom.step or 1), log=dom.log)
             else:
@@ -159,13 +174,9 @@ def grid_size(spec: SearchSpec) -> int | None:
     """How many distinct trials the space holds, or None when a range is continuous."""
     n = 1
     for dom in spec.space.values():
-        if isinstance(dom, Range):
-            if dom.step is None and not dom.is_int():
-                return None
-            step = dom.step or 1
-            n *= int((dom.high - dom.low) // step) + 1
-        else:
-            n *= len(dom)
+        if isinstance(dom, Range) and dom.step is None and not dom.is_int():
+            return None
+        n *= len(grid_values(dom))
     return n
 
 
