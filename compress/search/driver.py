@@ -57,10 +57,8 @@ def _optuna() -> Any:
 def make_sampler(spec: SearchSpec) -> Any:
     """TPE (default, multivariate) or NSGA-II, both with the constraints."""
     optuna = _optuna()
-    if spec.sampler == "grid":
-        from compress.search.space import grid_values
-
-        return optuna.samplers.GridSampler({k: grid_values(d) for k, d in spec.space.items()}, seed=spec.seed)
+    if spec.sampler == "grid":  # the combinations are enqueued by open_study; none is left to chance
+        return optuna.samplers.RandomSampler(seed=spec.seed)
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True,
@@ -75,8 +73,29 @@ def open_study(spec: SearchSpec, folder: Path) -> Any:
     """Create the study, or load it (``load_if_exists``) for a resumed or shared search."""
     optuna = _optuna()
     directions = list(spec.objectives.values())
-    return optuna.create_study(study_name=STUDY_NAME, storage=storage_url(spec, folder), directions=directions,
-                               sampler=make_sampler(spec), load_if_exists=True)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage_url(spec, folder), directions=directions,
+                                sampler=make_sampler(spec), load_if_exists=True)
+    if spec.sampler == "grid" and not study.get_trials(deepcopy=False):
+        for params in grid_order(spec):
+            study.enqueue_trial(params)
+    return study
+
+
+def grid_order(spec: SearchSpec) -> list[dict[str, Any]]:
+    """Every combination of the space once, shuffled by the seed (a cut-short grid still spans the space).
+
+    Enqueued in the study itself (not a GridSampler, whose stop() needs Study.optimize), so a
+    resumed or shared search continues the same grid.
+    """
+    import itertools
+    import random
+
+    from compress.search.space import grid_values
+
+    keys = list(spec.space)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(grid_values(spec.space[k]) for k in keys))]
+    random.Random(spec.seed).shuffle(combos)
+    return combos
 
 
 def outcomes_of(study: Any) -> list[dict[str, Any]]:
