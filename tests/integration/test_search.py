@@ -117,7 +117,9 @@ def test_ray_gives_the_same_front_up_to_noise(local_search, ray_search) -> None:
         ratio = r["metrics"]["latency_ms"]["value"] / o["metrics"]["latency_ms"]["value"]
         assert 1 / 3 < ratio < 3, (key, ratio)  # the same model on the same machine, up to a loaded machine's noise
         assert r["steps"] and all(s["cached"] for s in r["steps"])  # the driver took the task's steps from the cache
-        assert r.get("train_steps") and not any(s["cached"] for s in r["train_steps"])  # the task trained them
+        assert r.get("train_steps")
+    # the tasks trained (trials sharing a prune step share it through the cache, in Ray as locally)
+    assert any(not s["cached"] for o in ray.values() for s in o["train_steps"])
     objectives = {"accuracy": "maximize", "size_mb": "minimize"}  # the deterministic objectives
     assert {config(o) for o in pareto_front(list(local.values()), objectives)} == \
         {config(o) for o in pareto_front(list(ray.values()), objectives)}
