@@ -43,6 +43,7 @@ class SearchSettings:
     resume: bool = False
     on_trial: Callable[[dict[str, Any], int, int], None] = field(default=lambda o, done, total: None)
     on_tick: Callable[[int, int, float], None] = field(default=lambda done, total, elapsed: None)
+    on_results: Callable[[list[dict[str, Any]]], None] = field(default=lambda outcomes: None)
 
 
 def _optuna() -> Any:
@@ -184,6 +185,7 @@ def run_search(s: SearchSettings) -> list[dict[str, Any]]:
             tell(study, asked.pop(job.number), outcome, s.spec)
             done += 1
             s.on_trial(outcome, done, s.trials)
+            s.on_results(outcomes_of(study))  # the tables stay current: a stopped search still shows its trials
     except BaseException:
         for number, trial in asked.items():  # tell the study they were cut short; a resume asks them again
             try:

@@ -85,10 +85,12 @@ def search(source: RecipeSource, overrides: list[str], folder: Path | None = Non
     size = grid_size(spec)
     say(f"search folder: {folder}  ({total} trials on {spec.target}, executor {settings.executor}"
         + (f", {size} distinct configurations" if size is not None else "") + ")", markup=False)
-    outcomes = _run_with_progress(settings, console)
     from compress.runner.run import environment
 
-    summary = write_results(folder, outcomes, spec, environment())
+    env = environment()
+    settings.on_results = lambda outcomes: write_results(folder, outcomes, spec, env)
+    outcomes = _run_with_progress(settings, console)
+    summary = write_results(folder, outcomes, spec, env)
     if summary["best"] is not None:
         say(f"best feasible trial {summary['best']}: {folder / 'best.recipe.yaml'}", markup=False)
     else:

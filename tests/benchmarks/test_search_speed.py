@@ -11,7 +11,8 @@ the ratio of the pooled medians is the claim, with its paired bootstrap CI.
 
 Epochs are cut to fit a 2-core machine (documented override, the same for both sides):
 distill ``EPOCHS_DISTILL``, prune fine-tuning ``EPOCHS_PRUNE``, QAT ``EPOCHS_QAT``.
-``SEARCH_TRIALS`` (default 20) can be lowered with ``$EDGEPACK_SEARCH_TRIALS`` for a quick look.
+``$EDGEPACK_SEARCH_EPOCHS`` (``3,1,1``) sets them; ``$EDGEPACK_SEARCH_TRIALS`` (20) and
+``$EDGEPACK_SEARCH_TIME`` (3h, the search's time budget) bound the search for a quick look.
 
 Run: ``python -m pytest tests/benchmarks/test_search_speed.py --benchmark-only -s``
 (tens of minutes on 2 cores: every trial trains).
@@ -33,13 +34,14 @@ from tests.conftest import ROOT
 
 RECIPE = ROOT / "recipes" / "mobilenet-digits.yaml"
 SEARCH_TRIALS = int(os.environ.get("EDGEPACK_SEARCH_TRIALS", "20"))
-EPOCHS_DISTILL, EPOCHS_PRUNE, EPOCHS_QAT = 3, 1, 1
+SEARCH_TIME = os.environ.get("EDGEPACK_SEARCH_TIME", "3h")  # the search's time budget (running trials finish)
+EPOCHS_DISTILL, EPOCHS_PRUNE, EPOCHS_QAT = (int(e) for e in os.environ.get("EDGEPACK_SEARCH_EPOCHS", "3,1,1").split(","))
 MIN_SPEEDUP = 1.5
 RUNS, REPEATS = 300, 5
 SHORT = ["--set", f"steps[0].distill.epochs={EPOCHS_DISTILL}", "--set", f"steps[1].prune.epochs={EPOCHS_PRUNE}",
          "--set", "bench.runs=50", "--set", "bench.max_repeats=3"]
 SEARCH = ("{objectives: {latency_ms: minimize, accuracy: maximize}, constraints: {accuracy_loss: 0.01}, "
-          "target: local, sampler: tpe, budget: {trials: %d, time: 3h}, "
+          "target: local, sampler: tpe, budget: {trials: %d, time: %s}, "
           "space: {distill.width: [0.25, 0.375, 0.5, 0.75, null], prune.ratio: {low: 0.0, high: 0.7, step: 0.05}, "
           "quantize.method: [static, fp16, none], quantize.calibration: [minmax, entropy, percentile]}}")
 
@@ -62,7 +64,7 @@ def _search_vs_handwritten(tmp: Path) -> dict[str, Any]:
               "--set", "steps=[{distill: {width: 0.5, epochs: %d, lr: 2.0e-3}}, {prune: {method: structured, "
                        "ratio: 0.2, round_to: 8, epochs: %d, lr: 1.0e-3, distill_from_unpruned: true}}]"
               % (EPOCHS_DISTILL, EPOCHS_PRUNE),
-              "--set", "search=" + SEARCH % SEARCH_TRIALS, env=env)
+              "--set", "search=" + SEARCH % (SEARCH_TRIALS, SEARCH_TIME), env=env)
     table = json.loads((folder / "trials.json").read_text())
     summary, trials = table["summary"], table["trials"]
     assert summary["best"] is not None, summary.get("closest_miss_text")
