@@ -47,7 +47,9 @@ class LocalExecutor:
         import multiprocessing
 
         self.workers = workers or max(1, _cores())
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        threads = max(1, _cores() // self.workers)  # trials training side by side do not oversubscribe the cores
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_limit_threads, initargs=(threads,))
         self._running: dict[Future, TrialJob] = {}
 
     def submit(self, job: TrialJob) -> None:
@@ -68,6 +70,15 @@ class LocalExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _limit_threads(threads: int) -> None:
+    """A pool process's training threads (before torch is imported; a value the user set is kept).
+
+    Benchmarks are unaffected: they run in fresh agent processes with the recipe's bench.threads.
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
 
 
 class RayExecutor:
