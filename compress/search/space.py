@@ -46,7 +46,8 @@ def suggest(trial: Any, spec: SearchSpec) -> dict[str, Any]:
             if dom.is_int():
                 params[key] = trial.suggest_int(key, int(dom.low), int(dom.high), step=int(dom.step or 1), log=dom.log)
             else:
-                params[key] = trial.suggest_float(key, float(dom.low), float(dom.high), step=dom.step, log=dom.log)
+                value = trial.suggest_float(key, float(dom.low), float(dom.high), step=dom.step, log=dom.log)
+                params[key] = round(value, 12) if dom.step is not None else value  # 0.3, not 0.30000000000000004
         else:
             params[key] = trial.suggest_categorical(key, list(dom))
     return params
