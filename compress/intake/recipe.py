@@ -37,6 +37,7 @@ from compress.core.checks import (
     resolve_file,
     resolve_ref,
 )
+from compress.intake.search_spec import SearchSpec
 from compress.intake.recipe_sections import BudgetConfig, CloudConfig, NetworkProfile, PackageConfig, TradeoffConfig
 from devices.specs import AdbDeviceSpec, SshDeviceSpec
 
@@ -562,6 +563,7 @@ class Recipe(StrictModel):
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tradeoff: TradeoffConfig | None = Field(default_factory=TradeoffConfig, description="cloud-vs-device section; null to skip")
     package: PackageConfig | None = None
+    search: SearchSpec | None = Field(None, description="compress search: the space, objectives and hard limits")
 
     @field_validator("export", mode="before")
     @classmethod

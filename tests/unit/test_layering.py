@@ -38,7 +38,7 @@ UNITS: dict[str, str] = {
     **dict.fromkeys(["bench.report", "bench.html", "bench.compare", "bench.tradeoff", "bench.summary"], "report"),
     **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata"], "bundle"),
     # the top: the run, and the command line
-    "compress.runner": "runner",
+    "compress.runner": "runner", "compress.search": "search",
     "compress.cli": "cli", "compress.__main__": "cli",
 }
 
@@ -56,7 +56,8 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"core", "runtime", "devices", "intake"},
     "bundle": {"core", "runtime", "intake", "report"},
     "runner": BELOW_STEPS | {"recipe", "report", "bundle"},
-    "cli": BELOW_STEPS | {"recipe", "report", "bundle", "runner"},
+    "search": BELOW_STEPS | {"recipe", "report", "bundle", "runner"},
+    "cli": BELOW_STEPS | {"recipe", "report", "bundle", "runner", "search"},
 }
 
 # Inside the steps unit, no step imports another: shared code goes to steplib.
