@@ -139,6 +139,15 @@ def run_cmd(
 
     try:
         source = parse_recipe(recipe, set_ or [])
+        if source.recipe.search is not None:  # a recipe with a search: section is a search
+            from compress.cli.search import search_cmd
+
+            if not quiet:
+                _console().print("this recipe has a search: section: running the search "
+                                 "(compress search RECIPE takes --trials, --executor, --workers)", markup=False)
+            search_cmd(recipe, trials=None, executor=None, address=None, workers=None, out=out, resume=resume,
+                       set_=set_, no_cache=no_cache, quiet=quiet)
+            return
         if resume is not None:
             out = _resume_folder(resume, out, no_cache)
     except EdgepackError as e:

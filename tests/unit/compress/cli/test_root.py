@@ -136,3 +136,20 @@ def test_fish_completes_a_real_command_line(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     names = [line.split("\t")[0] for line in res.stdout.splitlines()]
     assert "devices" in names and "prune" in names, res.stdout
+
+
+def test_a_recipe_with_a_search_section_runs_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compress RECIPE`` of a recipe with ``search:`` is ``compress search RECIPE`` (the issue's promise)."""
+    from typer.testing import CliRunner
+
+    import compress.cli.search as search_cli
+    from compress.cli import app
+
+    calls: list[dict] = []
+    monkeypatch.setattr(search_cli, "search_cmd", lambda recipe, **kw: calls.append({"recipe": recipe, **kw}))
+    recipe = ROOT / "recipes" / "search-digits.yaml"
+    res = CliRunner().invoke(app, [str(recipe), "--set", "search.budget.trials=2", "--no-cache"])
+    assert res.exit_code == 0, res.output
+    assert "running the search" in res.output
+    (call,) = calls
+    assert call["recipe"] == recipe and call["set_"] == ["search.budget.trials=2"] and call["no_cache"] is True
