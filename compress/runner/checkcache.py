@@ -9,9 +9,10 @@ spec naming the check, the other model's hash, the settings and the CPU, so a re
 unchanged recipe neither runs its torch models nor compares their outputs again. A result
 that does not survive JSON unchanged (a NaN) is never stored.
 
-A torch model is hashed with the tensors its graph reads that are plain attributes (a pt2e
-model's ``_tensor_constant*``): :func:`torch.load` registers them as buffers, so without them
-a freshly trained model and the same model read back from the step cache hash differently.
+A torch graph module (a pt2e QAT model) is hashed as its saved and reloaded copy: reading it
+back changes its state dict (the tensor constants its graph reads become buffers, and more),
+so otherwise a freshly trained model and the same model read back from the step cache in the
+next run would hash differently, and every check of it would be a miss.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ def _graph_constants(module: Any) -> dict[str, Any]:
     return out
 
 
-def torch_model_hash(module: Any) -> str:
-    """:func:`hash_state_dict` of a module, counting the plain tensor constants its graph reads
-    as the buffers a saved and reloaded copy has (the module itself is not changed)."""
+def _state_hash(module: Any) -> str:
+    """:func:`hash_state_dict`, counting the plain tensor constants a graph reads as buffers."""
     constants = _graph_constants(module)
     if not constants:
         return hash_state_dict(module)
@@ -55,6 +55,40 @@ def torch_model_hash(module: Any) -> str:
     for name in constants:
         view.__dict__.pop(name, None)
     return hash_state_dict(view)
+
+
+# state hash of a graph module -> the hash of its saved and reloaded copy (computing it saves the model)
+_RELOADED: dict[str, str] = {}
+
+
+def torch_model_hash(module: Any) -> str:
+    """The hash of a torch model as the step cache's copy of it will hash.
+
+    An ordinary module: :func:`hash_state_dict`. A graph module (a pt2e QAT model) is saved
+    and read back as :func:`compress.runner.runcache.save_module` and the cache do (once per
+    state), because reading it back changes its state dict (constants become buffers, among
+    others), so a model trained in this run and the same model from the cache in the next
+    share their evaluations. The module itself is not changed.
+    """
+    state = _state_hash(module)
+    graph = getattr(module, "graph", None)
+    if graph is None or not hasattr(graph, "nodes"):
+        return state
+    if state not in _RELOADED:
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        from compress.runner.runcache import save_module
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgepack-hash-") as tmp:
+                save_module(module, Path(tmp) / "module.pt")
+                _RELOADED[state] = _state_hash(torch.load(Path(tmp) / "module.pt", weights_only=False))
+        except Exception:  # noqa: BLE001  a model that does not save is not cached by the step cache either
+            _RELOADED[state] = state
+    return _RELOADED[state]
 
 
 def model_hash(thing: Any) -> str:
