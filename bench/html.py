@@ -1,7 +1,7 @@
 """``report.html``: one self-contained page a user reads to decide what to ship.
 
-Everything is inside the file: plots are drawn here with matplotlib (no pyplot, no
-global backend state) and inlined as SVG, styles are inline, there is no script, and a
+Everything is inside the file: plots are drawn as inline SVG by :mod:`bench.svgchart`
+(text, no plotting library to import on every run), styles are inline, there is no script, and a
 Content-Security-Policy forbids the page from fetching anything, so it opens the same
 offline, in a mail attachment or as a CI artifact.
 """
@@ -9,7 +9,6 @@ offline, in a mail attachment or as a CI artifact.
 from __future__ import annotations
 
 import html
-import io
 import re
 from pathlib import Path
 from typing import Any
@@ -145,44 +144,20 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 class _Plotter:
-    """Draws figures into inline SVG; each figure gets its own id salt so ids never clash."""
+    """Renders charts into inline SVG, counting them (each chart names its own class)."""
 
     def __init__(self) -> None:
         self.count = 0
 
-    def svg(self, fig: Any, name: str, title: str) -> str:
-        import matplotlib
-
+    def svg(self, chart: Any, name: str, title: str) -> str:
         self.count += 1
-        buf = io.StringIO()
-        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"edgepack-{name}-{self.count}"}):
-            fig.savefig(buf, format="svg", bbox_inches="tight")
-        text = buf.getvalue()
-        text = text[text.index("<svg"):]
-        # Inline SVG in HTML needs no namespace declarations; dropping them leaves no URL at all in the page.
-        text = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text)
-        text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.DOTALL)  # RDF with URLs, nothing to show
-        text = text.replace("<svg", f'<svg class="plot-{_e(name)}" role="img" aria-label="{_e(title)}"', 1)
-        return text
-
-    @staticmethod
-    def figure(width: float, height: float) -> Any:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(width, height), dpi=100)
-        fig.set_layout_engine("constrained")
-        return fig
-
-
-def _style(ax: Any) -> None:
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.grid(True, color="#e5e9ef", linewidth=0.7)
-    ax.set_axisbelow(True)
-    ax.tick_params(labelsize=8)
+        return chart.render(name, title)
 
 
 def scatter_plot(report: Report, plotter: _Plotter) -> str | None:
     """Accuracy against p50 latency, one series per measurement setting, Pareto front marked."""
+    from bench.svgchart import Axis, Chart, circle, cross, line, text
+
     rows = timed(report)
     if not rows:
         return None
@@ -194,77 +169,104 @@ def scatter_plot(report: Report, plotter: _Plotter) -> str | None:
             series.setdefault(measurement_label(t), []).append((a, t))
     if not series:
         return None
-    fig = plotter.figure(6.4, 4.0)
-    ax = fig.add_subplot()
-    _style(ax)
-    all_x = []
+    pts_all = [(t.latency_ms, a.accuracy if use_acc else a.size_bytes / 1e6) for s in series.values() for a, t in s]
+    xs_all = [v for s, _ in pts_all for v in (s.ci95[0], s.ci95[1], s.p50) if v > 0] or [1.0]
+    ys_all = [y for _, y in pts_all]
+    base = report.baseline.accuracy if use_acc and report.baseline and report.baseline.accuracy is not None else None
+    if base is not None:
+        ys_all.append(base)
+    log_x = max(xs_all) / max(min(xs_all), 1e-12) > 20
+    xlo, xhi = min(xs_all), max(xs_all)
+    pad_x = (xhi - xlo) * 0.08 or xhi * 0.1
+    ylo, yhi = min(ys_all), max(ys_all)
+    pad_y = (yhi - ylo) * 0.1 or abs(yhi) * 0.01 or 0.01
+    chart = Chart(640, 400, Axis(xlo / 1.3 if log_x else max(0.0, xlo - pad_x), xhi * 1.3 if log_x else xhi + pad_x, log_x),
+                  Axis(ylo - pad_y, yhi + pad_y))
+    chart.axes("p50 latency (ms), bars: 95% CI of the median", "accuracy" if use_acc else "size (MB)")
+    X, Y = chart.x, chart.y
+    if Y is None:  # a value chart always has its y axis
+        return None
+    if base is not None:
+        chart.add(line([(X.start, Y(base)), (X.end, Y(base))], "#6b7280", 1, "2 3"),
+                  (line([(-7, 0), (7, 0)], "#6b7280", 1, "2 3"), "baseline accuracy"))
     for k, (label, pts) in enumerate(series.items()):
         color = _COLORS[k % len(_COLORS)]
         xs = [t.latency_ms.p50 for _, t in pts]
         ys = [a.accuracy if use_acc else a.size_bytes / 1e6 for a, _ in pts]
-        lo = [max(0.0, t.latency_ms.p50 - t.latency_ms.ci95[0]) for _, t in pts]
-        hi = [max(0.0, t.latency_ms.ci95[1] - t.latency_ms.p50) for _, t in pts]
-        all_x += xs
-        ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", color=color, markersize=6, capsize=3, label=label, zorder=3)
-        for (a, _), x, y in zip(pts, xs, ys):
-            ax.annotate(a.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5, color="#1d2430")
-        # Lower latency is better; so is higher accuracy, or lower size when there is no accuracy.
-        # A degraded artifact (failed its fidelity gate) is drawn hollow and never on the front.
         ok = [i for i, (a, _) in enumerate(pts) if a.status != "degraded"]
-        bad = [i for i in range(len(pts)) if i not in ok]
-        if bad:
-            ax.scatter([xs[i] for i in bad], [ys[i] for i in bad], s=60, marker="x", color="#b42318", zorder=5,
-                       label="degraded (failed its gate)" if k == 0 else None)
+        # Lower latency is better; so is higher accuracy, or lower size when there is no accuracy.
+        # A degraded artifact (failed its fidelity gate) is crossed out and never on the front.
         front = [ok[i] for i in pareto_front([(xs[i], ys[i] if use_acc else -ys[i]) for i in ok])]
-        fx, fy = [xs[i] for i in front], [ys[i] for i in front]
-        ax.plot(fx, fy, linestyle="--", drawstyle="steps-post" if use_acc else "default", color=color, linewidth=1, zorder=2)
-        ax.scatter(fx, fy, s=150, facecolors="none", edgecolors=color, linewidths=1.4, zorder=4,
-                   label=f"Pareto front ({label})")
-    if use_acc and report.baseline and report.baseline.accuracy is not None:
-        ax.axhline(report.baseline.accuracy, color="#6b7280", linestyle=":", linewidth=1, label="baseline accuracy")
-    if all_x and max(all_x) / max(min(all_x), 1e-12) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("p50 latency (ms), bars: 95% CI of the median", fontsize=9)
-    ax.set_ylabel("accuracy" if use_acc else "size (MB)", fontsize=9)
-    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncols=2)
+        steps: list[tuple[float, float]] = []
+        for i in front:
+            if steps and use_acc:
+                steps.append((X(xs[i]), steps[-1][1]))
+            steps.append((X(xs[i]), Y(ys[i])))
+        if len(steps) > 1:
+            chart.add(line(steps, color, 1, "4 3"))
+        for (a, t), x, y in zip(pts, xs, ys):
+            s = t.latency_ms
+            px, py = X(x), Y(y)
+            chart.add(line([(X(max(s.ci95[0], 1e-12)), py), (X(s.ci95[1]), py)], color, 1.2))
+            chart.add(circle(px, py, 3.5, color, title=f"{a.name}: {x:.4g} ms, {y:.4g}"), (circle(0, 0, 3.5, color), label))
+            chart.add(text(px + 6, py - 5, a.name, 8))
+            if a.status == "degraded":
+                chart.add(cross(px, py, "#b42318"), (cross(0, 0, "#b42318"), "degraded (failed its gate)"))
+        for i in front:
+            chart.add(circle(X(xs[i]), Y(ys[i]), 7, color, hollow=True), (circle(0, 0, 6, color, hollow=True),
+                                                                          f"Pareto front ({label})"))
     title = "accuracy vs latency" if use_acc else "size vs latency (no accuracy: the recipe has no labels)"
-    return plotter.svg(fig, "scatter", title)
+    return plotter.svg(chart, "scatter", title)
 
 
 def size_plot(report: Report, plotter: _Plotter) -> str | None:
     """Horizontal bars of file size (zipped size where known), baseline size as a line."""
+    from bench.svgchart import Axis, Chart, line, rect, text
+
     arts = [a for a in report.artifacts if a.size_bytes is not None]
     if not arts:
         return None
-    fig = plotter.figure(6.4, 0.9 + 0.38 * len(arts))
-    ax = fig.add_subplot()
-    _style(ax)
-    ys = np.arange(len(arts))
+    base = report.baseline.size_bytes / 1e6 if report.baseline and report.baseline.size_bytes else None
     sizes = [a.size_bytes / 1e6 for a in arts]
-    ax.barh(ys, sizes, color=_COLORS[0], height=0.6, label="file")
-    zipped = [(y, a.zipped_bytes / 1e6) for y, a in zip(ys, arts) if a.zipped_bytes]
-    if zipped:
-        ax.barh([y for y, _ in zipped], [z for _, z in zipped], color=_COLORS[1], height=0.3, label="zipped")
-    for y, s in zip(ys, sizes):
-        ax.annotate(_bytes(int(s * 1e6)), (s, y), textcoords="offset points", xytext=(4, -3), fontsize=7.5)
-    if report.baseline and report.baseline.size_bytes:
-        ax.axvline(report.baseline.size_bytes / 1e6, color="#6b7280", linestyle=":", linewidth=1, label="baseline (torch)")
-    ax.set_yticks(ys, [a.name for a in arts], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("size (MB)", fontsize=9)
-    ax.set_xlim(0, max(sizes + [report.baseline.size_bytes / 1e6 if report.baseline and report.baseline.size_bytes else 0]) * 1.25)
-    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncols=3)
-    return plotter.svg(fig, "size", "model size per artifact")
+    chart = Chart(640, 110 + 30 * len(arts), Axis(0.0, max(sizes + [base or 0.0]) * 1.25 or 1.0),
+                  rows=[a.name for a in arts], left=110)
+    chart.axes("size (MB)")
+    X = chart.x
+    band = (chart.plot_bottom - chart.top) / len(arts)
+    for i, (a, size) in enumerate(zip(arts, sizes)):
+        cy = chart.row_y(i)
+        chart.add(rect(X(0), cy - 0.3 * band, X(size) - X(0), 0.6 * band, _COLORS[0]), (rect(-6, -5, 12, 10, _COLORS[0]), "file"))
+        if a.zipped_bytes:
+            z = a.zipped_bytes / 1e6
+            chart.add(rect(X(0), cy - 0.15 * band, X(z) - X(0), 0.3 * band, _COLORS[1]),
+                      (rect(-6, -3, 12, 6, _COLORS[1]), "zipped"))
+        chart.add(text(X(size) + 4, cy + 3, _bytes(int(size * 1e6)), 8))
+    if base is not None:
+        chart.add(line([(X(base), chart.top), (X(base), chart.plot_bottom)], "#6b7280", 1, "2 3"),
+                  (line([(-7, 0), (7, 0)], "#6b7280", 1, "2 3"), "baseline (torch)"))
+    return plotter.svg(chart, "size", "model size per artifact")
+
+
+def _box(chart: Any, i: int, d: np.ndarray, half: float) -> None:
+    """A horizontal box plot of row ``i``: quartiles, whiskers to p1 and p99, the median as a line."""
+    from bench.svgchart import line, rect
+
+    X, cy = chart.x, chart.row_y(i)
+    p1, q1, med, q3, p99 = np.percentile(d, [1, 25, 50, 75, 99])
+    chart.add(line([(X(p1), cy), (X(q1), cy)], "#333", 0.9) + line([(X(q3), cy), (X(p99), cy)], "#333", 0.9))
+    for v in (p1, p99):
+        chart.add(line([(X(v), cy - half / 2), (X(v), cy + half / 2)], "#333", 0.9))
+    chart.add(rect(X(q1), cy - half, X(q3) - X(q1), 2 * half, "none", "#333"))
+    chart.add(line([(X(med), cy - half), (X(med), cy + half)], "#111", 1.6))
 
 
 def distribution_plot(report: Report, plotter: _Plotter, max_rows: int = 40) -> str | None:
     """Every kept run time per measurement: a box (quartiles, whiskers to p1/p99) over the points."""
+    from bench.svgchart import Axis, Chart, circle
+
     rows = [(a, t) for a, t in timed(report) if t.times_ms][:max_rows]
     if not rows:
         return None
-    fig = plotter.figure(6.8, 0.9 + 0.48 * len(rows))
-    ax = fig.add_subplot()
-    _style(ax)
     data = [np.asarray(t.times_ms, dtype=float) for _, t in rows]
     # A few stalls of 100x the median would squash every box into a line: the axis ends at
     # the largest p99.5 and the label says how many runs lie beyond it.
@@ -273,24 +275,22 @@ def distribution_plot(report: Report, plotter: _Plotter, max_rows: int = 40) -> 
     beyond = [int((d > hi * 1.05).sum()) for d in data]
     labels = [f"{a.name}\n{measurement_label(t)}" + (" (noisy)" if t.latency_ms.noisy else "")
               + (f"\n{k} run{'s' if k > 1 else ''} off the axis" if k else "") for (a, t), k in zip(rows, beyond)]
+    # Log scale when the spread (across settings or within one) spans more than a decade.
+    log_x = hi / max(lo, 1e-12) > 10
+    pad = 0.05 * (hi - lo) or 0.05 * hi
+    axis = Axis(lo / 1.1, hi * 1.1, True) if log_x else Axis(max(0.0, lo - pad), hi + pad)
+    chart = Chart(680, 100 + 44 * len(rows), axis, rows=labels, left=190)
+    chart.axes("time per run (ms); box: quartiles, whiskers: p1-p99, line: median")
+    half = 0.27 * (chart.plot_bottom - chart.top) / len(rows)
     rng = np.random.default_rng(0)
     for i, d in enumerate(data):
-        jitter = rng.uniform(-0.18, 0.18, size=d.size)
-        ax.scatter(d, np.full(d.size, i) + jitter, s=7, alpha=0.45, color=_COLORS[i % len(_COLORS)], linewidths=0, zorder=2)
-    ax.boxplot(data, positions=np.arange(len(data)), orientation="horizontal", whis=(1, 99), widths=0.55,
-               showfliers=False, medianprops={"color": "#111", "linewidth": 1.6},
-               boxprops={"linewidth": 0.9}, whiskerprops={"linewidth": 0.9}, capprops={"linewidth": 0.9})
-    # Log scale when the spread (across settings or within one) spans more than a decade.
-    if hi / max(lo, 1e-12) > 10:
-        ax.set_xscale("log")
-        ax.set_xlim(lo / 1.1, hi * 1.1)
-    else:
-        pad = 0.05 * (hi - lo) or 0.05 * hi
-        ax.set_xlim(max(0.0, lo - pad), hi + pad)
-    ax.set_yticks(np.arange(len(data)), labels, fontsize=7.5)
-    ax.invert_yaxis()
-    ax.set_xlabel("time per run (ms); box: quartiles, whiskers: p1-p99, line: median", fontsize=9)
-    return plotter.svg(fig, "distribution", "latency distribution per artifact")
+        color = _COLORS[i % len(_COLORS)]
+        shown = d[(d >= axis.lo) & (d <= axis.hi)]
+        jitter = rng.uniform(-0.65, 0.65, size=shown.size) * half
+        cy = chart.row_y(i)
+        chart.add("".join(circle(axis(v), cy + j, 1.5, color, opacity=0.45) for v, j in zip(shown, jitter)))
+        _box(chart, i, d, half)
+    return plotter.svg(chart, "distribution", "latency distribution per artifact")
 
 
 # --------------------------------------------------------------------------- sections

@@ -89,6 +89,72 @@ def between_spread(process_medians: list[float] | np.ndarray) -> float | None:
     return float(np.std(np.log(m), ddof=1))
 
 
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction
+    (modified Lentz; Press et al., Numerical Recipes, 3rd ed., section 6.4)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below this point: use the symmetry
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f
+
+
+def student_t_cdf(x: float, nu: float) -> float:
+    """P(T <= x) for Student's t with ``nu`` degrees of freedom."""
+    tail = 0.5 * _incomplete_beta(nu / 2, 0.5, nu / (nu + x * x))
+    return 1.0 - tail if x > 0 else tail
+
+
+def student_t_quantile(p: float, nu: float) -> float:
+    """The ``p`` quantile of Student's t with ``nu`` degrees of freedom (``scipy.stats.t.ppf``).
+
+    Newton's method on :func:`student_t_cdf`, kept inside a bracket (bisection when a step
+    leaves it), to 1e-12: here, not from scipy, because importing scipy.stats takes seconds
+    and every benchmarked latency asks for its MDE.
+    """
+    if not 0.0 < p < 1.0 or nu <= 0:
+        raise ValueError(f"need 0 < p < 1 and nu > 0 (got p={p}, nu={nu})")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -student_t_quantile(1.0 - p, nu)
+    log_norm = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+    lo, hi = 0.0, 1.0
+    while student_t_cdf(hi, nu) < p:
+        lo, hi = hi, 2 * hi
+    x = 0.5 * (lo + hi)
+    for _ in range(200):
+        err = student_t_cdf(x, nu) - p
+        if err == 0:
+            return x
+        if err < 0:
+            lo = x
+        else:
+            hi = x
+        density = math.exp(log_norm - (nu + 1) / 2 * math.log1p(x * x / nu))
+        step = x - err / density if density > 0 else lo - 1.0
+        new = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(new - x) < 1e-13 * max(1.0, x) or hi - lo < 1e-12 * max(1.0, hi):
+            return new
+        x = new
+    return x
+
+
 def minimum_detectable_effect(process_medians: list[float] | np.ndarray, alpha: float = 0.05,
                               power: float = 0.8) -> float | None:
     """The smallest relative change in the median a comparison of two runs like this one can detect.
@@ -117,11 +183,9 @@ def minimum_detectable_effect(process_medians: list[float] | np.ndarray, alpha: 
     s = between_spread(process_medians)
     if s is None:
         return None
-    from scipy.stats import t as student_t
-
     k = len(process_medians)
     nu = 2 * (k - 1)
-    multiplier = float(student_t.ppf(1 - alpha / 2, nu) + student_t.ppf(power, nu))
+    multiplier = student_t_quantile(1 - alpha / 2, nu) + student_t_quantile(power, nu)
     return float(math.expm1(multiplier * max(s, MIN_BETWEEN_SPREAD) * math.sqrt(2 / k)))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,23 +70,44 @@ def model_bytes() -> bytes:
     return model.SerializeToString()
 
 
+def _file_prefix() -> str:
+    """The start of the yardstick file's name: its ``VERSION``, then the digest of its bytes."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", VERSION).strip("-") + "-"
+
+
+def _intact(file: Path) -> bool:
+    """Whether a yardstick file holds the bytes its name's digest says (a damaged one does not)."""
+    digest = file.name[len(_file_prefix()):-len(".onnx")]
+    try:
+        return len(digest) == 16 and hashlib.sha256(file.read_bytes()).hexdigest()[:16] == digest
+    except OSError:
+        return False
+
+
 def path(folder: Path | None = None) -> Path:
     """The yardstick's ONNX file, written once (atomically) into ``folder``.
 
     Default folder: ``$EDGEPACK_CACHE`` or ``~/.cache/edgepack``; when that is not writable,
-    the system's temporary folder. The file's name carries a digest of its bytes, so a stale
-    or damaged file is never used.
+    the system's temporary folder. The file's name carries ``VERSION`` and a digest of its
+    bytes: a file of this version whose bytes match its digest is used as it is (every
+    benchmark process asks, and building the model means importing onnx, seconds on a
+    loaded machine), a stale or damaged file never.
     """
+    candidates = [folder] if folder is not None else [cache_dir(), Path(tempfile.gettempdir())]
+    for base in candidates:
+        try:
+            found = sorted(Path(base).glob(f"{_file_prefix()}*.onnx"))
+        except OSError:
+            continue
+        for file in found:
+            if _intact(file):
+                return file
     data = model_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    candidates = [folder] if folder is not None else [
-        cache_dir(), Path(tempfile.gettempdir())]
     last: OSError | None = None
     for base in candidates:
-        target = Path(base) / f"yardstick-{digest}.onnx"
+        target = Path(base) / f"{_file_prefix()}{digest}.onnx"
         try:
-            if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest()[:16] == digest:
-                return target
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".yardstick-", suffix=".part", dir=target.parent)
             try:

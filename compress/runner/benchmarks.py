@@ -101,6 +101,7 @@ def benchmark_interleaved(
         whose parent was timed on the same target and setting has ``details["speedup_vs_parent"]``.
     """
     results: dict[Key, list[TargetResult]] = {}
+    merges: dict[Key, tuple[int, TargetResult]] = {}  # merged after how many processes: the bootstraps take a while
     inputs: dict[str, Any] = {}
     max_rounds = max(repeats, max_repeats or 0) if repeats > 1 else repeats
     for tname, target in targets:
@@ -113,7 +114,7 @@ def benchmark_interleaved(
             log(f"bench {', '.join(a.name for a in arts)} {where}")
             r = 0
             while r < rounds or (target.how == "measured" and r < max_rounds
-                                 and _imprecise(results, arts, tname, spec, target_mde, log, r, max_rounds)):
+                                 and _imprecise(results, arts, tname, spec, target_mde, log, r, max_rounds, merges)):
                 r += 1
                 for art in arts:
                     key = (art.name, tname, spec.threads, spec.batch)
@@ -128,7 +129,7 @@ def benchmark_interleaved(
                         done.append(target.benchmark(art.path, spec, inputs[art.name]))
                     except EdgepackError as e:
                         done.append(_failed(tname, target.how, spec, str(e)))
-    merged = {key: merge_results(parts) for key, parts in results.items()}
+    merged = {key: _merged(key, parts, merges) for key, parts in results.items()}
     _add_speedups(files, merged, parent_of)
     order = {a.name: i for i, a in enumerate(files)}
     out = dict(sorted(merged.items(), key=lambda kv: order.get(kv[0][0], len(order))))
@@ -137,8 +138,18 @@ def benchmark_interleaved(
     return out
 
 
+def _merged(key: Key, parts: list[TargetResult], merges: dict[Key, tuple[int, TargetResult]]) -> TargetResult:
+    """``merge_results(parts)``, once for the same processes (the last round's check already merged them)."""
+    done = merges.get(key)
+    if done is None or done[0] != len(parts):
+        done = (len(parts), merge_results(parts))
+        merges[key] = done
+    return done[1]
+
+
 def _imprecise(results: dict[Key, list[TargetResult]], arts: Sequence[Any], tname: str, spec: BenchSpec,
-               target_mde: float, log: Callable[[str], None], done: int, most: int) -> bool:
+               target_mde: float, log: Callable[[str], None], done: int, most: int,
+               merges: dict[Key, tuple[int, TargetResult]] | None = None) -> bool:
     """Whether a latency of this target and setting still has an MDE above ``target_mde``.
 
     A latency whose processes all failed, or that is flagged noisy (more processes do not make a
@@ -146,10 +157,13 @@ def _imprecise(results: dict[Key, list[TargetResult]], arts: Sequence[Any], tnam
     """
     worst: tuple[float, str] | None = None
     for art in arts:
-        parts = [x for x in results.get((art.name, tname, spec.threads, spec.batch), []) if x.error is None]
-        if len(parts) < 2:
+        key = (art.name, tname, spec.threads, spec.batch)
+        parts = results.get(key, [])
+        ok = [x for x in parts if x.error is None]
+        if len(ok) < 2:
             continue
-        s = merge_results(parts).latency_ms
+        # the merge the run keeps, when no process failed (else one without the failures)
+        s = (_merged(key, parts, merges if merges is not None else {}) if len(ok) == len(parts) else merge_results(ok)).latency_ms
         if s is None or s.noisy:
             continue
         mde = s.yardstick_mde if s.yardstick_mde is not None else s.mde_rel

@@ -100,15 +100,41 @@ class EvaluationMixin:
             return None
         import hashlib
 
-        try:
-            model_hash = self.cache.artifact_hash(thing)
-        except (TypeError, OSError, RuntimeError, AttributeError):
+        model_hash = self.model_hash(thing)
+        if model_hash is None:
             return None
         ref = np.ascontiguousarray(self.state.reference_outputs)
         spec = (f"{self.recipe.task.kind}|classes={ncls}|probabilities={probabilities}|"
                 f"reference={hashlib.sha256(ref.tobytes()).hexdigest()[:16]}|"
                 f"layout={thing.metadata.get('channels_last_inputs') if isinstance(thing, Artifact) else None}")
         return model_hash, spec
+
+    def model_hash(self, thing: Any) -> str | None:
+        """The hash evaluations and checks of a model are cached by (None: not cached).
+
+        A torch model's hash counts the constants a reloaded copy holds as buffers (see
+        :mod:`compress.runner.checkcache`), so a model trained in this run and the same model
+        read back from the step cache in the next share their evaluations.
+        """
+        if self.cache is None or not self.cache.enabled:
+            return None
+        from compress.runner.checkcache import model_hash
+
+        try:
+            return model_hash(thing)
+        except (TypeError, OSError, RuntimeError, AttributeError):
+            return None
+
+    @property
+    def checks(self) -> Any:
+        """The run's :class:`compress.runner.checkcache.CheckCache` (parity and fidelity results)."""
+        from compress.runner.checkcache import CheckCache
+
+        if self.cache is None:
+            return CheckCache(None)
+        if getattr(self, "_checks", None) is None:
+            self._checks = CheckCache(self.cache)
+        return self._checks
 
     def torch_facts(self, module: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
         from compress.intake.models import count_macs, count_params, torch_size_bytes

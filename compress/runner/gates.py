@@ -10,14 +10,23 @@ per-artifact overrides (``fidelity.artifacts.NAME``); models a torch step change
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from compress.core.types import Advisory, Artifact
 from compress.intake.recipe import GateTolerance, Recipe
+
+# A model's outputs on the eval split, or what computes them when a measure is not cached.
+Outputs = Union[list[np.ndarray], Callable[[], list[np.ndarray]]]
+
+
+def _value(outputs: Outputs) -> list[np.ndarray]:
+    return outputs() if callable(outputs) else outputs
 
 
 @dataclass
@@ -31,6 +40,8 @@ class Gatekeeper:
         baseline_outputs: The baseline's outputs on the eval split.
         labels: Labels by output index, on the eval split.
         log: Where a line per gate goes.
+        checks: Where measures are cached (:class:`compress.runner.checkcache.CheckCache`), or None.
+        baseline_id: The baseline's model hash (its measures are cached by it), or None.
     """
 
     recipe: Recipe
@@ -39,6 +50,8 @@ class Gatekeeper:
     baseline_outputs: list[np.ndarray]
     labels: dict[int, np.ndarray]
     log: Callable[[str], None] = lambda _m: None
+    checks: Any = None
+    baseline_id: str | None = None
     baseline_fidelity: Any = None
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -49,23 +62,36 @@ class Gatekeeper:
         self.baseline_fidelity = measure_fidelity(self.baseline_outputs, self.baseline_outputs, self.specs,
                                                   self.baseline_name, labels=self.labels, top_k=self.recipe.task.top_k)
 
-    def measure(self, outputs: list[np.ndarray], reference: list[np.ndarray], reference_name: str) -> Any:
+    def measure(self, outputs: Outputs, reference: Outputs, reference_name: str,
+                ids: tuple[str | None, str | None] = (None, None)) -> Any:
+        """Fidelity of ``outputs`` against ``reference``; from the cache when both models' hashes
+        (``ids``) are known and were measured so before (then neither model runs)."""
         from bench.fidelity import measure_fidelity
+        from compress.core.report_schema import Fidelity
 
-        return measure_fidelity(reference, outputs, self.specs, reference_name, labels=self.labels,
-                                top_k=self.recipe.task.top_k)
+        settings = {"specs": [dataclasses.asdict(s) for s in self.specs], "top_k": self.recipe.task.top_k}
+        if self.checks is not None:
+            hit = self.checks.get("fidelity", ids, settings, Fidelity, reference_name)
+            if hit is not None:
+                return hit
+        fid = measure_fidelity(_value(reference), _value(outputs), self.specs, reference_name, labels=self.labels,
+                               top_k=self.recipe.task.top_k)
+        if self.checks is not None:
+            self.checks.put("fidelity", ids, settings, fid)
+        return fid
 
-    def gate(self, name: str, precision: str, outputs: list[np.ndarray], parent: tuple[str, list[np.ndarray]] | None,
-             tolerance: GateTolerance | None = None) -> dict[str, Any]:
+    def gate(self, name: str, precision: str, outputs: Outputs, parent: tuple[str, Outputs] | None,
+             tolerance: GateTolerance | None = None, ids: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
         """Gate one artifact (or a torch model a step made).
 
         Args:
             name: The artifact's name.
             precision: fp32, fp16, int8, ... (chooses the tolerances).
-            outputs: Its outputs on the eval split.
+            outputs: Its outputs on the eval split (or what computes them).
             parent: (name, outputs) of the model it was made from; None when it was made from
                 the baseline by a step that changes the function (then only the baseline gate applies).
             tolerance: Overrides the precision's tolerances (``fidelity.compressed`` for torch steps).
+            ids: The model hashes of the artifact and its parent, which cache the measures.
 
         Returns:
             ``{"vs_parent": Fidelity | None, "vs_baseline": Fidelity, "gate": GateResult}``.
@@ -75,9 +101,9 @@ class Gatekeeper:
         tol = tolerance or self.recipe.fidelity.tolerance_for(name, precision)
         vs_parent = None
         if parent is not None:
-            vs_parent = self.measure(outputs, parent[1], parent[0])
+            vs_parent = self.measure(outputs, parent[1], parent[0], ids)
         vs_baseline = (vs_parent if parent is not None and parent[0] == self.baseline_name
-                       else self.measure(outputs, self.baseline_outputs, self.baseline_name))
+                       else self.measure(outputs, self.baseline_outputs, self.baseline_name, (ids[0], self.baseline_id)))
         result = evaluate_gate(vs_parent, vs_baseline, tol, precision, baseline=self.baseline_fidelity)
         inherited = self.results.get(parent[0]) if parent is not None else None
         if not result.passed and inherited is not None and not inherited["gate"].passed:
@@ -115,7 +141,8 @@ class GatingMixin:
         primary = next((s.index for s in specs if s.task == t.kind), 0)
         if split.y is not None and primary not in labels:
             labels[primary] = split.y
-        self.gatekeeper = Gatekeeper(self.recipe, specs, baseline.name, baseline_outputs, labels, self.log)
+        self.gatekeeper = Gatekeeper(self.recipe, specs, baseline.name, baseline_outputs, labels, self.log,
+                                     checks=self.checks, baseline_id=self.model_hash(baseline))
         shown = ", ".join(f"{s.name} ({s.task}{', probabilities' if s.probabilities else ''})" for s in specs)
         self.log(f"outputs: {shown}")
 
@@ -135,8 +162,9 @@ class GatingMixin:
         """A torch step's model against the baseline, with ``fidelity.compressed``."""
         if self.gatekeeper is None:
             return
-        g = self.gatekeeper.gate(result.name, "fp32", self.outputs_of(result.module), None,
-                                 tolerance=self.recipe.fidelity.artifacts.get(result.name) or self.recipe.fidelity.compressed)
+        g = self.gatekeeper.gate(result.name, "fp32", lambda: self.outputs_of(result.module), None,
+                                 tolerance=self.recipe.fidelity.artifacts.get(result.name) or self.recipe.fidelity.compressed,
+                                 ids=(self.model_hash(result.module), None))
         record["fidelity"] = g["vs_baseline"].model_dump(mode="json")
         record["gate"] = g["gate"].model_dump(mode="json")
         if not g["gate"].passed:
@@ -154,9 +182,9 @@ class GatingMixin:
                 continue
             parent = self.parent_of(art)
             try:
-                outs = self.outputs_of(art)
-                ref = (parent.name, self.outputs_of(parent)) if parent is not None else None
-                g = self.gatekeeper.gate(art.name, art.precision, outs, ref)
+                ref = (parent.name, functools.partial(self.outputs_of, parent)) if parent is not None else None
+                g = self.gatekeeper.gate(art.name, art.precision, functools.partial(self.outputs_of, art), ref,
+                                         ids=(self.model_hash(art), self.model_hash(parent) if parent is not None else None))
             except ValueError as e:
                 from compress.core.report_schema import GateResult
 

@@ -2,13 +2,12 @@
 
 ``trials.json`` (every trial, the front, the best trial, the closest miss), ``trials.csv``,
 ``best.recipe.yaml`` (the best feasible trial's resolved recipe, runnable as is with
-``compress``), ``search.md`` and ``search.html`` (matplotlib: every trial, infeasible ones
+``compress``), ``search.md`` and ``search.html`` (an SVG plot: every trial, infeasible ones
 marked, the front drawn). Every file is written atomically.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -123,45 +122,50 @@ def _fmt(v: Any) -> str:
 
 
 def _plot(outcomes: list[dict[str, Any]], spec: SearchSpec, summary: dict[str, Any]) -> str:
-    """The trials on the first two objectives (latency vs accuracy by default), as a base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The trials on the first two objectives (latency vs accuracy by default), as inline SVG
+    (:mod:`bench.svgchart`, as the run report draws its plots)."""
+    from bench.svgchart import Axis, Chart, circle, cross, line, text
 
     metrics = list(spec.objectives)
     x_metric = metrics[0]
     y_metric = metrics[1] if len(metrics) > 1 else ("accuracy" if x_metric != "accuracy" else "latency_ms")
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for status, marker, colour in (("feasible", "o", "#1f77b4"), ("infeasible", "x", "#d62728")):
-        pts = [(value_of(o, x_metric), value_of(o, y_metric), o["number"]) for o in outcomes
-               if o.get("status") == status and value_of(o, x_metric) is not None and value_of(o, y_metric) is not None]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, c=colour, label=status)
-            for x, y, n in pts:
-                ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    front = [o for n in summary["front"] for o in outcomes if o["number"] == n]
-    fpts = sorted((value_of(o, x_metric), value_of(o, y_metric)) for o in front
-                  if value_of(o, x_metric) is not None and value_of(o, y_metric) is not None)
-    if fpts:
-        ax.plot([p[0] for p in fpts], [p[1] for p in fpts], "-", c="#2ca02c", lw=1.5, label="Pareto front")
-    for metric, axis in ((x_metric, "x"), (y_metric, "y")):
-        limit = spec.constraints.get(metric)
-        if limit is not None:
-            (ax.axvline if axis == "x" else ax.axhline)(limit, ls="--", c="grey", lw=1, label=f"{metric} limit")
-    ax.set_xlabel(f"{x_metric} ({METRIC_UNITS[x_metric]})" if METRIC_UNITS[x_metric] else x_metric)
-    ax.set_ylabel(f"{y_metric} ({METRIC_UNITS[y_metric]})" if METRIC_UNITS[y_metric] else y_metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    pts = [(value_of(o, x_metric), value_of(o, y_metric), o) for o in outcomes
+           if value_of(o, x_metric) is not None and value_of(o, y_metric) is not None]
+    limits = {m: spec.constraints.get(m) for m in (x_metric, y_metric)}
+    xs = [p[0] for p in pts] + [v for v in (limits[x_metric],) if v is not None]
+    ys = [p[1] for p in pts] + [v for v in (limits[y_metric],) if v is not None]
+    if not xs or not ys:
+        return "<p>No trial has both values to plot yet.</p>"
+    pad_x, pad_y = (max(xs) - min(xs)) * 0.08 or abs(xs[0]) * 0.1 or 1.0, (max(ys) - min(ys)) * 0.08 or 0.01
+    chart = Chart(680, 420, Axis(min(xs) - pad_x, max(xs) + pad_x), Axis(min(ys) - pad_y, max(ys) + pad_y))
+    label = {m: f"{m} ({METRIC_UNITS[m]})" if METRIC_UNITS.get(m) else m for m in (x_metric, y_metric)}
+    chart.axes(label[x_metric], label[y_metric])
+    assert chart.y is not None
+    front = [p for p in pts if p[2]["number"] in set(summary["front"])]
+    if front:
+        chart.add(line(sorted((chart.x(x), chart.y(y)) for x, y, _ in front), "#2ca02c", 1.5),
+                  (line([(-8, 0), (8, 0)], "#2ca02c", 1.5), "Pareto front"))
+    for x, y, o in pts:
+        px, py = chart.x(x), chart.y(y)
+        tip = f"trial {o['number']}: {x_metric} {x:.4g}, {y_metric} {y:.4g}"
+        if o.get("status") == "feasible":
+            chart.add(circle(px, py, 4.5, "#1f77b4", title=tip), (circle(0, 0, 4.5, "#1f77b4"), "feasible"))
+        else:
+            chart.add(cross(px, py, "#d62728"), (cross(0, 0, "#d62728"), "infeasible"))
+        chart.add(text(px + 5, py - 4, str(o["number"]), 8))
+    if limits[x_metric] is not None:
+        lx = chart.x(limits[x_metric])
+        chart.add(line([(lx, chart.top), (lx, chart.plot_bottom)], "#888", 1, "4 3"),
+                  (line([(-8, 0), (8, 0)], "#888", 1, "4 3"), "limit"))
+    if limits[y_metric] is not None:
+        ly = chart.y(limits[y_metric])
+        chart.add(line([(chart.left, ly), (chart.x.end, ly)], "#888", 1, "4 3"),
+                  (line([(-8, 0), (8, 0)], "#888", 1, "4 3"), "limit"))
+    return chart.render("search", f"trials: {y_metric} against {x_metric}")
 
 
 def html_page(outcomes: list[dict[str, Any]], spec: SearchSpec, summary: dict[str, Any]) -> str:
-    png = _plot(outcomes, spec, summary)
+    plot = _plot(outcomes, spec, summary)
     headline = (f"Best feasible trial: {summary['best']}" if summary["best"] is not None
                 else f"No trial met every limit. {summary['closest_miss_text'] or ''}")
     rows = []
@@ -178,7 +182,7 @@ def html_page(outcomes: list[dict[str, Any]], spec: SearchSpec, summary: dict[st
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
             "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>"
             f"<h1>Search on {html.escape(spec.target)}</h1><p>{html.escape(headline)}</p>"
-            f"<img alt='trials and Pareto front' src='data:image/png;base64,{png}'>"
+            f"{plot}"
             f"<table><tr>{head}</tr>{''.join(rows)}</table>"
             "<p>★ on the Pareto front (feasible trials, measured values; latency is the p50 with its 95% CI).</p>"
             "</body></html>")

@@ -89,7 +89,8 @@ def test_local_search_writes_every_result(local_search) -> None:
     assert "trial   0" in local_search["out"] and "steps cached" in local_search["out"]
     csv_lines = (folder / "trials.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("trial,prune.ratio,quantize.method,latency_ms")
-    assert "<img" in (folder / "search.html").read_text()
+    page = (folder / "search.html").read_text()
+    assert "<svg" in page and "Pareto front" in page and "<script" not in page
 
 
 def test_resume_keeps_finished_trials(local_search) -> None:

@@ -35,7 +35,8 @@ UNITS: dict[str, str] = {
     # the whole-recipe check: validates the step order against the step registry, so it sits above the steps
     "compress.intake.recipe_io": "recipe",
     # what is made of results: reports, comparisons, the trade-off, bundles
-    **dict.fromkeys(["bench.report", "bench.html", "bench.compare", "bench.tradeoff", "bench.summary"], "report"),
+    **dict.fromkeys(["bench.report", "bench.html", "bench.svgchart", "bench.summary", "bench.compare",
+                     "bench.tradeoff"], "report"),
     **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata"], "bundle"),
     # the top: the run, and the command line
     "compress.runner": "runner", "compress.search": "search",

@@ -187,3 +187,24 @@ def test_estimated_targets_run_once_and_failures_stop_early() -> None:
     assert errors == ["target local: benchmark agent failed: cannot load",
                       "target estimate:pi4: benchmark agent failed: cannot load"]
     assert [r.target for r in by_art["A"]] == ["local", "estimate:pi4"]
+
+
+def test_each_latency_is_merged_once_for_the_same_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import compress.runner.benchmarks as schedule
+
+    merged: list[int] = []
+
+    def counting(parts: list[TargetResult]) -> TargetResult:
+        merged.append(len(parts))
+        return merge_results(parts)
+
+    monkeypatch.setattr(schedule, "merge_results", counting)
+    arts = [_Art("A"), _Art("C", parent="A")]
+    # an MDE target nothing reaches: every round asks for another, up to 4
+    out = benchmark_interleaved(arts, [("local", _FakeTarget())], [BenchSpec(runs=50)], 3, lambda a: None,
+                                max_repeats=4, target_mde=1e-6)
+    assert out[("A", "local", 1, 1)].latency_ms.repeats == 4
+    assert sorted(merged) == [3, 3, 4, 4]  # checked after rounds 3 and 4; the result is the round-4 merge
+    again = benchmark_interleaved(arts, [("local", _FakeTarget())], [BenchSpec(runs=50)], 3, lambda a: None,
+                                  max_repeats=4, target_mde=1e-6)
+    assert again[("C", "local", 1, 1)] == out[("C", "local", 1, 1)]  # the same numbers from the same processes

@@ -27,6 +27,22 @@ def test_yardstick_bytes_are_fixed_and_file_is_rewritten_when_damaged(tmp_path: 
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_an_intact_yardstick_file_is_used_without_building_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = yardstick.path(tmp_path)
+    assert first.name.startswith("edgepack-yardstick-1-")
+
+    def build() -> bytes:
+        raise AssertionError("the model was built again")
+
+    monkeypatch.setattr(yardstick, "model_bytes", build)
+    assert yardstick.path(tmp_path) == first  # every benchmark process asks: no onnx import
+    (tmp_path / f"{first.stem[:-16]}{'0' * 16}.onnx").write_bytes(first.read_bytes())  # name and bytes disagree
+    first.write_bytes(b"damaged")
+    monkeypatch.undo()
+    again = yardstick.path(tmp_path)
+    assert again == first and again.read_bytes() == yardstick.model_bytes()
+
+
 def test_agent_times_the_yardstick_in_blocks_beside_the_model(tmp_path: Path) -> None:
     model = yardstick.path(tmp_path)  # any small ONNX model; the yardstick is one
     out = agent_benchmark({"model": str(model), "runs": 37, "warmup": 5, "yardstick": str(model),
