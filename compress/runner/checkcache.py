@@ -65,7 +65,7 @@ def torch_model_hash(module: Any) -> str:
     """The hash of a torch model as the step cache's copy of it will hash.
 
     An ordinary module: :func:`hash_state_dict`. A graph module (a pt2e QAT model) is saved
-    and read back as :func:`compress.runner.runcache.save_module` and the cache do (once per
+    and read back as :func:`compress.runner.runcodec.save_module` and the cache do (once per
     state), because reading it back changes its state dict (constants become buffers, among
     others), so a model trained in this run and the same model from the cache in the next
     share their evaluations. The module itself is not changed.
@@ -80,7 +80,7 @@ def torch_model_hash(module: Any) -> str:
 
         import torch
 
-        from compress.runner.runcache import save_module
+        from compress.runner.runcodec import save_module
 
         try:
             with tempfile.TemporaryDirectory(prefix="edgepack-hash-") as tmp:

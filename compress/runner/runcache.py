@@ -196,8 +196,11 @@ class RunCache:
         for modules that do not change afterwards: callers hash right before using it)."""
         if isinstance(art, Artifact) and art.format != "torch" and art.path is not None:
             return hash_path(art.path)
-        module = art.module if isinstance(art, Artifact) else art
-        return hash_state_dict(module)
+        from compress.runner.checkcache import torch_model_hash
+
+        # a pt2e graph module hashes as its cached copy will (reloading turns constants into
+        # buffers): a step after QAT hits on the first rerun, not only from the second
+        return torch_model_hash(art.module if isinstance(art, Artifact) else art)
 
     def _reference_hash(self, reference: Any) -> str:
         """The teacher's hash, computed once (every step's key names it; the teacher is never trained)."""
