@@ -30,7 +30,7 @@ table{border-collapse:collapse;font-size:.86rem;margin:.4rem 0 .8rem}th,td{borde
 text-align:left;vertical-align:top}th{background:#f3f6f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .status-ok{color:#17803d;font-weight:600}.status-degraded{color:#b54708;font-weight:600}.status-failed,.status-interrupted{color:#b42318;font-weight:600}
 .muted{color:#5f6b7a}.pill{display:inline-block;border-radius:.6rem;padding:0 .45rem;font-size:.75rem;
-background:#eef2f6;margin-right:.25rem}.noisy{background:#fff1d6;color:#8a5300}.bad{background:#fde2e1;color:#9b1c1c}
+background:#eef2f6;margin-right:.25rem}.noisy{background:#fff1d6;color:#8a5300}.bad{background:#fde2e1;color:#9b1c1c}ul.summary li{margin:.3rem 0}ul.summary li.ok{font-weight:600}
 .good{background:#e0f4e8;color:#17603a}.plot svg{max-width:100%;height:auto}.plots{display:flex;flex-wrap:wrap;gap:1rem}
 .plots figure{margin:0;flex:1 1 520px}figcaption{font-size:.8rem;color:#5f6b7a}
 ul.adv li{margin:.2rem 0}.sev-warning{color:#8a5300}.sev-error{color:#b42318}.sev-info{color:#35557a}
@@ -154,6 +154,23 @@ class _Plotter:
         return chart.render(name, title)
 
 
+def place_label(px: float, py: float, label: str, placed: list[tuple[float, float, float, float]],
+                size: float = 8.0) -> tuple[float, float]:
+    """Where to write a point's label so that it overlaps no label placed before (boxes in
+    ``placed``, which gets this one): beside the point, then further above and below it."""
+    w, h = 0.6 * size * len(label), size + 1
+    offsets = [(6, -5), (6, 11), (-6 - w, -5), (-6 - w, 11)] + [(6, -5 - k * h) for k in range(1, 6)] \
+        + [(6, 11 + k * h) for k in range(1, 6)]
+    for dx, dy in offsets:
+        box = (px + dx, py + dy - size, px + dx + w, py + dy + 1)
+        if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            placed.append(box)
+            return px + dx, py + dy
+    dx, dy = offsets[0]
+    placed.append((px + dx, py + dy - size, px + dx + w, py + dy + 1))
+    return px + dx, py + dy
+
+
 def scatter_plot(report: Report, plotter: _Plotter) -> str | None:
     """Accuracy against p50 latency, one series per measurement setting, Pareto front marked."""
     from bench.svgchart import Axis, Chart, circle, cross, line, text
@@ -189,6 +206,7 @@ def scatter_plot(report: Report, plotter: _Plotter) -> str | None:
     if base is not None:
         chart.add(line([(X.start, Y(base)), (X.end, Y(base))], "#6b7280", 1, "2 3"),
                   (line([(-7, 0), (7, 0)], "#6b7280", 1, "2 3"), "baseline accuracy"))
+    labels_at: list[tuple[float, float, float, float]] = []
     for k, (label, pts) in enumerate(series.items()):
         color = _COLORS[k % len(_COLORS)]
         xs = [t.latency_ms.p50 for _, t in pts]
@@ -209,7 +227,7 @@ def scatter_plot(report: Report, plotter: _Plotter) -> str | None:
             px, py = X(x), Y(y)
             chart.add(line([(X(max(s.ci95[0], 1e-12)), py), (X(s.ci95[1]), py)], color, 1.2))
             chart.add(circle(px, py, 3.5, color, title=f"{a.name}: {x:.4g} ms, {y:.4g}"), (circle(0, 0, 3.5, color), label))
-            chart.add(text(px + 6, py - 5, a.name, 8))
+            chart.add(text(*place_label(px, py, a.name, labels_at), a.name, 8))
             if a.status == "degraded":
                 chart.add(cross(px, py, "#b42318"), (cross(0, 0, "#b42318"), "degraded (failed its gate)"))
         for i in front:
@@ -226,21 +244,24 @@ def size_plot(report: Report, plotter: _Plotter) -> str | None:
     arts = [a for a in report.artifacts if a.size_bytes is not None]
     if not arts:
         return None
-    base = report.baseline.size_bytes / 1e6 if report.baseline and report.baseline.size_bytes else None
-    sizes = [a.size_bytes / 1e6 for a in arts]
+    biggest = max([a.size_bytes for a in arts] + [report.baseline.size_bytes if report.baseline and
+                                                  report.baseline.size_bytes else 0])
+    unit, scale = ("MB", 1e6) if biggest >= 1e6 else ("kB", 1e3)  # the axis in the unit the bars are labelled in
+    base = report.baseline.size_bytes / scale if report.baseline and report.baseline.size_bytes else None
+    sizes = [a.size_bytes / scale for a in arts]
     chart = Chart(640, 110 + 30 * len(arts), Axis(0.0, max(sizes + [base or 0.0]) * 1.25 or 1.0),
                   rows=[a.name for a in arts], left=110)
-    chart.axes("size (MB)")
+    chart.axes(f"size ({unit})")
     X = chart.x
     band = (chart.plot_bottom - chart.top) / len(arts)
     for i, (a, size) in enumerate(zip(arts, sizes)):
         cy = chart.row_y(i)
         chart.add(rect(X(0), cy - 0.3 * band, X(size) - X(0), 0.6 * band, _COLORS[0]), (rect(-6, -5, 12, 10, _COLORS[0]), "file"))
         if a.zipped_bytes:
-            z = a.zipped_bytes / 1e6
+            z = a.zipped_bytes / scale
             chart.add(rect(X(0), cy - 0.15 * band, X(z) - X(0), 0.3 * band, _COLORS[1]),
                       (rect(-6, -3, 12, 6, _COLORS[1]), "zipped"))
-        chart.add(text(X(size) + 4, cy + 3, _bytes(int(size * 1e6)), 8))
+        chart.add(text(X(size) + 4, cy + 3, _bytes(a.size_bytes), 8))
     if base is not None:
         chart.add(line([(X(base), chart.top), (X(base), chart.plot_bottom)], "#6b7280", 1, "2 3"),
                   (line([(-7, 0), (7, 0)], "#6b7280", 1, "2 3"), "baseline (torch)"))
@@ -518,6 +539,23 @@ def _tradeoff_section(r: Report) -> str:
     return f'<section id="tradeoff"><h2>Cloud or device</h2>{body}</section>'
 
 
+def _summary_section(r: Report) -> str:
+    """The answer first: per target the artifact to ship, and every slowdown in words."""
+    s = r.summary
+    if not s:
+        return ""
+    items = []
+    for t in s.get("targets", []):
+        items.append(f'<li class="{"ok" if t.get("recommended") else "bad"}">{_e(t["words"])}</li>')
+    for f in s.get("slower_than_parent", []):
+        items.append(f'<li class="bad">{_e(f["words"])}</li>')
+    if s.get("degraded"):
+        items.append(f'<li class="bad">failed their fidelity gates (never recommended): {_e(", ".join(s["degraded"]))}</li>')
+    if not items:
+        items = [f"<li>{_e(line)}</li>" for line in s.get("lines", [])]
+    return f'<section id="summary"><h2>Summary</h2><ul class="summary">{"".join(items)}</ul></section>'
+
+
 def render_html(report: Report, run_dir: Path | None = None) -> str:
     """The whole page for one report.
 
@@ -534,6 +572,7 @@ def render_html(report: Report, run_dir: Path | None = None) -> str:
     r = report
     sections = [
         _header(r),
+        _summary_section(r),
         _tradeoff_plots(r, plotter),
         _artifacts_section(r),
         _latency_section(r, plotter),

@@ -128,6 +128,10 @@ def render_markdown(report: Report) -> str:
                if env.get("cpu_features") else "")
         )
     lines.append("")
+    if r.summary:
+        from bench.summary import render_summary_markdown
+
+        lines += render_summary_markdown(r.summary)
     if r.baseline:
         b = r.baseline
         lines.append(

@@ -83,8 +83,10 @@ class ReportingMixin:
         return report
 
     def report_extras(self, report: Any) -> dict[str, Any]:
-        """Sections later modules add (cloud-vs-device trade-off)."""
-        extras: dict[str, Any] = {}
+        """Sections later modules add: the summary (the answer first), the cloud-vs-device trade-off."""
+        from bench.summary import summary_section
+
+        extras: dict[str, Any] = {"summary": summary_section(report)}
         if report.status in ("ok", "degraded") and self.recipe.tradeoff is not None:
             try:
                 from bench.tradeoff import tradeoff_section

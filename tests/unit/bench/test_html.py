@@ -168,3 +168,28 @@ def test_html_lineage_walks_through_torch_steps_and_estimates_show_no_runs() -> 
     assert chain.index("baseline") < chain.index("pruned") < chain.index("qat") < chain.index("onnx-int8")
     latency = html[html.index('id="latency"'):]
     assert "0 runs" not in latency and "estimated: no timed runs" in latency
+
+
+def test_the_summary_leads_and_the_size_axis_speaks_the_bars_unit() -> None:
+    from bench.summary import summary_section
+
+    r = rich_report()
+    r.summary = summary_section(r)
+    page = render_html(r)
+    first = page.index("<section")
+    assert page.index('<section id="summary"') == first  # the answer before everything else
+    assert "ship onnx-int8" in page
+    size_svg = page[page.index('class="plot-size"'):]
+    size_svg = size_svg[:size_svg.index("</svg>")]
+    assert "size (kB)" in size_svg and "size (MB)" not in size_svg  # every file is under 1 MB, labelled in kB
+
+
+def test_labels_of_close_points_do_not_overlap() -> None:
+    from bench.html import place_label
+
+    placed: list[tuple[float, float, float, float]] = []
+    spots = [place_label(100.0, 100.0 + 2 * i, f"artifact-{i}", placed) for i in range(6)]
+    assert len(set(spots)) == 6
+    for i, a in enumerate(placed):
+        for b in placed[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)

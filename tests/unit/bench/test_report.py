@@ -18,3 +18,15 @@ def test_report_round_trip_and_markdown() -> None:
     assert t.latency_ms.p50 == stats.p50 and t.how == "measured"
     md = render_markdown(again)
     assert "onnx-fp32" in md and "measured" in md
+
+
+def test_markdown_starts_with_the_summary() -> None:
+    from bench.report import render_markdown
+    from bench.summary import summary_section
+    from tests.unit.bench.test_html import rich_report
+
+    r = rich_report()
+    r.summary = summary_section(r)
+    md = render_markdown(r)
+    assert md.index("## Summary") < md.index("## ") + 1 and "ship onnx-int8" in md
+    assert md.index("## Summary") < md.index("## Artifacts")
