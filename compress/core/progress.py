@@ -15,14 +15,17 @@ from typing import Protocol
 
 
 class Advance(Protocol):
-    def __call__(self, n: int = 1, *, note: str | None = None) -> None: ...
+    """``advance(n)`` after ``n`` more units; ``note`` shows beside the bar; ``total`` changes
+    the amount when the work grows (extra benchmark rounds)."""
+
+    def __call__(self, n: int = 1, *, note: str | None = None, total: int | None = None) -> None: ...
 
 
 class ProgressFn(Protocol):
     def __call__(self, desc: str, total: int | None = None) -> contextlib.AbstractContextManager[Advance]: ...
 
 
-def _nothing(n: int = 1, *, note: str | None = None) -> None:
+def _nothing(n: int = 1, *, note: str | None = None, total: int | None = None) -> None:
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.core.progress import ProgressFn, no_progress
 from compress.core.report_schema import TargetResult
 from bench.repeats import merge_results, ratio_ci
 from compress.core.errors import EdgepackError, TargetsFailed
@@ -78,6 +79,7 @@ def benchmark_interleaved(
     parent_of: Callable[[Any], str | None] | None = None,
     max_repeats: int | None = None,
     target_mde: float = 0.10,
+    progress: ProgressFn = no_progress,
 ) -> dict[Key, TargetResult]:
     """Time every artifact on every target and setting, in interleaved rounds of fresh processes.
 
@@ -92,6 +94,7 @@ def benchmark_interleaved(
             :mod:`bench.yardstick`); None or at most ``repeats``: exactly ``repeats`` rounds.
         target_mde: See ``max_repeats``.
         log: Progress lines.
+        progress: A bar per target and setting over its processes (``ctx.progress``'s kind).
         parent_of: The name of the artifact a speed-up is measured against (default: ``parent``).
 
     Returns:
@@ -112,23 +115,9 @@ def benchmark_interleaved(
             where = (f"on {tname} ({_plural(spec.threads, 'thread')}, batch {spec.batch})"
                      + (f", {rounds} interleaved rounds" if rounds > 1 else ""))
             log(f"bench {', '.join(a.name for a in arts)} {where}")
-            r = 0
-            while r < rounds or (target.how == "measured" and r < max_rounds
-                                 and _imprecise(results, arts, tname, spec, target_mde, log, r, max_rounds, merges)):
-                r += 1
-                for art in arts:
-                    key = (art.name, tname, spec.threads, spec.batch)
-                    done = results.setdefault(key, [])
-                    if done and all(x.error is not None for x in done):
-                        continue  # failed in its first process: a broken model or target, not bad luck
-                    if art.name not in inputs:
-                        inputs[art.name] = inputs_of(art)
-                    if rounds > 1:
-                        log(f"  {art.name} process {r}/{max(rounds, r)}")
-                    try:
-                        done.append(target.benchmark(art.path, spec, inputs[art.name]))
-                    except EdgepackError as e:
-                        done.append(_failed(tname, target.how, spec, str(e)))
+            with progress(f"benchmark {where}", rounds * len(arts)) as advance:
+                _rounds(arts, tname, target, spec, rounds, max_rounds, target_mde, results, merges, inputs, inputs_of,
+                        log, advance)
     merged = {key: _merged(key, parts, merges) for key, parts in results.items()}
     _add_speedups(files, merged, parent_of)
     order = {a.name: i for i, a in enumerate(files)}
@@ -136,6 +125,31 @@ def benchmark_interleaved(
     for key, res in out.items():
         _log_result(log, f"{key[0]} on {key[1]} ({_plural(key[2], 'thread')}, batch {key[3]})", res)
     return out
+
+
+def _rounds(arts: Sequence[Any], tname: str, target: Any, spec: BenchSpec, rounds: int, max_rounds: int,
+            target_mde: float, results: dict[Key, list[TargetResult]], merges: dict[Key, tuple[int, TargetResult]],
+            inputs: dict[str, Any], inputs_of: Callable[[Any], Any], log: Callable[[str], None],
+            advance: Any) -> None:
+    """The interleaved rounds of one target and setting: ``rounds``, then more while imprecise."""
+    r = 0
+    while r < rounds or (target.how == "measured" and r < max_rounds
+                         and _imprecise(results, arts, tname, spec, target_mde, log, r, max_rounds, merges)):
+        r += 1
+        for art in arts:
+            key = (art.name, tname, spec.threads, spec.batch)
+            done = results.setdefault(key, [])
+            if done and all(x.error is not None for x in done):
+                continue  # failed in its first process: a broken model or target, not bad luck
+            if art.name not in inputs:
+                inputs[art.name] = inputs_of(art)
+            if rounds > 1:
+                log(f"  {art.name} process {r}/{max(rounds, r)}")
+            try:
+                done.append(target.benchmark(art.path, spec, inputs[art.name]))
+            except EdgepackError as e:
+                done.append(_failed(tname, target.how, spec, str(e)))
+            advance(1, note=f"{art.name}, round {r}", total=max(rounds, r) * len(arts))
 
 
 def _merged(key: Key, parts: list[TargetResult], merges: dict[Key, tuple[int, TargetResult]]) -> TargetResult:
@@ -229,7 +243,8 @@ class BenchmarkingMixin:
             settings[tname] = [BenchSpec(threads=threads, warmup=b.warmup, runs=b.runs, batch=batch, yardstick=b.yardstick)
                                for threads in b.threads for batch in batches]
         results = benchmark_interleaved(files, targets, settings, b.repeats, self.model_inputs, self.log,
-                                        parent_of=self.timed_parent, max_repeats=b.max_repeats, target_mde=b.target_mde)
+                                        parent_of=self.timed_parent, max_repeats=b.max_repeats, target_mde=b.target_mde,
+                                        progress=self.progress)
         by_artifact, failures = results_and_errors(files, results)
         for art in files:
             self.state.targets.setdefault(art.name, []).extend(by_artifact.get(art.name, []))

@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from compress.core.types import Artifact
-from compress.runner.stepcache import hash_path, hash_state_dict
+from compress.runner.stepkey import hash_path, hash_state_dict
 
 
 def _graph_constants(module: Any) -> dict[str, Any]:

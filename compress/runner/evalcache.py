@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-from compress.runner.stepcache import _write_json_atomic, cache_root
+from compress.runner.cachefiles import _write_json_atomic, cache_root
 from compress.runner.stepkey import KEY_SCHEMA, _canonical
 
 

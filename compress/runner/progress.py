@@ -54,10 +54,15 @@ class RunProgress:
         task = live.add_task(desc, total=total, note="") if live is not None else None
         self._depth += 1
 
-        def advance(n: int = 1, *, note: str | None = None) -> None:
+        amount = [total]
+
+        def advance(n: int = 1, *, note: str | None = None, total: int | None = None) -> None:
             done[0] += n
+            if total is not None:
+                amount[0] = total
             if live is not None:
-                live.update(task, advance=n, **({"note": note} if note is not None else {}))
+                live.update(task, advance=n, **({"note": note} if note is not None else {}),
+                            **({"total": total} if total is not None else {}))
 
         finished = False
         try:
@@ -71,6 +76,6 @@ class RunProgress:
                     live.stop()
                     self._live = None
             took = time.perf_counter() - t0
-            amount = f"{done[0]}/{total}" if total is not None else (f"{done[0]}" if done[0] else "")
+            count = f"{done[0]}/{amount[0]}" if amount[0] is not None else (f"{done[0]}" if done[0] else "")
             state = "done" if finished else "stopped"
-            self.log(f"  {desc}: {state}{' ' + amount if amount else ''} in {took:.1f} s")
+            self.log(f"  {desc}: {state}{' ' + count if count else ''} in {took:.1f} s")

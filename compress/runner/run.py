@@ -307,19 +307,24 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
                     self.ensure_onnx(last_torch)
                 continue
             self.run_export(kind, cfg, last_torch)
-        for art in self.state.artifacts:
-            if art.format in ("onnx", "tflite"):
-                self.metrics_of(art)
-                if art.name not in self.state.parity and art is not baseline:
-                    # against the model it was made from, by lineage
-                    self.check_parity(art, self.parent_of(art) or (last_torch if last_torch.format == "torch"
-                                                                   else baseline))
-                if art.metadata.get("zipped_bytes") is None and art.path is not None and art.path.is_file():
-                    # what the model adds to an app download (APKs and bundles are deflated)
-                    art.metadata["zipped_bytes"] = zipped_size(art.path)
+        files = [a for a in self.state.artifacts if a.format in ("onnx", "tflite")]
+        with self.progress(f"evaluate and check {len(files)} artifacts against their parents", len(files)) as advance:
+            for art in files:
+                self._check_file(art, baseline, last_torch)
+                advance(1, note=art.name)
         self.gate_artifacts()
         self.log_artifacts()
         self.benchmark_all()
+
+    def _check_file(self, art: Artifact, baseline: Artifact, last_torch: Artifact) -> None:
+        """Task metrics, parity against its parent by lineage, and its zipped size."""
+        self.metrics_of(art)
+        if art.name not in self.state.parity and art is not baseline:
+            # against the model it was made from, by lineage
+            self.check_parity(art, self.parent_of(art) or (last_torch if last_torch.format == "torch" else baseline))
+        if art.metadata.get("zipped_bytes") is None and art.path is not None and art.path.is_file():
+            # what the model adds to an app download (APKs and bundles are deflated)
+            art.metadata["zipped_bytes"] = zipped_size(art.path)
 
     def log_artifacts(self) -> None:
         for art in self.state.artifacts:
