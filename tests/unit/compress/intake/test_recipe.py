@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from compress.cli import app
 from compress.core.errors import RecipeError
-from compress.intake.recipe import PruneConfig, Recipe
+from compress.intake.recipe import Recipe
+from compress.steps.prune import PruneConfig
 from compress.intake.recipe_io import parse_recipe, parse_recipe_text
 from tests.conftest import ROOT, TINY_RECIPE, write_recipe
 
