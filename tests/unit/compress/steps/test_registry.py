@@ -19,7 +19,7 @@ from compress.core.checks import StrictModel
 from compress.core.errors import RecipeError, StepError
 from compress.core.step import STEPS, Notes, StepResult, register_step
 from compress.intake.recipe import Step
-from compress.intake.recipe_io import parse_recipe_text, recipe_schema
+from compress.intake.recipe_io import parse_recipe_text
 from compress.steps.registry import load
 from tests.unit.compress.steps.fixtures import digits_runner, digits_source
 
