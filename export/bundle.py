@@ -50,6 +50,10 @@ def _load_recipe(run_dir: Path) -> Any:
     if not path.is_file():
         return None
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        # the bundle reads the model, task and data sections; the steps are validated by the step
+        # registry, which sits above this layer (and the run validated them already)
+        data.pop("steps", None)
     return Recipe.model_validate(data, context={"check_files": False})
 
 

@@ -233,12 +233,12 @@ def validate_cmd(recipe: Annotated[Path, typer.Argument(help="recipe.yaml")]) ->
 
 @app.command("schema")
 def schema_cmd() -> None:
-    """Print the JSON Schema of the recipe format (for editors)."""
+    """Print the JSON Schema of the recipe format (for editors: ``compress schema > recipe.schema.json``)."""
     import json
 
-    from compress.intake.recipe import Recipe
+    from compress.intake.recipe_io import recipe_schema
 
-    sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
+    sys.stdout.write(json.dumps(recipe_schema(), indent=2) + "\n")
 
 
 def main() -> None:

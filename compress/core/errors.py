@@ -7,7 +7,9 @@ what to do. The CLI prints the message (no traceback) and exits with the error's
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 MAX_PROBLEMS_SHOWN = 50
 """Problems listed in one message; the rest are counted (a generated file can hold 200,000 typos)."""
@@ -21,10 +23,30 @@ def shorten(text: str, limit: int = MAX_VALUE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} chars)"
 
 
+def attach_advisories(exc: BaseException, advisories: Iterable[Any]) -> None:
+    """Add to ``exc.advisories`` what a step advised before ``exc`` escaped it, each advisory once.
+
+    The runner reports them with the failure: the advisory that explains a failure is often
+    given just before it. An exception type that takes no attributes keeps none.
+    """
+    known = list(getattr(exc, "advisories", None) or ())
+    new = [a for a in advisories if not any(a is k for k in known)]
+    if new:
+        try:
+            exc.advisories = known + new  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass
+
+
 class EdgepackError(Exception):
-    """Base class of every error the CLI reports without a traceback."""
+    """Base class of every error the CLI reports without a traceback.
+
+    ``advisories`` holds what the failing step advised before it failed (see
+    :func:`attach_advisories`); the runner puts them in the report.
+    """
 
     exit_code: int = 1
+    advisories: tuple[Any, ...] | list[Any] = ()
 
     def user_message(self) -> str:
         """Return the text the CLI prints."""
@@ -72,12 +94,20 @@ class RecipeError(EdgepackError):
 
 
 class StepError(EdgepackError):
-    """A pipeline step failed while running."""
+    """A pipeline step failed while running.
 
-    def __init__(self, step: str, message: str) -> None:
+    Args:
+        step: The step's name (``02-prune``, ``export:onnx``).
+        message: What went wrong.
+        advisories: What the step advised before it failed (more are attached as the error
+            leaves the step, see :func:`compress.core.step.noting`).
+    """
+
+    def __init__(self, step: str, message: str, advisories: Iterable[Any] = ()) -> None:
         self.step = step
         self.message = message
         super().__init__(f"step {step} failed: {message}")
+        attach_advisories(self, advisories)
 
 
 class TargetError(EdgepackError):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from compress.core.errors import attach_advisories
 from compress.core.progress import ProgressFn, no_progress
 from compress.core.types import Advisory, Artifact, Severity
 
@@ -70,8 +73,16 @@ class StepResult:
         return self.artifacts[1:]
 
 
+# The notebooks opened while a step or export runs (see :func:`noting`); None outside one.
+_OPEN_NOTES: ContextVar[list[Notes] | None] = ContextVar("edgepack_open_notes", default=None)
+
+
 class Notes:
     """A step's own notebook: details, advisories and extra artifacts, turned into its result.
+
+    Opened while a registered step (or an export the registry loads) runs, a notebook's
+    advisories also leave with an error that escapes the step (:func:`noting`), so a step
+    that advises and then fails still has its advisories reported.
 
     Args:
         ctx: The step's context (its name tags the advisories; its log shows them).
@@ -83,6 +94,9 @@ class Notes:
         self.details: dict[str, Any] = {}
         self.advisories: list[Advisory] = []
         self.extra: list[Artifact] = []
+        opened = _OPEN_NOTES.get()
+        if opened is not None:
+            opened.append(self)
 
     def advise(self, code: str, message: str, severity: Severity = "warning", artifact: str | None = None) -> None:
         self.advisories.append(Advisory(code, message, severity, artifact, self.step_name))
@@ -92,6 +106,33 @@ class Notes:
         """The step's result: ``made`` (an artifact, or an export's list) then the extras."""
         arts = list(made) if isinstance(made, list) else [made]
         return StepResult(arts + self.extra, self.details, self.advisories)
+
+
+def noting(run: Callable[..., StepResult]) -> Callable[..., StepResult]:
+    """Wrap a step (or export) function so an error escaping it carries the advisories given so far.
+
+    Every :class:`Notes` opened while ``run`` runs is remembered; when an exception leaves
+    ``run``, their advisories are attached to it (``exc.advisories``, see
+    :func:`compress.core.errors.attach_advisories`) for the runner's report. A step returns
+    its advisories in its result as before; this only covers the way out by an error.
+    """
+    if getattr(run, "__wrapped_by_noting__", False):
+        return run
+
+    @functools.wraps(run)
+    def noted(*args: Any, **kwargs: Any) -> StepResult:
+        opened: list[Notes] = []
+        token = _OPEN_NOTES.set(opened)
+        try:
+            return run(*args, **kwargs)
+        except BaseException as exc:
+            attach_advisories(exc, [a for notes in opened for a in notes.advisories])
+            raise
+        finally:
+            _OPEN_NOTES.reset(token)
+
+    noted.__wrapped_by_noting__ = True  # type: ignore[attr-defined]
+    return noted
 
 
 @dataclass(frozen=True)
@@ -134,6 +175,11 @@ def register_step(kind: str, *, config: type, accepts: tuple[str, ...], check: C
                   ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register a step function under its kind: the one registration point of a step.
 
+    The registration is all a new kind needs: the recipe's ``steps:`` validation and
+    ``compress schema`` dispatch on :data:`STEPS` (kind -> ``config``), the runner on
+    ``accepts``; the config class lives beside the step. The function is returned wrapped by
+    :func:`noting` (an error escaping it carries the advisories given before it).
+
     Example::
 
         @register_step("prune", config=PruneConfig, accepts=("torch",), check=check)
@@ -144,7 +190,10 @@ def register_step(kind: str, *, config: type, accepts: tuple[str, ...], check: C
         known = STEPS.get(kind)
         if known is not None and known.run.__qualname__ != run.__qualname__:
             raise ValueError(f"step kind {kind!r} is registered twice ({known.run.__module__}, {run.__module__})")
-        STEPS[kind] = StepKind(kind, run, config, tuple(accepts), check, needs_train_data, input_format)
-        return run
+        if not isinstance(config, type) or not hasattr(config, "model_validate"):
+            raise TypeError(f"step kind {kind!r}: config must be a pydantic model class (got {config!r})")
+        noted = noting(run)
+        STEPS[kind] = StepKind(kind, noted, config, tuple(accepts), check, needs_train_data, input_format)
+        return noted
 
     return add

@@ -1,8 +1,8 @@
 """The typed recipe: what a user writes in ``recipe.yaml``.
 
 Every mapping forbids unknown keys, so a typo is an error, never a silent default.
-Step kinds are written as single-key mappings (``- prune: {ratio: 0.5}``); each kind has
-its own config class below and an entry in :mod:`compress.steps.registry`.
+Step kinds are written as single-key mappings (``- prune: {ratio: 0.5}``); each kind's config
+class lives beside its step and is registered with it (:class:`Step` dispatches on the registry).
 Paths are resolved relative to the recipe file's folder.
 """
 
@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -37,6 +38,7 @@ from compress.core.checks import (
     resolve_file,
     resolve_ref,
 )
+from compress.intake.recipe_steps import Step, step_config, step_kind
 from compress.intake.search_spec import SearchSpec
 from compress.intake.recipe_sections import BudgetConfig, CloudConfig, NetworkProfile, PackageConfig, TradeoffConfig
 from devices.specs import AdbDeviceSpec, SshDeviceSpec
@@ -46,7 +48,7 @@ RECIPE_VERSION = 1
 
 
 __all__ = ["AdbDeviceSpec", "BudgetConfig", "CloudConfig", "NetworkProfile", "PackageConfig", "SshDeviceSpec",
-           "StrictModel", "TradeoffConfig", "resolve_file", "resolve_ref"]  # re-exported: callers import them from here
+           "Step", "StrictModel", "TradeoffConfig", "resolve_file", "resolve_ref", "step_config", "step_kind"]  # re-exported: callers import them from here
 
 
 # --------------------------------------------------------------------------- model
@@ -282,130 +284,13 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0, le=10)
 
 
-class DistillConfig(TrainConfig):
-    """Knowledge distillation into a smaller student."""
-
-    student: str | None = Field(None, description="file.py:function returning the student")
-    width: float | None = Field(None, gt=0, lt=1, description="derive the student by structured pruning to this width")
-    temperature: float = Field(4.0, gt=0, le=1000)
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
-    features: list[FeaturePair] = Field(default_factory=list)
-    embedding_loss: Literal["cosine", "mse"] = "cosine"
-    epochs: Epochs = 10
-
-    @field_validator("student")
-    @classmethod
-    def _student(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return None if v is None else resolve_ref(v, info, "student")
-
-    @model_validator(mode="after")
-    def _one_student(self) -> DistillConfig:
-        if (self.student is None) == (self.width is None):
-            raise ValueError("give exactly one of student (file.py:function) or width (0-1)")
-        return self
-
-
-class PruneConfig(TrainConfig):
-    """Structured (channels removed) or unstructured (weights zeroed) pruning."""
-
-    method: Literal["structured", "unstructured"] = "structured"
-    ratio: Ratio = 0.5
-    scope: Literal["uniform", "global"] = "uniform"
-    importance: Literal["magnitude", "taylor"] = "magnitude"
-    round_to: int | None = Field(None, ge=1, le=4096)
-    ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
-    iterative_steps: int = Field(1, ge=1, le=1000)
-    epochs: int = Field(0, ge=0, le=100_000, description="fine-tuning epochs after each pruning step")
-    distill_from_unpruned: Bool = False
-    temperature: float = Field(4.0, gt=0, le=1000)
-    alpha: float = Field(0.7, ge=0, le=1)
-    sparsity_schedule: Literal["cubic", "linear"] = Field(
-        "cubic", description="unstructured: how sparsity rises over iterative_steps"
-    )
-
-
-class QatConfig(TrainConfig):
-    """Quantization-aware training with torchao pt2e."""
-
-    target: Literal["auto", "x86", "arm"] = "auto"
-    epochs: int = Field(2, ge=1, le=100_000)
-    lr: float = Field(1e-4, gt=0, le=10)
-    per_channel: Bool = True
-    freeze_bn_epoch: int | None = Field(None, ge=0, le=100_000)
-
-
-class QuantizeConfig(StrictModel):
-    """Post-training quantization of the ONNX model (or the torch model with engine: inc)."""
-
-    method: Literal["static", "dynamic", "fp16", "weight_only"] = "static"
-    engine: Literal["ort", "inc"] = "ort"
-    target: Literal["auto", "x86", "arm"] = "auto"
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: Count | None = None
-    activation_type: Literal["uint8", "int8"] | None = None
-    weight_type: Literal["int8", "uint8"] | None = None
-    per_channel: Bool = True
-    exclude: list[str] = Field(default_factory=list, description="node names kept in float")
-    tolerable_loss: float | None = Field(None, ge=0, le=1e6)
-    loss_kind: Literal["absolute", "relative"] = "absolute"
-    require_goal: Bool = False
-    max_trials: int = Field(12, ge=1, le=1000)
-    name: str | None = Field(None, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$",
-                             description="artifact name (default onnx-<method>)")
-
-
-class DistillStep(StrictModel):
-    distill: DistillConfig
-
-
-class PruneStep(StrictModel):
-    prune: PruneConfig
-
-
-class QatStep(StrictModel):
-    qat: QatConfig
-
-
-class QuantizeStep(StrictModel):
-    quantize: QuantizeConfig
-
-
-def _step_tag(value: Any) -> str | None:
-    if isinstance(value, dict) and len(value) == 1:
-        return str(next(iter(value)))
-    if isinstance(value, BaseModel):
-        return next(iter(type(value).model_fields))
-    return None
-
-
-Step = Annotated[
-    Union[
-        Annotated[DistillStep, Tag("distill")],
-        Annotated[PruneStep, Tag("prune")],
-        Annotated[QatStep, Tag("qat")],
-        Annotated[QuantizeStep, Tag("quantize")],
-    ],
-    Discriminator(
-        _step_tag,
-        custom_error_type="step_kind",
-        custom_error_message="a step is a single-key mapping: distill, prune, qat or quantize",
-    ),
-]
-
-def step_kind(step: BaseModel) -> str:
-    """The kind of a validated step wrapper (``prune`` for ``PruneStep``)."""
-    return next(iter(type(step).model_fields))
-
-
-def step_config(step: BaseModel) -> StrictModel:
-    return getattr(step, step_kind(step))
-
-
 # --------------------------------------------------------------------------- export
 
 
 class OnnxExportConfig(StrictModel):
-    opset: int | None = Field(None, ge=13, le=30)
+    """The ONNX export (torch.onnx.export with dynamo)."""
+
+    opset: int | None = Field(None, ge=13, le=30, description="ONNX opset (default: the exporter's)")
     dynamic_batch: Bool = True
 
 
@@ -413,20 +298,38 @@ TflitePrecision = Literal["fp32", "fp16", "dynamic_int8", "int8"]
 
 
 class TfliteExportConfig(StrictModel):
+    """The TFLite export (litert-torch; quantized models with ai-edge-quantizer)."""
+
     precisions: list[TflitePrecision] = Field(default_factory=lambda: ["fp32", "int8"])
     channels_last_io: Bool = Field(False, description="NHWC inputs/outputs instead of NCHW")
     calibration_samples: Count | None = None
 
 
+def _nullable_options(schema: dict[str, Any]) -> None:
+    """``- onnx:`` (no options, YAML null) means the defaults, as ``- onnx: {}`` does: the schema says so."""
+    for name, option in schema["properties"].items():
+        schema["properties"][name] = {"anyOf": [option, {"type": "null"}], "description": "its options; none: the defaults"}
+
+
 class OnnxExport(StrictModel):
+    """Export ONNX (fp32 of the final torch model, plus what the steps quantized)."""
+
+    model_config = ConfigDict(json_schema_extra=_nullable_options)
     onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
 
 
 class TfliteExport(StrictModel):
+    """Export TFLite, in each of ``precisions``."""
+
+    model_config = ConfigDict(json_schema_extra=_nullable_options)
     tflite: TfliteExportConfig = Field(default_factory=TfliteExportConfig)
 
 
+EXPORT_KINDS = {"onnx": OnnxExport, "tflite": TfliteExport}
+
+
 def _export_item(value: Any) -> Any:
+    """The shorthands ``onnx`` and ``{onnx: null}`` as the mapping ``{onnx: {}}``."""
     if isinstance(value, str):
         return {value: {}}
     if isinstance(value, dict) and len(value) == 1:
@@ -435,10 +338,25 @@ def _export_item(value: Any) -> Any:
     return value
 
 
+def _export_tag(value: Any) -> str | None:
+    value = _export_item(value)
+    if isinstance(value, dict) and len(value) == 1:
+        return str(next(iter(value)))
+    if isinstance(value, BaseModel):
+        return next(iter(type(value).model_fields))
+    return None
+
+
+def _export_shorthand(schema: dict[str, Any]) -> None:
+    """The schema of ``export:`` also accepts an export by its bare name (``export: [onnx]``)."""
+    schema["items"]["oneOf"].insert(0, {"type": "string", "enum": list(EXPORT_KINDS),
+                                        "description": "an export with its default options"})
+
+
 ExportItem = Annotated[
     Union[Annotated[OnnxExport, Tag("onnx")], Annotated[TfliteExport, Tag("tflite")]],
     Discriminator(
-        lambda v: _step_tag(_export_item(v)),
+        _export_tag,
         custom_error_type="export_kind",
         custom_error_message="an export is 'onnx', 'tflite', or a single-key mapping of one with options",
     ),
@@ -452,6 +370,8 @@ _TARGET_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.-]+)?|emulated:aarch64|es
 
 
 class BenchConfig(StrictModel):
+    """Where and how each artifact is timed: targets, threads, runs, the devices' connections."""
+
     targets: list[str] = Field(default_factory=lambda: ["local"])
     threads: list[Threads] = Field(default_factory=lambda: [1])
     warmup: int = Field(20, ge=0, le=1_000_000, description="minimum warmup runs; warmup goes on until stable")
@@ -553,8 +473,9 @@ class Recipe(StrictModel):
     model: ModelSpec
     task: TaskSpec
     data: DataSpec | None = None
-    steps: list[Step] = Field(default_factory=list)
-    export: list[ExportItem] = Field(default_factory=lambda: [OnnxExport()])
+    steps: list[Step] = Field(default_factory=list, description="what is done to the model, in order")
+    export: list[ExportItem] = Field(default_factory=lambda: [OnnxExport()], json_schema_extra=_export_shorthand,
+                                     description="formats the final model is exported to: onnx, tflite")
     parity: ParityConfig = Field(default_factory=ParityConfig)
     gate: Literal["fail", "warn"] = Field(
         "fail", description="an artifact that fails its fidelity gate: fail the run (exit 1) or only warn; it is degraded either way"

@@ -29,6 +29,8 @@ NETWORKS: dict[str, dict[str, float]] = {
 
 
 class CloudConfig(StrictModel):
+    """The cloud side of the trade-off: a server's price and how it batches."""
+
     price_per_hour: float = Field(0.10, ge=0, le=1e6, description="USD per hour of one server")
     cores: Threads = 2
     profile: str | None = Field(None, description="a device profile of the server; default: measured here")
@@ -36,6 +38,8 @@ class CloudConfig(StrictModel):
 
 
 class BudgetConfig(StrictModel):
+    """Limits an on-device artifact must keep to be recommended."""
+
     latency_ms: float | None = Field(None, gt=0, le=1e9)
     size_mb: float | None = Field(None, gt=0, le=1e9)
     memory_mb: float | None = Field(None, gt=0, le=1e9)
@@ -50,6 +54,8 @@ class NetworkProfile(StrictModel):
 
 
 class TradeoffConfig(StrictModel):
+    """Cloud vs device: over which networks, against which server, within which budgets."""
+
     network: list[str] = Field(default_factory=lambda: ["wifi", "4g"], description="wifi, 5g, 4g, 3g_poor or a name under networks")
     networks: dict[str, NetworkProfile] = Field(default_factory=dict, description="extra or overriding network profiles")
     device: str | None = Field(None, description="target used for the on-device side (default: first non-local)")
@@ -60,6 +66,8 @@ class TradeoffConfig(StrictModel):
 
 
 class PackageConfig(StrictModel):
+    """The app bundle made after the run (``compress package`` makes one later)."""
+
     artifact: str
     platform: Literal["android", "ios", "generic"] = "generic"
     output: Path | None = None

@@ -17,8 +17,14 @@ from pydantic import Field, field_validator, model_validator
 
 from compress.core.checks import Bool, StrictModel
 
-STEP_KINDS = ("distill", "prune", "qat", "quantize")
-"""Step kinds a space key may name; a key ``kind.field`` sets that step's config field."""
+
+
+def step_kinds() -> tuple[str, ...]:
+    """The step kinds a space key may name (a key ``kind.field`` sets that step's config field):
+    the registered ones, in pipeline order (the order :mod:`compress.steps.registry` imports them)."""
+    from compress.core.step import STEPS
+
+    return tuple(STEPS)
 
 METRICS = ("latency_ms", "accuracy", "accuracy_loss", "size_mb")
 """What a trial measures of its final artifact. ``accuracy_loss`` is the baseline's accuracy minus the artifact's."""
@@ -28,6 +34,7 @@ Direction = Literal["minimize", "maximize"]
 Scalar = bool | int | float | str | None
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_PATTERN = _DURATION_RE.pattern
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _TARGET_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.:-]+)?|emulated:aarch64|estimate:[\w.-]+)$")
 _KEY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$|^[A-Za-z_]\w*$")
@@ -83,7 +90,9 @@ class BudgetSpec(StrictModel):
     """When to stop: after ``trials`` trials, or once ``time`` has passed (trials running then finish)."""
 
     trials: int = Field(20, ge=1, le=100_000)
-    time: float | None = Field(None, description="90s, 30m, 2h, 1d")
+    time: float | None = Field(None, description="90s, 30m, 2h, 1d (or seconds)", json_schema_extra={
+        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": _DURATION_PATTERN},
+                  {"type": "null"}]})
 
     @field_validator("time", mode="before")
     @classmethod
@@ -181,11 +190,10 @@ def key_problem(key: str, domain: Any) -> str | None:
     head, _, field = key.partition(".")
     if head in ("version", "name", "steps", "search", "export"):
         return f"{head} cannot be searched (steps are set by kind: prune.ratio, quantize.method)"
-    if head in STEP_KINDS:
-        from compress.intake import recipe as r  # lazily: recipe.py imports this module
+    if head in step_kinds():
+        from compress.core.step import STEPS
 
-        config = {"distill": r.DistillConfig, "prune": r.PruneConfig, "qat": r.QatConfig,
-                  "quantize": r.QuantizeConfig}[head]
+        config = STEPS[head].config
         if not field or "." in field:
             return f"name one field of the {head} step, e.g. {head}.{next(iter(config.model_fields))}"
         if field not in config.model_fields:

@@ -92,18 +92,20 @@ class SteppingMixin:
             else:
                 self._seed(index + 1)
                 step_result = entry.run(current, cfg, ctx)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             record["status"] = "interrupted"
+            self.state.advisories.extend(getattr(e, "advisories", ()))  # what the step advised before the Ctrl-C
             raise
         except EdgepackError as e:
             record["status"] = "failed"
             record["error"] = str(e)
-            self.state.advisories.extend(getattr(e, "advisories", ()))
+            self.state.advisories.extend(getattr(e, "advisories", ()))  # what the step advised before it failed
             raise
         except Exception as e:
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
             self._log_traceback()
+            self.state.advisories.extend(getattr(e, "advisories", ()))
             raise StepError(name, f"{type(e).__name__}: {e}") from e
         finally:
             record["duration_s"] = round(time.perf_counter() - t0, 3)
@@ -188,6 +190,7 @@ class SteppingMixin:
             raise
         except Exception as e:
             self._log_traceback()
+            self.state.advisories.extend(getattr(e, "advisories", ()))
             raise StepError(step_name, f"{type(e).__name__}: {e}") from e
         self.state.advisories.extend(result.advisories)
         for art in result.artifacts:

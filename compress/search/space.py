@@ -17,7 +17,8 @@ import yaml
 
 from compress.core.errors import RecipeError, RecipeProblem
 from compress.intake.recipe_io import RecipeSource, parse_recipe_text
-from compress.intake.search_spec import STEP_KINDS, Range, SearchSpec
+import compress.steps.registry  # noqa: F401  (the step kinds, registered on import)
+from compress.intake.search_spec import Range, SearchSpec, step_kinds
 
 DROP = (None, "none")
 """Values of a step key that remove the step."""
@@ -76,11 +77,11 @@ def trial_data(base: dict[str, Any], params: dict[str, Any], target: str) -> dic
     by_kind: dict[str, dict[str, Any]] = {}
     for key, value in params.items():
         head, _, field = key.partition(".")
-        if head in STEP_KINDS:
+        if head in step_kinds():
             by_kind.setdefault(head, {})[field] = value
         else:
             _set_path(data, key.split("."), value)
-    for kind in STEP_KINDS:
+    for kind in step_kinds():
         if kind not in by_kind:
             continue
         fields = by_kind[kind]
@@ -90,9 +91,9 @@ def trial_data(base: dict[str, Any], params: dict[str, Any], target: str) -> dic
                 steps.pop(index)
             continue
         if index is None:
-            order = STEP_KINDS.index(kind)
-            index = next((i for i, s in enumerate(steps) if _kind(s) in STEP_KINDS
-                          and STEP_KINDS.index(_kind(s)) > order), len(steps))
+            order = step_kinds().index(kind)
+            index = next((i for i, s in enumerate(steps) if _kind(s) in step_kinds()
+                          and step_kinds().index(_kind(s)) > order), len(steps))
             steps.insert(index, {kind: {}})
         config = dict(steps[index][kind] or {})
         config.update(fields)

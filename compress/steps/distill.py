@@ -20,16 +20,42 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from compress.core.checks import Epochs, resolve_ref
 from compress.core.types import Artifact
 from compress.core.step import StepContext, StepResult, register_step
 from compress.core.errors import StepError
-from compress.intake.recipe import DistillConfig, FeaturePair, Recipe
+from compress.intake.recipe import FeaturePair, Recipe, TrainConfig
 from compress.steps.training import model_outputs, primary_output
 
 Problems = list[tuple[tuple[Any, ...], str]]
 LossFn = Callable[[list[Any], Any], Any]
+
+
+class DistillConfig(TrainConfig):
+    """Knowledge distillation into a smaller student."""
+
+    student: str | None = Field(None, description="file.py:function returning the student")
+    width: float | None = Field(None, gt=0, lt=1, description="derive the student by structured pruning to this width")
+    temperature: float = Field(4.0, gt=0, le=1000)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
+    features: list[FeaturePair] = Field(default_factory=list)
+    embedding_loss: Literal["cosine", "mse"] = "cosine"
+    epochs: Epochs = 10
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else resolve_ref(v, info, "student")
+
+    @model_validator(mode="after")
+    def _one_student(self) -> DistillConfig:
+        if (self.student is None) == (self.width is None):
+            raise ValueError("give exactly one of student (file.py:function) or width (0-1)")
+        return self
 
 
 # --------------------------------------------------------------------------- losses

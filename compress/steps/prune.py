@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from compress.core.checks import Bool
 from compress.core.fileio import zipped_size
 from compress.core.types import Artifact
 from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import StepError
-from compress.intake.recipe import PruneConfig, Recipe
+from compress.intake.recipe import Ratio, Recipe, TrainConfig
 from compress.steps.common import model_example, module_seen_by
 from compress.steps.pruning import (
     apply_masks,
@@ -37,6 +39,25 @@ from compress.steps.pruning import (
 from compress.steps.training import OutputPlan
 
 Problems = list[tuple[tuple[Any, ...], str]]
+
+
+class PruneConfig(TrainConfig):
+    """Structured (channels removed) or unstructured (weights zeroed) pruning."""
+
+    method: Literal["structured", "unstructured"] = "structured"
+    ratio: Ratio = 0.5
+    scope: Literal["uniform", "global"] = "uniform"
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    round_to: int | None = Field(None, ge=1, le=4096)
+    ignore: list[str] = Field(default_factory=list, description="module names left unpruned")
+    iterative_steps: int = Field(1, ge=1, le=1000)
+    epochs: int = Field(0, ge=0, le=100_000, description="fine-tuning epochs after each pruning step")
+    distill_from_unpruned: Bool = False
+    temperature: float = Field(4.0, gt=0, le=1000)
+    alpha: float = Field(0.7, ge=0, le=1)
+    sparsity_schedule: Literal["cubic", "linear"] = Field(
+        "cubic", description="unstructured: how sparsity rises over iterative_steps"
+    )
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -28,14 +28,27 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from compress.core.checks import Bool
 from compress.core.types import Artifact
 from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import MissingDependencyError, StepError
-from compress.intake.recipe import QatConfig, Recipe
+from compress.intake.recipe import Recipe, TrainConfig
 
 Problems = list[tuple[tuple[Any, ...], str]]
+
+
+class QatConfig(TrainConfig):
+    """Quantization-aware training with torchao pt2e."""
+
+    target: Literal["auto", "x86", "arm"] = "auto"
+    epochs: int = Field(2, ge=1, le=100_000)
+    lr: float = Field(1e-4, gt=0, le=10)
+    per_channel: Bool = True
+    freeze_bn_epoch: int | None = Field(None, ge=0, le=100_000)
 
 
 # Weights of 7 bits: u8 x s7 pair sums (2 x 255 x 64) fit int16, as onnxruntime's reduce_range.

@@ -40,7 +40,7 @@ def contenders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from compress.core.step import StepContext
     from compress.intake.data import load_dataset
     from compress.intake.models import load_model
-    from compress.intake.recipe import QuantizeConfig
+    from compress.steps.quantize.config import QuantizeConfig
     from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
     from compress.steps.quantize.step import _Reader, quantize
@@ -122,7 +122,7 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from compress.core.step import StepContext
     from compress.intake.data import load_dataset
     from compress.intake.models import load_model
-    from compress.intake.recipe import QuantizeConfig
+    from compress.steps.quantize.config import QuantizeConfig
     from compress.intake.recipe_io import parse_recipe
     from export.onnx import export_module_to_onnx
     from compress.steps.quantize.step import quantize

@@ -21,7 +21,7 @@ from typing import Any
 from compress.core.types import Artifact
 from compress.core.step import Notes, StepContext
 from compress.core.errors import MissingDependencyError, StepError
-from compress.intake.recipe import QuantizeConfig
+from compress.steps.quantize.config import QuantizeConfig
 
 INC_HINT = 'pip install "edgepack[inc]"   (neural-compressor[pt] 3.x)'
 

@@ -34,7 +34,7 @@ from compress.core.fileio import atomic_write_with
 from compress.core.types import Artifact
 from compress.core.step import Notes, StepContext, StepResult, register_step
 from compress.core.errors import StepError
-from compress.intake.recipe import QuantizeConfig
+from compress.steps.quantize.config import QuantizeConfig
 from compress.core.env import (
     CPUINFO_ENV,
     CpuFeatures,

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from compress.cli import app
 from compress.core.errors import RecipeError
-from compress.intake.recipe import PruneConfig, Recipe
-from compress.intake.recipe_io import parse_recipe, parse_recipe_text
+from compress.intake.recipe import Recipe
+from compress.steps.prune import PruneConfig
+from compress.intake.recipe_io import parse_recipe, parse_recipe_text, recipe_schema
 from tests.conftest import ROOT, TINY_RECIPE, write_recipe
 
 runner = CliRunner()
@@ -123,6 +124,6 @@ def test_schema_cli_is_json_schema() -> None:
     res = runner.invoke(app, ["schema"])
     assert res.exit_code == 0
     schema = json.loads(res.output)
-    assert schema["title"] == "Recipe"
+    assert schema["title"] == "edgepack recipe (version 1)"
     assert set(schema["required"]) >= {"version", "name", "model", "task"}
-    assert schema == Recipe.model_json_schema()
+    assert schema["properties"] == recipe_schema()["properties"] == Recipe.model_json_schema()["properties"]

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from compress.steps.distill import distill, embedding_loss, kd_loss
+from compress.steps.distill import DistillConfig, distill, embedding_loss, kd_loss
 from compress.core.errors import RecipeError
 from compress.steps.pruning import channel_counts
-from compress.intake.recipe import DistillConfig
 from tests.unit.compress.steps.fixtures import MODELS, digits_runner, step_ctx
 
 

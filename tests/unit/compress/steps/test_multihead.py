@@ -19,11 +19,11 @@ from torch import nn
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.intake.data import Dataset, Split
-from compress.steps.distill import distill, kd_loss
+from compress.steps.distill import DistillConfig, distill, kd_loss
 from compress.intake.models import torch_predict
-from compress.steps.prune import prune
+from compress.steps.prune import PruneConfig, prune
 from compress.steps.pruning import channel_counts, final_layer, head_layers, head_layers_by_output, structured_prune
-from compress.intake.recipe import DistillConfig, PruneConfig, Recipe, TrainConfig
+from compress.intake.recipe import Recipe, TrainConfig
 from compress.steps.training import (
     OutputPlan,
     fit,

@@ -11,9 +11,9 @@ import torch
 
 from compress.core.errors import RecipeError
 from compress.intake.models import count_macs
-from compress.steps.prune import prune
+from compress.steps.prune import PruneConfig, prune
 from compress.steps.pruning import channel_counts, global_sparsity, sparsity_at
-from compress.intake.recipe import InputSpec, PruneConfig
+from compress.intake.recipe import InputSpec
 from compress.intake.recipe_io import parse_recipe_text
 from tests.unit.compress.steps.fixtures import DIGITS_RECIPE, MODELS, digits_runner, step_ctx
 

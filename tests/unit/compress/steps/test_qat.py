@@ -19,8 +19,8 @@ import pytest
 
 from compress.core.errors import RecipeError
 from compress.intake.models import count_macs, count_params
-from compress.steps.qat import qat, qat_for
-from compress.intake.recipe import InputSpec, QatConfig
+from compress.steps.qat import QatConfig, qat, qat_for
+from compress.intake.recipe import InputSpec
 from compress.intake.recipe_io import parse_recipe_text
 from export.onnx import export_module_to_onnx
 from tests.unit.compress.steps.fixtures import DIGITS_RECIPE, MODELS, digits_runner, step_ctx

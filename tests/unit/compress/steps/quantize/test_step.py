@@ -19,7 +19,8 @@ import pytest
 from compress.core.types import Artifact
 from compress.core.step import StepContext, StepResult
 from compress.intake.data import Dataset, Split
-from compress.intake.recipe import QuantizeConfig, Recipe
+from compress.intake.recipe import Recipe
+from compress.steps.quantize.config import QuantizeConfig
 
 X86_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 avx512f {extra}\n"
 ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 {extra}\nCPU implementer\t: 0x41\n"

@@ -12,7 +12,8 @@ import pytest
 from compress.core.types import Artifact
 from compress.core.step import StepContext
 from compress.intake.data import Dataset, Split
-from compress.intake.recipe import QuantizeConfig, Recipe
+from compress.intake.recipe import Recipe
+from compress.steps.quantize.config import QuantizeConfig
 from tests.unit.compress.steps.quantize.test_step import _save, run_onnx
 
 
