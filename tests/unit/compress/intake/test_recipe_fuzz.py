@@ -208,7 +208,8 @@ def test_validate_never_crashes_on_a_mutated_recipe(folder: Path, case: tuple[st
     assert res.exit_code in (0, 2), (res.exit_code, res.output[-2000:], repr(res.exception))
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Traceback" not in res.output and "internal error" not in res.output
-    assert seconds < MAX_SECONDS, seconds
+    # tracemalloc slows the YAML parser of a deep case ~6x (measured: 0.39 s -> 2.59 s CPU)
+    assert seconds < MAX_SECONDS * (3 if traced else 1), seconds
     assert peak / 2**20 < MAX_PEAK_MB, peak / 2**20
     assert _max_rss_mb() < RSS_BEFORE_MB + MAX_RSS_GROWTH_MB  # every case, traced or not
     assert len(res.output) < 100_000  # capped: never a 100 kB value or thousands of problems repeated
