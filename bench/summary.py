@@ -17,14 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from bench.repeats import ratio_ci
+from bench.tradeoff import _ms
 from compress.core.report_schema import ArtifactReport, Report, TargetResult
 
 # A speed-up below this whose CI still reaches 1 is "no faster", not a measured slowdown.
 NO_FASTER = 0.95
-
-
-def _ms(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
 def _setting(t: TargetResult) -> tuple[str, int]:

@@ -6,12 +6,21 @@ and the CLI all read a name the same way.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 TargetKind = Literal["local", "ssh", "adb", "emulated", "estimate"]
 KINDS: tuple[str, ...] = ("local", "ssh", "adb", "emulated", "estimate")
 USAGE = "use local, ssh:NAME, adb[:NAME], emulated:aarch64 or estimate:PROFILE"
+NAME_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.-]+)?|emulated:aarch64|estimate:[\w.-]+)$")
+"""The names a recipe may write (what :func:`parse_target` reads, with the emulated CPUs this
+release ships and the characters a device name may hold)."""
+
+
+def unknown_name(name: str) -> str | None:
+    """The message for a name a recipe may not write, or None when it may."""
+    return None if NAME_RE.match(name) else f"unknown target {name!r}: {USAGE}"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ Paths are resolved relative to the recipe file's folder.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -41,6 +40,7 @@ from compress.core.checks import (
 from compress.intake.recipe_steps import Step, step_config, step_kind
 from compress.intake.search_spec import SearchSpec
 from compress.intake.recipe_sections import BudgetConfig, CloudConfig, NetworkProfile, PackageConfig, TradeoffConfig
+from devices.names import parse_target, unknown_name
 from devices.specs import AdbDeviceSpec, SshDeviceSpec
 
 RECIPE_VERSION = 1
@@ -366,7 +366,6 @@ ExportItem = Annotated[
 # --------------------------------------------------------------------------- bench, parity
 
 
-_TARGET_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.-]+)?|emulated:aarch64|estimate:[\w.-]+)$")
 
 
 class BenchConfig(StrictModel):
@@ -392,18 +391,17 @@ class BenchConfig(StrictModel):
     @field_validator("targets")
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if not _TARGET_RE.match(t)]
-        if bad:
-            raise ValueError(
-                f"unknown target {bad[0]!r}: use local, ssh:NAME, adb[:NAME], emulated:aarch64 or estimate:PROFILE"
-            )
+        problem = next((p for p in map(unknown_name, v) if p), None)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
     def _named_devices(self) -> BenchConfig:
         for t in self.targets:
-            if t.startswith("ssh:") and t[4:] not in self.ssh:
-                raise ValueError(f"target {t!r} needs bench.ssh.{t[4:]} with host and user")
+            name = parse_target(t)
+            if name.kind == "ssh" and name.arg not in self.ssh:
+                raise ValueError(f"target {t!r} needs bench.ssh.{name.arg} with host and user")
         return self
 
 

@@ -36,7 +36,6 @@ Scalar = bool | int | float | str | None
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _DURATION_PATTERN = _DURATION_RE.pattern
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_TARGET_RE = re.compile(r"^(local|ssh:[\w.-]+|adb(:[\w.:-]+)?|emulated:aarch64|estimate:[\w.-]+)$")
 _KEY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$|^[A-Za-z_]\w*$")
 
 
@@ -155,10 +154,12 @@ class SearchSpec(StrictModel):
     @field_validator("target")
     @classmethod
     def _target(cls, v: str) -> str:
-        if not _TARGET_RE.match(v):
-            raise ValueError(f"unknown target {v!r}: use local, ssh:NAME, adb[:NAME], emulated:aarch64 "
-                             "or estimate:PROFILE")
-        if v.startswith("emulated"):
+        from devices.names import parse_target, unknown_name
+
+        problem = unknown_name(v)
+        if problem:
+            raise ValueError(problem)
+        if parse_target(v).kind == "emulated":
             raise ValueError("emulated targets time nothing real; search on local, a board, a phone or an estimate")
         return v
 
