@@ -253,12 +253,20 @@ def test_engine_inc_when_installed(tmp_path: Path) -> None:
         bench: {{runs: 5, warmup: 2}}
     """)
     res = compress(str(recipe), "--out", str(tmp_path / "run"))
-    assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     inc = artifact(report, "onnx-inc-static")
     d = report["steps"][0]["details"]
-    assert d["engine"] == "inc" and d["goal_met"] is True and d["folded_weight_quantizers"] > 0
-    assert inc["precision"] == "int8" and inc["accuracy"] >= report["baseline"]["accuracy"] - 0.01
+    assert d["engine"] == "inc" and d["folded_weight_quantizers"] > 0 and inc["precision"] == "int8"
+    from compress.core.env import host_cpu
+
+    if res.returncode != 0 and host_cpu().u8s8_saturates:
+        # x86 without VNNI: neural-compressor's int8 model, run by onnxruntime here, can miss the
+        # goal (measured: accuracy -1.39 points, SQNR 12.9 dB). Then it must never be called ok.
+        assert report["status"] == "degraded" and inc["status"] == "degraded" and d["goal_met"] is False
+        assert "failed their fidelity gate" in res.stderr
+        return
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert d["goal_met"] is True and inc["accuracy"] >= report["baseline"]["accuracy"] - 0.01
 
 
 def test_quantize_after_unstructured_prune(tmp_path: Path) -> None:
