@@ -111,9 +111,10 @@ def test_ray_gives_the_same_front_up_to_noise(local_search, ray_search) -> None:
     assert set(local) == set(ray)
     for key, o in local.items():
         r = ray[key]
-        # trained on a Ray worker with its own cache, yet the same file: the steps are deterministic
-        assert r["artifact_sha256"] == o["artifact_sha256"], key
-        assert r["metrics"]["accuracy"]["value"] == o["metrics"]["accuracy"]["value"]
+        # trained on a Ray worker with its own cache: the same model up to float noise (once in CI,
+        # 1 of 4 trials made a file of another hash: training threads differ between a Ray task and
+        # a pool process), so its accuracy within two eval samples and the same verdict
+        assert abs(r["metrics"]["accuracy"]["value"] - o["metrics"]["accuracy"]["value"]) <= 2 / 359, key
         assert r["status"] == o["status"]
         ratio = r["metrics"]["latency_ms"]["value"] / o["metrics"]["latency_ms"]["value"]
         assert 1 / 3 < ratio < 3, (key, ratio)  # the same model on the same machine, up to a loaded machine's noise
