@@ -2,8 +2,8 @@
 
 One grid of 4 configurations (prune ratio x quantize or not), searched twice: with the local
 executor (first 2 trials, then ``--resume`` to 4) and with Ray on a local instance (its own
-step cache, so its tasks train for real). Both must measure the same models (same artifact
-hashes: the steps are deterministic) and find the same front up to latency noise; the
+step cache, so its tasks train for real). Both must measure the same models (up to the float
+noise of training threads) and find the same front up to that noise; the
 resumed search must not redo a finished trial; best.recipe.yaml must rebuild the best trial's
 artifact byte for byte with the step cache off.
 """
@@ -40,6 +40,10 @@ def compress(*args: str, cache: Path | None = None, timeout: int = 900) -> subpr
 
 def trials_of(folder: Path) -> list[dict]:
     return json.loads((folder / "trials.json").read_text())["trials"]
+
+
+def metric(o: dict, name: str) -> float:
+    return o["metrics"][name]["value"]
 
 
 def config(o: dict) -> tuple:
@@ -122,9 +126,18 @@ def test_ray_gives_the_same_front_up_to_noise(local_search, ray_search) -> None:
         assert r.get("train_steps")
     # the tasks trained (trials sharing a prune step share it through the cache, in Ray as locally)
     assert any(not s["cached"] for o in ray.values() for s in o["train_steps"])
-    objectives = {"accuracy": "maximize", "size_mb": "minimize"}  # the deterministic objectives
-    assert {config(o) for o in pareto_front(list(local.values()), objectives)} == \
-        {config(o) for o in pareto_front(list(ray.values()), objectives)}
+    # The same front up to noise: each trial on one executor's front (accuracy, size) is on the
+    # other's front unless beaten there by more than the accuracy noise (a trial whose accuracy
+    # moved by one eval sample can drop off a front, as in CI once: fp32 vs int8 at equal size
+    # order, accuracies one sample apart, swapped).
+    objectives = {"accuracy": "maximize", "size_mb": "minimize"}
+    for one, other in ((local, ray), (ray, local)):
+        for o in pareto_front(list(one.values()), objectives):
+            twin = other[config(o)]
+            beaten = [config(b) for b in other.values() if b["status"] == "feasible" and b is not twin
+                      and metric(b, "accuracy") > metric(twin, "accuracy") + 2 / 359
+                      and metric(b, "size_mb") <= metric(twin, "size_mb")]
+            assert not beaten, (config(o), beaten)
     assert not list(ray_search["folder"].glob("trials/*.train"))  # the tasks' scratch folders are gone
 
 
