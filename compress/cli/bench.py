@@ -13,22 +13,10 @@ from compress.core.errors import EdgepackError, InputFileError
 
 
 def load_npz_data(path: Path, inputs: list[dict[str, Any]] | None = None) -> tuple[list[Any], Any]:
-    """Inputs and optional labels ``y`` of an .npz file.
+    """Inputs and optional labels ``y`` of an .npz file (see :func:`compress.intake.data.load_npz_data`)."""
+    from compress.intake.data import load_npz_data as load
 
-    Inputs are ``x`` or ``x0``, ``x1``... by position, or named ``x_<input>`` or by the
-    model's input names (``inputs``: the model's declared inputs, rank-0 ones fixed).
-    """
-    from compress.intake.data import read_npz
-    from compress.intake.recipe import InputSpec
-
-    if not path.is_file():
-        raise InputFileError(f"{path}: file not found")
-    specs = None
-    if inputs is not None:
-        specs = [InputSpec.model_construct(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"],
-                                           batch_axis=0 if i["shape"] else None, dynamic={}) for i in inputs]
-    split = read_npz(path, specs)
-    return split.x, split.y
+    return load(path, inputs)
 
 
 def _random_inputs(inputs: list[dict[str, Any]], used: dict[str, list[int]], rows: int) -> list[Any]:

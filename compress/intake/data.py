@@ -314,6 +314,22 @@ def read_npz(path: Path, specs: list[InputSpec] | None = None) -> Split:
     return _as_split(found, str(path), specs)
 
 
+def load_npz_data(path: Path, inputs: list[dict[str, Any]] | None = None) -> tuple[list[Any], Any]:
+    """Inputs and optional labels ``y`` of an .npz file (``compress bench --data``, ``compress shadow --inputs``).
+
+    Inputs are ``x`` or ``x0``, ``x1``... by position, or named ``x_<input>`` or by the
+    model's input names (``inputs``: the model's declared inputs, rank-0 ones fixed).
+    """
+    if not path.is_file():
+        raise InputFileError(f"{path}: file not found")
+    specs = None
+    if inputs is not None:
+        specs = [InputSpec.model_construct(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"],
+                                           batch_axis=0 if i["shape"] else None, dynamic={}) for i in inputs]
+    split = read_npz(path, specs)
+    return split.x, split.y
+
+
 def resolve_dynamic(specs: list[InputSpec], split: Split) -> None:
     """Fill each spec's ``dynamic`` with the data's size of its -1 axes (batch axis excluded).
 

@@ -21,7 +21,8 @@ UNITS: dict[str, str] = {
     "compress.core": "core",
     # bench runtime and statistics
     **dict.fromkeys(["bench.agent", "bench.runtime", "bench.latency", "bench.repeats", "bench.accuracy",
-                     "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick"], "runtime"),
+                     "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick",
+                     "bench.shadow"], "runtime"),
     # targets
     "devices": "devices",
     # what comes in: the recipe schema, its data, the model
@@ -36,7 +37,7 @@ UNITS: dict[str, str] = {
     "compress.intake.recipe_io": "recipe",
     # what is made of results: reports, comparisons, the trade-off, bundles
     **dict.fromkeys(["bench.report", "bench.html", "bench.svgchart", "bench.summary", "bench.compare",
-                     "bench.tradeoff"], "report"),
+                     "bench.tradeoff", "bench.shadow_report"], "report"),
     **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata"], "bundle"),
     # the top: the run, and the command line
     "compress.runner": "runner", "compress.search": "search",
