@@ -186,6 +186,8 @@ def render_markdown(report: Report) -> str:
             lines.append(f"- **{adv.severity}** `{adv.code}`{where}: {adv.message}")
     if r.tradeoff and r.tradeoff.get("markdown"):
         lines += ["", r.tradeoff["markdown"]]
+    if r.shadow and r.shadow.get("markdown"):
+        lines += ["", r.shadow["markdown"]]
     lines.append("")
     lines.append("Latency is `measured` on the named device unless marked `estimated` (from a device profile) or "
                  "`emulated` (correctness only, never a latency). A measured p50 pools the runs of several fresh "

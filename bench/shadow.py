@@ -83,7 +83,6 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     if not len(conf):
         return 0.0
     idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
     acc = np.bincount(idx, weights=ok, minlength=bins)
     mean_conf = np.bincount(idx, weights=conf, minlength=bins)
     return float(np.abs(acc - mean_conf).sum() / len(conf))

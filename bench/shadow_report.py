@@ -52,6 +52,9 @@ def _decision_lines(m: dict[str, Any]) -> list[str]:
 def _latency_lines(lat: dict[str, Any] | None) -> list[str]:
     if not lat:
         return ["Latency: not measured (--no-latency)."]
+    if lat.get("from"):  # a recipe run quotes its own benchmark
+        return [f"Latency ({lat['how']}, {lat['target']}, from {lat['from']}): baseline p50 "
+                f"{_f(lat.get('baseline_p50_ms'))} ms, candidate p50 {_f(lat.get('candidate_p50_ms'))} ms"]
     lines = [f"Latency: {lat['how']}, {lat['target']} ({lat.get('device', '?')}), {lat['threads']} thread, batch "
              f"{lat['batch']}, {lat['repeats']} interleaved rounds of fresh processes x {lat['runs']} runs", ""]
     for role in ("baseline", "candidate"):

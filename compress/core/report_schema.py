@@ -247,6 +247,8 @@ class Report(_Model):
     advisories: list[AdvisoryReport] = Field(default_factory=list)
     tradeoff: dict[str, Any] | None = None
     bundle: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = Field(None, description="the recipe's shadow section: per artifact, the shadow "
+                                                 "test against the baseline export (compress/runner/shadowing.py)")
 
     def artifact(self, name: str) -> ArtifactReport | None:
         return next((a for a in self.artifacts if a.name == name), None)

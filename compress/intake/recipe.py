@@ -39,7 +39,14 @@ from compress.core.checks import (
 )
 from compress.intake.recipe_steps import Step, step_config, step_kind
 from compress.intake.search_spec import SearchSpec
-from compress.intake.recipe_sections import BudgetConfig, CloudConfig, NetworkProfile, PackageConfig, TradeoffConfig
+from compress.intake.recipe_sections import (
+    BudgetConfig,
+    CloudConfig,
+    NetworkProfile,
+    PackageConfig,
+    ShadowConfig,
+    TradeoffConfig,
+)
 from devices.names import parse_target, unknown_name
 from devices.specs import AdbDeviceSpec, SshDeviceSpec
 
@@ -47,8 +54,8 @@ RECIPE_VERSION = 1
 
 
 
-__all__ = ["AdbDeviceSpec", "BudgetConfig", "CloudConfig", "NetworkProfile", "PackageConfig", "SshDeviceSpec",
-           "Step", "StrictModel", "TradeoffConfig", "resolve_file", "resolve_ref", "step_config", "step_kind"]  # re-exported: callers import them from here
+__all__ = ["AdbDeviceSpec", "BudgetConfig", "CloudConfig", "NetworkProfile", "PackageConfig", "ShadowConfig",
+           "SshDeviceSpec", "Step", "StrictModel", "TradeoffConfig", "resolve_file", "resolve_ref", "step_config", "step_kind"]  # re-exported: callers import them from here
 
 
 # --------------------------------------------------------------------------- model
@@ -482,6 +489,8 @@ class Recipe(StrictModel):
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tradeoff: TradeoffConfig | None = Field(default_factory=TradeoffConfig, description="cloud-vs-device section; null to skip")
     package: PackageConfig | None = None
+    shadow: ShadowConfig | None = Field(None, description="shadow-test each artifact against the baseline export "
+                                                          "at the end of the run; null: off")
     search: SearchSpec | None = Field(None, description="compress search: the space, objectives and hard limits")
 
     @field_validator("export", mode="before")

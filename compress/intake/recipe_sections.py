@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from compress.core.checks import BatchSize, StrictModel, Threads, check_path_form
+from compress.core.checks import BatchSize, StrictModel, Threads, check_path_form, resolve_file
 
 
 # --------------------------------------------------------------------------- tradeoff, package
@@ -77,3 +77,37 @@ class PackageConfig(StrictModel):
     @classmethod
     def _output(cls, v: Path | None) -> Path | None:
         return None if v is None else check_path_form(v, "package.output")
+
+
+# --------------------------------------------------------------------------- shadow
+
+
+class ShadowConfig(StrictModel):
+    """At the end of the run, each artifact beside the baseline export of its format, as ``compress shadow`` does.
+
+    The baseline of an ONNX artifact is the run's fp32 ONNX export, of a TFLite artifact its fp32
+    TFLite export (the ONNX one when there is none). A failed verdict makes the artifact and the
+    run ``degraded`` (exit 1 unless ``gate: warn``), like a fidelity gate.
+    """
+
+    inputs: Path | None = Field(None, description="logged inputs .npz (x, optional y); default: the eval split")
+    labels: Path | None = Field(None, description="labels .npy or .npz (its y); default: y of inputs, or the "
+                                                  "eval split's labels")
+    max_flip_rate: float = Field(0.01, ge=0, le=1, description="largest share of changed decisions, per output")
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="against the labels; null: off")
+    max_ece_increase: float | None = Field(None, ge=0, le=1, description="against the labels (15 bins); null: off")
+    max_confidence_shift: float | None = Field(None, ge=0, le=1,
+                                               description="mean |p_candidate - p_baseline| of the baseline's "
+                                                           "decision; null: off")
+    artifacts: list[str] | Literal["all"] = Field("all", description="artifact names to test, or all")
+    worst: int = Field(20, ge=1, le=10_000, description="worst-disagreeing inputs kept per artifact")
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_file(v, info, "shadow inputs")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_file(v, info, "shadow labels")

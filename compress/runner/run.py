@@ -30,6 +30,7 @@ from compress.runner.parity import ParityMixin
 from compress.runner.gates import GatingMixin
 from compress.runner.benchmarks import BenchmarkingMixin
 from compress.runner.report import ReportingMixin, tool_versions
+from compress.runner.shadowing import ShadowMixin
 from compress.runner.state import LineageMixin, RunState
 from compress.runner.progress import RunProgress
 from compress.runner.quiet import library_output_to
@@ -55,7 +56,8 @@ def environment() -> dict[str, Any]:
     return env
 
 
-class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMixin, BenchmarkingMixin, ReportingMixin):
+class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMixin, BenchmarkingMixin, ShadowMixin,
+             ReportingMixin):
     """Runs one recipe into one run folder."""
 
     def __init__(self, source: RecipeSource, out: Path | None = None, console: Any = None,
@@ -315,6 +317,7 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
         self.gate_artifacts()
         self.log_artifacts()
         self.benchmark_all()
+        self.shadow_all()
 
     def _check_file(self, art: Artifact, baseline: Artifact, last_torch: Artifact) -> None:
         """Task metrics, parity against its parent by lineage, and its zipped size."""

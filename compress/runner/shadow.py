@@ -116,7 +116,7 @@ def resolve_side(role: str, text: str, tmp: Path) -> Side:
     raise InputFileError(f"{role} {text}: not found (a .onnx/.tflite file, a bundle .zip, or RUN_DIR:ARTIFACT)")
 
 
-def _open(side: Side) -> Any:
+def open_side(side: Side) -> Any:
     from bench.runtime import open_model
     from compress.core.errors import MissingDependencyError
 
@@ -214,9 +214,11 @@ def measure_latency(sides: list[Side], feeds: dict[str, list[np.ndarray]], runs:
 
 def shadow_result(baseline: Side, candidate: Side, base_outs: list[np.ndarray], cand_outs: list[np.ndarray],
                   names: tuple[list[str], list[str]], task: str, labels: np.ndarray | None,
-                  thresholds: Thresholds, worst_n: int = WORST_DEFAULT
+                  thresholds: Thresholds, worst_n: int = WORST_DEFAULT, specs: list[Any] | None = None
                   ) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray]]:
     """Measures, verdict and the worst samples of two models' outputs on the same inputs.
+
+    ``specs`` (what each output is) are resolved from the baseline's outputs and ``task`` when not given.
 
     Returns:
         The result, the worst samples' indices, and the candidate's outputs in the baseline's order.
@@ -229,7 +231,7 @@ def shadow_result(baseline: Side, candidate: Side, base_outs: list[np.ndarray], 
     try:
         order, how = match_outputs(*names)
         cand_outs = [cand_outs[i] for i in order]
-        specs = resolve_outputs(base_outs, None, task, names=names[0])
+        specs = specs or resolve_outputs(base_outs, None, task, names=names[0])
         primary = next((s.index for s in specs if s.decision in ("argmax", "threshold")), None)
         measures, flips, divergence = compare_outputs(base_outs, cand_outs, specs,
                                                       {primary: labels} if labels is not None and primary is not None
@@ -276,6 +278,8 @@ def write_results(out: Path, result: dict[str, Any], arrays: dict[str, np.ndarra
     from bench.shadow_report import render_shadow_markdown
     from compress.core.fileio import atomic_write_text, atomic_write_with
 
+    result["worst"]["file"] = "worst.npz"
+    markdown = render_shadow_markdown(result)  # before any file: a rendering error leaves none
     out.mkdir(parents=True, exist_ok=True)
 
     def save(tmp: Path) -> None:
@@ -283,9 +287,8 @@ def write_results(out: Path, result: dict[str, Any], arrays: dict[str, np.ndarra
             np.savez_compressed(f, **arrays)
 
     atomic_write_with(out / "worst.npz", save)
-    result["worst"]["file"] = "worst.npz"
+    atomic_write_text(out / "shadow.md", markdown)
     atomic_write_text(out / "shadow.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / "shadow.md", render_shadow_markdown(result))
     return [out / "shadow.json", out / "shadow.md", out / "worst.npz"]
 
 
@@ -319,7 +322,7 @@ def run_shadow(baseline_text: str, candidate_text: str, opts: ShadowOptions, out
         raise InputFileError(f"--inputs {opts.inputs}: file not found")
     with tempfile.TemporaryDirectory(prefix="edgepack-shadow-") as tmp:
         sides = [resolve_side("baseline", baseline_text, Path(tmp)), resolve_side("candidate", candidate_text, Path(tmp))]
-        sessions = [_open(s) for s in sides]
+        sessions = [open_side(s) for s in sides]
         xb, y = side_inputs(sides[0], sessions[0], opts.inputs)
         xc, _ = side_inputs(sides[1], sessions[1], opts.inputs, fallback=xb)
         from bench.agent import num_samples

@@ -33,6 +33,8 @@ class RunState:
     fidelity: dict[str, dict[str, Any]] = field(default_factory=dict)  # vs_parent, vs_baseline, gate
     # the run's ONNX export of each torch model, by the torch model's name (made once)
     onnx_exports: dict[str, Artifact] = field(default_factory=dict)
+    # the recipe's shadow section: each tested artifact's result (compress.runner.shadowing)
+    shadow: dict[str, Any] = field(default_factory=dict)
 
 
 class LineageMixin:
