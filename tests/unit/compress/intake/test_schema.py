@@ -121,6 +121,9 @@ WRONG = {
     "export with two kinds": "export: [{onnx: {}, tflite: {}}]\n",
     "export option typo": "export: [{onnx: {opsett: 17}}]\n",
     "wrong type": "seed: zero\n",
+    "shadow option typo": "shadow: {max_flip_ratee: 0.1}\n",
+    "shadow share out of range": "shadow: {max_flip_rate: 2}\n",
+    "shadow artifacts not a list": "shadow: {artifacts: some}\n",
 }
 BASE = "version: 1\nname: t\nmodel: {factory: 'os.path:join', input_shape: [1, 3]}\ntask: {kind: regression}\n"
 
@@ -138,3 +141,18 @@ def test_export_shorthands_are_in_the_schema(validator: Any) -> None:
         text = BASE + f"export: {export}\n"
         parse_recipe_text(text, None)
         assert _problems(validator, as_editor_reads(text)) == [], export
+
+
+def test_the_shadow_section_is_in_the_schema(validator: Any, schema: dict[str, Any]) -> None:
+    assert "shadow" in schema["properties"]
+    for section in ("shadow: {}", "shadow: null", "shadow: {max_flip_rate: 0.02, max_accuracy_drop: 0.01, "
+                    "artifacts: [onnx-static], worst: 5}", "shadow: {artifacts: all, max_ece_increase: null}"):
+        text = BASE + section + "\n"
+        recipe = parse_recipe_text(text, None)
+        assert _problems(validator, as_editor_reads(text)) == [], section
+    assert recipe.recipe.shadow is not None and recipe.recipe.shadow.artifacts == "all"
+
+
+def test_shadow_inputs_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"shadow.inputs"):
+        parse_recipe_text(BASE + "shadow: {inputs: missing.npz}\n", tmp_path / "recipe.yaml")
