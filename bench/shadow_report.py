@@ -80,6 +80,7 @@ def render_shadow_markdown(result: dict[str, Any], heading: str = "#") -> str:
              f"samples; labels: {result.get('inputs', {}).get('labels') or 'none'}."]
     if result.get("outputs_matched_note"):
         lines.append(f"Note: {result['outputs_matched_note']}.")
+    lines += [f"Note: {n}." for n in result.get("notes") or []]
     lines += [""] + _verdict_lines(result)
     for m in result["outputs"]:
         lines += ["", f"{heading}# Output {m['name']} ({m['task']})", ""]

@@ -80,8 +80,9 @@ def shadow_cmd(
         typer.echo(summary_line(result))
         for reason in result["verdict"]["reasons"]:
             typer.echo(f"  {reason}")
-        if result.get("outputs_matched_note"):
-            typer.echo(f"  note: {result['outputs_matched_note']}")
+        for note in [result.get("outputs_matched_note"), *result.get("notes", [])]:
+            if note:
+                typer.echo(f"  note: {note}")
         w = result["worst"]["indices"]
         typer.echo(f"  worst inputs: {', '.join(map(str, w[:10])) or 'none'}{' ...' if len(w) > 10 else ''} "
                    f"({out / 'worst.npz'})")

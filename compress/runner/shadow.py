@@ -239,6 +239,13 @@ def shadow_result(baseline: Side, candidate: Side, base_outs: list[np.ndarray], 
     except ValueError as e:
         raise InputFileError(f"{baseline.name} vs {candidate.name}: {e}") from e
     worst = worst_samples(flips, divergence, worst_n)
+    n = len(flips)
+    notes = []
+    if thresholds.max_flip_rate and n < 3 / thresholds.max_flip_rate:
+        # the rule of three: with no flip in n samples, the 95% upper bound of the flip rate is about 3/n
+        notes.append(f"{n} samples: even no flip at all only shows a flip rate below {3 / n:.3g} (95%, rule of "
+                     f"three), above the limit {thresholds.max_flip_rate:g}; log at least "
+                     f"{int(np.ceil(3 / thresholds.max_flip_rate))} inputs")
     result = {
         "baseline": baseline.describe(), "candidate": candidate.describe(),
         "outputs_matched_by": how,
@@ -246,6 +253,7 @@ def shadow_result(baseline: Side, candidate: Side, base_outs: list[np.ndarray], 
                                  "output names differ between the models: matched by position "
                                  f"({', '.join(f'{a} = {b}' for a, b in zip(names[0], names[1]))})"),
         "outputs": measures,
+        "notes": notes,
         "thresholds": thresholds.as_dict(),
         "verdict": verdict(measures, thresholds),
         "worst": {"indices": worst.tolist(), "flipped_outputs": flips[worst].tolist(),
