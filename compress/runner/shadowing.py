@@ -70,7 +70,7 @@ class ShadowMixin:
             side = Side("baseline", art.name, art.path, art.format, f"artifact {art.name}", art.sha256 or "",
                         art.metadata)
             session = open_side(side)
-            xs, y = side_inputs(side, session, logged["path"])
+            xs, y = side_inputs(side, session, logged["path"], fallback=logged["xs"])
             outs = predict(session, xs)
             if art.metadata.get("channels_last_outputs"):
                 from export.tflite import from_model_layout

@@ -175,6 +175,15 @@ def test_the_recipe_shadow_section(tiny_dir: Path) -> None:
     assert (tiny_dir / "ok" / result["worst"]["file"]).is_file()
     assert "## Shadow tests" in (tiny_dir / "ok" / "report.md").read_text()
 
+    x = np.random.default_rng(1).standard_normal((40, 1, 8, 8)).astype(np.float32)
+    np.savez(tiny_dir / "logged.npz", x=x, y=(x.mean(axis=(1, 2, 3)) > 0).astype(np.int64))
+    logged = write_recipe(tiny_dir, SHADOW_RECIPE + "shadow: {inputs: logged.npz, max_flip_rate: 0.5}\n", "logged.yaml")
+    res = CliRunner().invoke(app, [str(logged), "--out", str(tiny_dir / "logged"), "--quiet", "--set", "bench.runs=3"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tiny_dir / "logged" / "report.json").read_text())["shadow"]["artifacts"]["onnx-static"]
+    assert result["inputs"]["file"] == str(tiny_dir / "logged.npz") and result["inputs"]["samples"] == 40
+    assert result["outputs"][0]["labels"]["baseline_accuracy"] is not None
+
     strict = write_recipe(tiny_dir, SHADOW_RECIPE + "shadow: {max_confidence_shift: 0.0}\n", "strict.yaml")
     res = CliRunner().invoke(app, [str(strict), "--out", str(tiny_dir / "bad"), "--quiet", "--set", "bench.runs=3"])
     assert res.exit_code == 1, res.output

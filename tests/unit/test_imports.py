@@ -53,6 +53,7 @@ def test_cli_and_recipe_do_not_import_heavy_backends() -> None:
     # own --help included: a subcommand's help loads pydantic, nothing else heavy
     (["bench", "--help"], ("pydantic", "importlib.metadata")),  # pydantic reads its plugins' metadata
     (["devices", "--help"], ("pydantic", "importlib.metadata")),
+    (["shadow", "--help"], ("pydantic", "importlib.metadata")),
 ])
 def test_help_imports_nothing_heavy(args: list[str], allowed: tuple[str, ...]) -> None:
     """Help and version start at once: no rich, numpy, yaml, pydantic, nor the project's lower layers.
