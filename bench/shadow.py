@@ -127,7 +127,8 @@ def _decision_measures(base: np.ndarray, cand: np.ndarray, spec: ResolvedOutput,
                        labels: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Measures of a decision output; also per sample: flipped (bool) and KL(p_b || p_c)."""
     db, dc = decisions(base, spec), decisions(cand, spec)
-    assert db is not None and dc is not None  # only called for decision outputs
+    if db is None or dc is None:
+        raise ValueError(f"output {spec.name!r} has no decision ({spec.decision})")
     pb = class_probabilities(base, spec.probabilities)
     pc = class_probabilities(cand, spec.probabilities)
     k = pb.shape[1]

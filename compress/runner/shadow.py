@@ -9,6 +9,7 @@ interleaved run on this machine and writes ``shadow.json``, ``shadow.md`` and ``
 
 from __future__ import annotations
 
+import posixpath
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -80,7 +81,7 @@ def _from_bundle(role: str, bundle: Path, tmp: Path) -> Side:
     if not res.ok:
         raise InputFileError(f"{role} {bundle}: the bundle does not verify: " + "; ".join(res.problems[:5]))
     with zipfile.ZipFile(bundle) as zf:
-        (manifest_name,) = [n for n in zf.namelist() if n.endswith("manifest.json")]
+        (manifest_name,) = [n for n in zf.namelist() if posixpath.basename(n) == "manifest.json"]
         manifest = json.loads(zf.read(manifest_name))
         prefix = manifest_name[: -len("manifest.json")]
         fmt = manifest["format"]
@@ -179,8 +180,14 @@ def read_labels(spec: str, n: int) -> np.ndarray:
         y = loaded
     if len(y) != n:
         raise InputFileError(f"--labels {spec}: {len(y)} labels for {n} logged samples")
-    if not np.issubdtype(y.dtype, np.integer) and not np.array_equal(y, np.round(y)):
-        raise InputFileError(f"--labels {spec}: labels must be class indices (got {y.dtype} values)")
+    return class_labels(y, f"--labels {spec}")
+
+
+def class_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Labels as class indices; anything else (fractions, NaN, text) is refused, naming ``where``."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y)))):
+        raise InputFileError(f"{where}: labels must be class indices (got {y.dtype} values)")
     return y.astype(np.int64)
 
 
@@ -336,7 +343,8 @@ def run_shadow(baseline_text: str, candidate_text: str, opts: ShadowOptions, out
         from bench.agent import num_samples
 
         n = num_samples(xb)
-        labels = read_labels(opts.labels, n) if opts.labels else (np.asarray(y).astype(np.int64) if y is not None else None)
+        labels = (read_labels(opts.labels, n) if opts.labels
+                  else class_labels(y, f"{opts.inputs}: y") if y is not None and opts.task == "classification" else None)
         log(f"shadow: {sides[0].name} ({sides[0].format}) vs {sides[1].name} ({sides[1].format}) on {n} logged inputs"
             + (", with labels" if labels is not None else ""))
         outs = [predict(sessions[0], xb), predict(sessions[1], xc)]

@@ -65,7 +65,7 @@ class ShadowMixin:
             return self.outputs_of(art)
         if art.name not in logged["outputs"]:
             from bench.runtime import predict
-            from compress.runner.shadow import Side, open_side, read_labels, side_inputs
+            from compress.runner.shadow import Side, class_labels, open_side, read_labels, side_inputs
 
             side = Side("baseline", art.name, art.path, art.format, f"artifact {art.name}", art.sha256 or "",
                         art.metadata)
@@ -83,7 +83,8 @@ class ShadowMixin:
                 logged["xs"], logged["input_names"] = xs, [i["name"] for i in session.inputs]
                 n = num_samples(xs)
                 logged["labels"] = (read_labels(str(cfg.labels), n) if cfg.labels is not None
-                                    else (np.asarray(y).astype(np.int64) if y is not None else None))
+                                    else class_labels(y, f"shadow.inputs {cfg.inputs}: y") if y is not None
+                                    and self.recipe.task.kind == "classification" else None)
         return logged["outputs"][art.name]
 
     def _shadow_one(self, cfg: Any, base: Artifact, art: Artifact, logged: dict[str, Any] | None) -> None:
