@@ -159,28 +159,31 @@ def side_inputs(side: Side, session: Any, inputs: Path, fallback: list[np.ndarra
     return xs, y
 
 
-def read_labels(spec: str, n: int) -> np.ndarray:
-    """``labels.npy``, ``labels.npz`` (its ``y`` or only array) or ``labels.npz:KEY``; ``n`` labels expected."""
-    path, sep, key = spec.rpartition(":") if spec.count(":") and not Path(spec).is_file() else (spec, "", "")
+def read_labels(spec: str, n: int, what: str = "--labels") -> np.ndarray:
+    """``labels.npy``, ``labels.npz`` (its ``y`` or only array) or ``labels.npz:KEY``; ``n`` labels expected.
+
+    ``what`` names the option or recipe key in messages.
+    """
+    path, _, key = spec.rpartition(":") if spec.count(":") and not Path(spec).is_file() else (spec, "", "")
     p = Path(path)
     if not p.is_file():
-        raise InputFileError(f"--labels {spec}: file not found")
+        raise InputFileError(f"{what} {spec}: file not found")
     try:
         loaded = np.load(p, allow_pickle=False)
     except Exception as e:  # noqa: BLE001  (numpy's words say what is wrong with the file)
-        raise InputFileError(f"--labels {spec}: not a readable .npy/.npz file ({type(e).__name__})") from e
+        raise InputFileError(f"{what} {spec}: not a readable .npy/.npz file ({type(e).__name__})") from e
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             names = list(loaded.files)
             pick = key or ("y" if "y" in names else (names[0] if len(names) == 1 else ""))
             if pick not in names:
-                raise InputFileError(f"--labels {spec}: name the array as FILE.npz:KEY (it holds {', '.join(names)})")
+                raise InputFileError(f"{what} {spec}: name the array as FILE.npz:KEY (it holds {', '.join(names)})")
             y = loaded[pick]
     else:
         y = loaded
-    if len(y) != n:
-        raise InputFileError(f"--labels {spec}: {len(y)} labels for {n} logged samples")
-    return class_labels(y, f"--labels {spec}")
+    if np.ndim(y) == 0 or len(y) != n:
+        raise InputFileError(f"{what} {spec}: {np.size(y)} labels for {n} logged samples")
+    return class_labels(y, f"{what} {spec}")
 
 
 def class_labels(y: np.ndarray, where: str) -> np.ndarray:

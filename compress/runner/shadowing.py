@@ -82,7 +82,7 @@ class ShadowMixin:
 
                 logged["xs"], logged["input_names"] = xs, [i["name"] for i in session.inputs]
                 n = num_samples(xs)
-                logged["labels"] = (read_labels(str(cfg.labels), n) if cfg.labels is not None
+                logged["labels"] = (read_labels(str(cfg.labels), n, "shadow.labels") if cfg.labels is not None
                                     else class_labels(y, f"shadow.inputs {cfg.inputs}: y") if y is not None
                                     and self.recipe.task.kind == "classification" else None)
         return logged["outputs"][art.name]
