@@ -55,10 +55,12 @@ class ShadowMixin:
                     f"(it made: {', '.join(names)})", "warning"))
         # the section's logged inputs; each model's outputs on them are computed when needed
         logged = {"path": cfg.inputs, "outputs": {}, "labels": None, "xs": None} if cfg.inputs is not None else None
-        for art in files:
-            base = family_baseline(art, files)
-            if art.name in wanted and base is not None:
-                self._shadow_one(cfg, base, art, logged)
+        pairs = [(family_baseline(a, files), a) for a in files if a.name in wanted]
+        pairs = [(b, a) for b, a in pairs if b is not None]
+        if not pairs:
+            self.log("shadow: no artifact to test (each is the fp32 export of its format)")
+        for base, art in pairs:
+            self._shadow_one(cfg, base, art, logged)
 
     def _shadow_outputs(self, art: Artifact, logged: dict[str, Any] | None, cfg: Any) -> list[np.ndarray]:
         if logged is None:
