@@ -192,3 +192,6 @@ def test_the_recipe_shadow_section(tiny_dir: Path) -> None:
     assert report["status"] == "degraded" and art["status"] == "degraded"
     assert any("shadow vs onnx-fp32" in r and "confidence_shift" in r for r in art["gate"]["reasons"])
     assert any(a["code"] == "shadow_failed" for a in report["advisories"])
+    res = CliRunner().invoke(app, ["package", str(tiny_dir / "bad"), "--artifact", "onnx-static", "-o",
+                                   str(tiny_dir / "bad.zip")])
+    assert res.exit_code != 0 and "confidence_shift" in res.output and not (tiny_dir / "bad.zip").exists()
