@@ -16,7 +16,7 @@ Features of a float input (the batch axis moved first; fixed inputs are skipped)
   cell of a grid. When ``C * prod(spatial)`` is at most :data:`PER_ELEMENT_LIMIT` every element
   is its own cell (an 8x8 digit: 64 pixels); else each spatial axis of size S is cut into
   ``g = min(S, GRID)`` segments at ``floor(j * S / g)``, ``j = 0..g`` (a 224x224x3 image:
-  3 x 4 x 4 cells), which keeps the JSON small (about 30 KB there).
+  3 x 4 x 4 cells), which keeps the JSON small (about 36 KB there).
 
 A feature's histogram has :data:`BINS` equal-width bins between robust bounds of the
 reference (its 0.5 % and 99.5 % quantiles; min and max when those coincide; a width of

@@ -43,8 +43,10 @@ def bundle_fingerprint(recipe: Any, data: Any, session: Any, layout: str,
     from bench.outputs import resolve_outputs
     from bench.runtime import predict
 
-    if data is None:
+    if recipe.data is None:
         return None, "the recipe has no data section: nothing describes the inputs the model expects"
+    if data is None:
+        return None, f"the recipe's data ({recipe.data.source}) could not be loaded again when the bundle was made"
     xs = concat_samples([list(data.calib.x), list(data.eval.x)], data.eval.batch_axes)
     ys = predict(session, xs)
     names = [o["name"] for o in session.outputs]
@@ -250,7 +252,10 @@ def drift_of_bundle(bundle: Path, inputs: Path, thresholds: Any = None, public_k
         session = open_model(model)
         ys = predict(session, xs)
     by_name = dict(zip([o["name"] for o in session.outputs], ys))
-    outputs = [by_name[o["name"]] for o in fingerprint["outputs"] if o["name"] in by_name]
-    if len(outputs) != len(fingerprint["outputs"]):
-        outputs = None  # the fingerprint names outputs this model lacks: compare the inputs only
-    return compare(fingerprint, xs, outputs, thresholds)
+    missing = [o["name"] for o in fingerprint["outputs"] if o["name"] not in by_name]
+    outputs = None if missing else [by_name[o["name"]] for o in fingerprint["outputs"]]
+    report = compare(fingerprint, xs, outputs, thresholds)
+    if missing:
+        report.notes.append(f"the model has no output {', '.join(map(repr, missing))} the fingerprint describes: "
+                            "only the inputs were compared")
+    return report

@@ -90,3 +90,9 @@ def test_reference_runs_as_a_script(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "samples of shape [1, 3, 4]" in wrong.stderr and "Traceback" not in wrong.stderr
     tool = compare(fp, [np.load(tmp_path / "bright.npz")["x"]]).to_json()
     _assert_same(tool, json.loads(bright.stdout))
+
+
+def test_the_docs_show_the_kotlin_snippet_of_the_model_card() -> None:
+    from export.bundle_drift import KOTLIN_SNIPPET
+
+    assert KOTLIN_SNIPPET in (ROOT / "docs" / "drift.md").read_text()
