@@ -223,7 +223,9 @@ def read_new_inputs(path: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
         shape = [int(d) for d in i["shape"]]
         if i.get("batch_axis") is not None:
             shape[i["batch_axis"]] = -1
-        specs.append(InputSpec(name=i["name"], shape=shape, dtype=i["dtype"], batch_axis=i.get("batch_axis")))
+        # a quantized input takes float values (the runtime quantizes them), as the fingerprint describes
+        dtype = "float32" if i.get("quantization") else i["dtype"]
+        specs.append(InputSpec(name=i["name"], shape=shape, dtype=dtype, batch_axis=i.get("batch_axis")))
     split = read_npz(path, specs)
     problems = input_mismatches(specs, list(split.x))
     if problems:

@@ -141,3 +141,15 @@ def test_the_bundled_reference_gives_the_same_numbers(bundle: Path, digits: dict
         for a, b in zip(tool["checks"], ref["checks"]):
             assert abs(a["psi"] - b["psi"]) <= 1e-6
             assert (a["ks"] is None and b["ks"] is None) or abs(a["ks"] - b["ks"]) <= 1e-6
+
+
+def test_an_int8_tflite_bundle_takes_float_inputs_as_its_fingerprint_does(tmp_path_factory: pytest.TempPathFactory,
+                                                                          digits: dict[str, Path]) -> None:
+    """The int8 model's input is quantized by the runtime: new inputs are floats, like the fingerprint's."""
+    run = quickstart_run(tmp_path_factory)
+    out = tmp_path_factory.mktemp("drift-tflite") / "ios.zip"
+    res = compress("package", str(run), "--artifact", "tflite-int8", "--platform", "ios", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert drift(out, digits["same"])[0] == 0
+    code, text = drift(out, digits["bright"])
+    assert code == 1 and "cell c0 [" in text
