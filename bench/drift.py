@@ -57,6 +57,25 @@ class Thresholds:
     ks_threshold: float | None = None
 
 
+def thresholds_of(fingerprint: dict[str, Any], overrides: dict[str, float] | None = None) -> Thresholds:
+    """The fingerprint's thresholds with ``overrides`` applied; a lower ``psi_drift`` lowers ``psi_moderate`` too.
+
+    Raises:
+        InputFileError: a threshold in the fingerprint is not a number.
+    """
+    names = set(Thresholds.__dataclass_fields__)
+    stated = fingerprint.get("thresholds") or {}
+    try:
+        chosen = {k: float(v) for k, v in stated.items() if k in names and v is not None}
+    except (TypeError, ValueError) as e:
+        raise InputFileError(f"fingerprint.json thresholds: not a number ({e})") from e
+    chosen.update(overrides or {})
+    t = Thresholds(**chosen)
+    if t.psi_moderate > t.psi_drift:
+        t = Thresholds(t.psi_drift, t.psi_drift, t.ks_alpha, t.ks_threshold)
+    return t
+
+
 @dataclass
 class Check:
     """One distribution compared: a feature of an input, or an output's class prior or confidence."""
@@ -190,7 +209,7 @@ def compare(fingerprint: dict[str, Any], inputs: list[np.ndarray], outputs: list
     Raises:
         InputFileError: the arrays do not fit the fingerprint (count, per-sample shape).
     """
-    t = thresholds or Thresholds(**fingerprint.get("thresholds", {}))
+    t = thresholds or thresholds_of(fingerprint)
     fp_inputs = fingerprint["inputs"]
     if len(inputs) != len(fp_inputs):
         raise InputFileError(f"the fingerprint has {len(fp_inputs)} input(s), got {len(inputs)} array(s)")

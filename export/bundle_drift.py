@@ -235,8 +235,15 @@ def read_new_inputs(path: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
     return list(split.x)
 
 
-def drift_of_bundle(bundle: Path, inputs: Path, thresholds: Any = None, public_key: Path | None = None) -> Any:
+def drift_of_bundle(bundle: Path, inputs: Path, thresholds: dict[str, float] | None = None,
+                    public_key: Path | None = None) -> Any:
     """Verify a bundle, run its model on new inputs and compare both with its fingerprint.
+
+    Args:
+        bundle: The bundle zip.
+        inputs: The new inputs (.npz).
+        thresholds: Fields of :class:`bench.drift.Thresholds` that replace the fingerprint's own.
+        public_key: An Ed25519 public key PEM the bundle must be signed by.
 
     Returns:
         A :class:`bench.drift.DriftReport`.
@@ -245,7 +252,7 @@ def drift_of_bundle(bundle: Path, inputs: Path, thresholds: Any = None, public_k
         InputFileError: the bundle fails verification or has no fingerprint; the inputs are
             unreadable or do not fit the model.
     """
-    from bench.drift import compare
+    from bench.drift import compare, thresholds_of
     from bench.runtime import open_model, predict
 
     with tempfile.TemporaryDirectory(prefix="edgepack-drift-") as tmp:
@@ -256,7 +263,7 @@ def drift_of_bundle(bundle: Path, inputs: Path, thresholds: Any = None, public_k
     by_name = dict(zip([o["name"] for o in session.outputs], ys))
     missing = [o["name"] for o in fingerprint["outputs"] if o["name"] not in by_name]
     outputs = None if missing else [by_name[o["name"]] for o in fingerprint["outputs"]]
-    report = compare(fingerprint, xs, outputs, thresholds)
+    report = compare(fingerprint, xs, outputs, thresholds_of(fingerprint, thresholds))
     if missing:
         report.notes.append(f"the model has no output {', '.join(map(repr, missing))} the fingerprint describes: "
                             "only the inputs were compared")

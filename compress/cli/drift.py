@@ -63,18 +63,13 @@ def drift_cmd(
     raise typer.Exit(code)
 
 
-def _thresholds(psi: Optional[float], alpha: Optional[float], ks: Optional[float]):  # noqa: ANN202
-    from bench.drift import Thresholds
-
+def _thresholds(psi: Optional[float], alpha: Optional[float], ks: Optional[float]) -> dict[str, float]:
+    """The thresholds the user set (the fingerprint's own fill in the rest)."""
     if psi is not None and not psi > 0:
         raise InputFileError(f"--psi-threshold must be > 0 (got {psi})")
     if alpha is not None and not 0 < alpha < 1:
         raise InputFileError(f"--ks-alpha must be between 0 and 1 (got {alpha})")
     if ks is not None and not 0 < ks <= 1:
         raise InputFileError(f"--ks-threshold must be in (0, 1] (got {ks})")
-    if psi is None and alpha is None and ks is None:
-        return None
-    base = Thresholds()
-    return Thresholds(psi_moderate=min(base.psi_moderate, psi) if psi is not None else base.psi_moderate,
-                      psi_drift=psi if psi is not None else base.psi_drift,
-                      ks_alpha=alpha if alpha is not None else base.ks_alpha, ks_threshold=ks)
+    given = {"psi_drift": psi, "ks_alpha": alpha, "ks_threshold": ks}
+    return {k: v for k, v in given.items() if v is not None}

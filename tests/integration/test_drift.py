@@ -96,6 +96,8 @@ def test_brighter_digits_drift_and_the_channel_and_pixels_are_named(bundle: Path
     report = json.loads(out)
     assert code == 1 and report["verdict"] == "drift"
     assert "channel 0" in {c["name"] for c in report["moved"]}
+    code, out = drift(bundle, digits["bright"], "--psi-threshold", "100", "--ks-threshold", "1")
+    assert code == 0 and "no drift: 0 of 67" in out
 
 
 def test_another_digit_subset_drifts_in_the_class_prior(bundle: Path, digits: dict[str, Path]) -> None:

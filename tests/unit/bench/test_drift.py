@@ -93,3 +93,14 @@ def test_data_that_does_not_fit_is_refused(image_fingerprint) -> None:
         compare(fp, [np.zeros((5, 4, 3, 3), np.float32)])
     with pytest.raises(InputFileError, match="1 input"):
         compare(fp, [])
+
+
+def test_overrides_replace_the_fingerprints_thresholds() -> None:
+    from bench.drift import thresholds_of
+
+    fp = {"thresholds": {"psi_moderate": 0.1, "psi_drift": 0.3, "ks_alpha": 0.05, "unknown": 1}}
+    assert thresholds_of(fp) == Thresholds(0.1, 0.3, 0.05, None)
+    assert thresholds_of(fp, {"psi_drift": 0.05}) == Thresholds(0.05, 0.05, 0.05, None)
+    assert thresholds_of(fp, {"ks_threshold": 0.2}).ks_threshold == 0.2
+    with pytest.raises(InputFileError, match="not a number"):
+        thresholds_of({"thresholds": {"psi_drift": "high"}})
