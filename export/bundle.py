@@ -287,8 +287,8 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
                              + ". Fix the run, or pass --force to bundle it anyway (the manifest will say so)")
     recipe = _load_recipe(run_dir)
     session = open_model(model_path)
-    specs, data = _recipe_data(recipe)
-    xs = _golden_inputs(recipe, specs, data, session, golden)
+    specs, dataset = _recipe_data(recipe)
+    xs = _golden_inputs(recipe, specs, dataset, session, golden)
     ys = predict(session, xs)
     labels = list(recipe.task.labels) if recipe is not None and recipe.task.labels else None
     layout = art.metadata.get("layout", "NCHW")
@@ -315,8 +315,12 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
                     for i in range(num_samples(xs))],
     }
     files["golden.json"] = json.dumps(golden_doc).encode()
-    fingerprint, no_fingerprint = (bundle_fingerprint(recipe, data, session, layout, labels) if recipe is not None
-                                   else (None, "the run's recipe is gone"))
+    fingerprint, no_fingerprint = None, "the run's recipe is gone"
+    if recipe is not None:
+        try:
+            fingerprint, no_fingerprint = bundle_fingerprint(recipe, dataset, session, layout, labels)
+        except Exception as e:  # noqa: BLE001  (the bundle is still worth shipping; the manifest says why not)
+            no_fingerprint = f"fingerprinting the data failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
     if fingerprint is not None:
         files[FINGERPRINT_FILE] = json.dumps(fingerprint).encode()
         files[REFERENCE_FILE] = reference_source()
@@ -359,4 +363,5 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
 
         signed_by = key_fingerprint(private_key.public_key())
     return {"path": str(out), "artifact": art.name, "platform": platform, "prefix": prefix,
-            "files": sorted(prefix + n for n in files), "sha256": _sha(out.read_bytes()), "signed_by": signed_by}
+            "files": sorted(prefix + n for n in files), "sha256": _sha(out.read_bytes()), "signed_by": signed_by,
+            "no_fingerprint": None if fingerprint is not None else no_fingerprint}

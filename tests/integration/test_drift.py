@@ -155,3 +155,27 @@ def test_an_int8_tflite_bundle_takes_float_inputs_as_its_fingerprint_does(tmp_pa
     assert drift(out, digits["same"])[0] == 0
     code, text = drift(out, digits["bright"])
     assert code == 1 and "cell c0 [" in text
+
+
+def test_a_run_without_data_bundles_without_a_fingerprint_and_says_why(tmp_path_factory: pytest.TempPathFactory,
+                                                                      digits: dict[str, Path]) -> None:
+    import shutil
+
+    import yaml
+
+    run = tmp_path_factory.mktemp("drift-nodata") / "run"
+    shutil.copytree(quickstart_run(tmp_path_factory), run)
+    recipe = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
+    recipe.pop("data")
+    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    out = run.parent / "nodata.zip"
+    res = compress("package", str(run), "--artifact", "onnx-fp32", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "note: no fingerprint.json" in res.stdout and "no data section" in res.stdout
+    files = _files(out)
+    manifest = json.loads(files["digits-quickstart/manifest.json"])
+    assert manifest["fingerprint"]["file"] is None and "fingerprint.json" not in manifest["files"]
+    assert "no data section" in files["digits-quickstart/MODEL_CARD.md"].decode()
+    assert verify_bundle(out).ok
+    code, text = drift(out, digits["same"])
+    assert code == 2 and "no fingerprint.json in the bundle" in text
