@@ -25,7 +25,8 @@ Bucket ``0`` holds ``x < e[0]``, bucket ``k`` (1..BINS) holds ``e[k-1] <= x < e[
 inner bin also holds ``x == e[BINS]``), bucket ``BINS + 1`` holds ``x > e[BINS]``. Values are
 compared as float64.
 
-Integer (and bool) inputs are tokens: a vocabulary sketch of the :data:`TOP_K` most frequent
+Integer (and bool) inputs are tokens, unless uint8 or 4-d (pixel values, fingerprinted as
+floats): a vocabulary sketch of the :data:`TOP_K` most frequent
 values in the reference (ties to the smaller value) with their counts, and an ``other`` bucket.
 
 Outputs: a classification output ``[N, K]`` (K >= 2) gives its class prior (counts of the
@@ -60,8 +61,8 @@ RULES = {
     "bins": f"{BINS} equal-width bins between the reference's {ROBUST_QUANTILES[0]:g} and {ROBUST_QUANTILES[1]:g} "
             "quantiles, plus underflow (x < e[0]) and overflow (x > e[-1]); inner bin k holds e[k-1] <= x < e[k], "
             "the last inner bin also x == e[-1]; compared as float64",
-    "tokens": f"integer inputs: the {TOP_K} most frequent values of the reference (ties: smaller value) and an "
-              "'other' bucket",
+    "tokens": f"integer inputs (not uint8, not 4-d): the {TOP_K} most frequent values of the reference "
+              "(ties: smaller value) and an 'other' bucket",
     "score": "max softmax probability 1 / sum(exp(x - max(x))) of logits, or the max value of probabilities; "
              "class = argmax (ties: first)",
     "psi_epsilon": PSI_EPSILON,
@@ -179,6 +180,11 @@ def _batch_first(a: np.ndarray, batch_axis: int | None) -> np.ndarray | None:
     return np.moveaxis(np.asarray(a), batch_axis, 0)
 
 
+def is_tokens(x: np.ndarray) -> bool:
+    """Integer and bool inputs are tokens, except images: uint8 arrays and 4-d arrays are pixel values."""
+    return x.dtype.kind in "biu" and x.dtype != np.uint8 and x.ndim != 4
+
+
 def input_fingerprint(name: str, a: np.ndarray, batch_axis: int | None, layout: str | None) -> dict[str, Any]:
     """The fingerprint of one input's reference data (samples along ``batch_axis``)."""
     x = _batch_first(a, batch_axis)
@@ -186,7 +192,7 @@ def input_fingerprint(name: str, a: np.ndarray, batch_axis: int | None, layout: 
     if x is None:
         return {**base, "kind": "skipped", "reason": "a fixed input (batch_axis null) is fed whole, not sampled"}
     base.update(sample_shape=[int(d) for d in x.shape[1:]], samples=int(len(x)))
-    if x.dtype.kind in "biu":
+    if is_tokens(x):
         return {**base, "kind": "tokens", "features": [_tokens_feature("tokens", x)]}
     feats, facts = float_features(x, layout)
     kind = "image" if x.ndim == 4 else "table" if x.ndim == 2 else "values" if x.ndim == 1 else "sequence"

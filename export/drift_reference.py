@@ -18,7 +18,8 @@ The definitions (docs/drift.md has the why):
   grid cell; the grid is every element when ``C * prod(spatial) <= 256``, else ``g = min(S, 4)``
   segments per spatial axis of size S, cut at ``floor(j * S / g)``.
 - Buckets of a feature with edges e[0..B]: 0 if x < e[0]; B+1 if x > e[B]; else
-  ``min(k, B)`` where k counts the edges <= x. Integer inputs: the sketched tokens, then "other".
+  ``min(k, B)`` where k counts the edges <= x. Inputs of kind ``tokens``: the counts of each sketched
+  token, then of every other value.
 - Classification outputs: class = argmax (first on ties); score = ``1 / sum(exp(x - max x))``
   (logits) or ``max x`` (probabilities), bucketed on the stored edges.
 - PSI = sum((a - e) * ln(a / e)), shares floored at ``rules.psi_epsilon``.

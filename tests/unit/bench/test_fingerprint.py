@@ -76,6 +76,13 @@ def test_token_inputs_get_a_vocabulary_sketch() -> None:
     assert f["counts"] == [4, 2, 1, 1, 0] and f["n"] == 8
 
 
+def test_integer_images_are_pixel_values_not_tokens() -> None:
+    x = np.random.default_rng(3).integers(0, 256, size=(10, 3, 4, 4)).astype(np.uint8)
+    assert input_fingerprint("raw", x, 0, "NCHW")["kind"] == "image"
+    assert input_fingerprint("raw", x.astype(np.int32), 0, "NCHW")["kind"] == "image"
+    assert input_fingerprint("ids", x.reshape(10, -1).astype(np.int32), 0, None)["kind"] == "tokens"
+
+
 def test_fixed_inputs_are_skipped() -> None:
     fp = input_fingerprint("state", np.zeros((2, 1, 4), np.float32), None, None)
     assert fp["kind"] == "skipped"
