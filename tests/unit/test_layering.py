@@ -21,7 +21,8 @@ UNITS: dict[str, str] = {
     "compress.core": "core",
     # bench runtime and statistics
     **dict.fromkeys(["bench.agent", "bench.runtime", "bench.latency", "bench.repeats", "bench.accuracy",
-                     "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick"], "runtime"),
+                     "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick",
+                     "bench.fingerprint", "bench.drift"], "runtime"),
     # targets
     "devices": "devices",
     # what comes in: the recipe schema, its data, the model
@@ -37,7 +38,8 @@ UNITS: dict[str, str] = {
     # what is made of results: reports, comparisons, the trade-off, bundles
     **dict.fromkeys(["bench.report", "bench.html", "bench.svgchart", "bench.summary", "bench.compare",
                      "bench.tradeoff"], "report"),
-    **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata"], "bundle"),
+    **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata",
+                     "export.bundle_drift", "export.drift_reference"], "bundle"),
     # the top: the run, and the command line
     "compress.runner": "runner", "compress.search": "search",
     "compress.cli": "cli", "compress.__main__": "cli",
