@@ -19,6 +19,7 @@ import numpy as np
 
 from compress.core.fileio import atomic_path, sha256_file
 from compress.core.errors import InputFileError
+from export.bundle_drift import FINGERPRINT_FILE, REFERENCE_FILE, bundle_fingerprint, model_card_section, reference_source
 from export.bundle_verify import VerifyResult, bundle_bytes, verify_bundle
 from export.signing import DIGEST_FILE, digest_document
 
@@ -57,27 +58,33 @@ def _load_recipe(run_dir: Path) -> Any:
     return Recipe.model_validate(data, context={"check_files": False})
 
 
-def _golden_inputs(recipe: Any, session: Any, n: int) -> list[np.ndarray]:
+def _recipe_data(recipe: Any) -> tuple[Any, Any]:
+    """The model's input specs and the recipe's data splits (each None when unknown or gone since the run)."""
+    if recipe is None:
+        return None, None
+    from compress.intake.models import input_specs_of
+
+    try:
+        specs = input_specs_of(recipe.model)
+    except Exception:  # noqa: BLE001  (a model file gone since the run: the session's own shapes follow)
+        specs = None
+    if recipe.data is None:
+        return specs, None
+    try:
+        from compress.intake.data import load_dataset
+
+        return specs, load_dataset(recipe.data, specs)
+    except Exception:  # noqa: BLE001  (data gone since the run: golden vectors fall back to random inputs)
+        return specs, None
+
+
+def _golden_inputs(recipe: Any, specs: Any, data: Any, session: Any, n: int) -> list[np.ndarray]:
     """``n`` samples for the golden vectors: the recipe's eval data, else random inputs in the real shapes."""
     from bench.agent import take_samples
 
-    specs = None
-    if recipe is not None:
-        from compress.intake.models import input_specs_of
-
-        try:
-            specs = input_specs_of(recipe.model)
-        except Exception:  # noqa: BLE001  (a model file gone since the run: the session's own shapes follow)
-            specs = None
-    if recipe is not None and recipe.data is not None:
-        try:
-            from compress.intake.data import load_dataset
-
-            split = load_dataset(recipe.data, specs).eval
-            return take_samples(split.x, slice(0, n))
-        except Exception:  # data gone since the run: fall back to random inputs
-            pass
-    if specs is not None and len(specs) == len(session.inputs):
+    if data is not None:
+        return take_samples(data.eval.x, slice(0, n))
+    if recipe is not None and specs is not None and len(specs) == len(session.inputs):
         from compress.intake.data import synthetic_inputs
 
         return synthetic_inputs(specs, n, recipe.seed).x
@@ -188,7 +195,7 @@ def _with_tflite_metadata(model: bytes, report: Any, recipe: Any, session: Any, 
                  "packed_files": sorted(files)}
 
 
-def _model_card(report: Any, recipe: Any, art: Any, platform: str) -> str:
+def _model_card(report: Any, recipe: Any, art: Any, platform: str, drift: list[str] | None = None) -> str:
     task = recipe.task.kind if recipe is not None else report.task.get("kind", "?")
     lines = [f"# Model card: {report.recipe.get('name')} / {art.name}", "",
              "## Intended use", "",
@@ -220,6 +227,7 @@ def _model_card(report: Any, recipe: Any, art: Any, platform: str) -> str:
     lines += ["", "## Limitations", "",
               "- Latencies marked `estimated` come from a device profile, not a measurement.",
               "- Accuracy was measured on the recipe's eval split only."]
+    lines += drift or []
     return "\n".join(lines) + "\n"
 
 
@@ -279,7 +287,8 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
                              + ". Fix the run, or pass --force to bundle it anyway (the manifest will say so)")
     recipe = _load_recipe(run_dir)
     session = open_model(model_path)
-    xs = _golden_inputs(recipe, session, golden)
+    specs, dataset = _recipe_data(recipe)
+    xs = _golden_inputs(recipe, specs, dataset, session, golden)
     ys = predict(session, xs)
     labels = list(recipe.task.labels) if recipe is not None and recipe.task.labels else None
     layout = art.metadata.get("layout", "NCHW")
@@ -306,7 +315,17 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
                     for i in range(num_samples(xs))],
     }
     files["golden.json"] = json.dumps(golden_doc).encode()
-    files["MODEL_CARD.md"] = _model_card(report, recipe, art, platform).encode()
+    fingerprint, no_fingerprint = None, "the run's recipe is gone"
+    if recipe is not None:
+        try:
+            fingerprint, no_fingerprint = bundle_fingerprint(recipe, dataset, session, layout, labels)
+        except Exception as e:  # noqa: BLE001  (the bundle is still worth shipping; the manifest says why not)
+            no_fingerprint = f"fingerprinting the data failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
+    if fingerprint is not None:
+        files[FINGERPRINT_FILE] = json.dumps(fingerprint).encode()
+        files[REFERENCE_FILE] = reference_source()
+    drift_section = model_card_section(fingerprint, no_fingerprint)
+    files["MODEL_CARD.md"] = _model_card(report, recipe, art, platform, drift_section).encode()
     manifest = {
         "schema_version": BUNDLE_SCHEMA_VERSION,
         "name": report.recipe.get("name"),
@@ -324,6 +343,9 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
         "metrics": {k: v for k, v in (art.metrics or {}).items() if isinstance(v, (int, float))},
         "golden_vectors": {"file": "golden.json", "count": len(golden_doc["vectors"])},
         "tflite_metadata": tflite_metadata,
+        "fingerprint": ({"file": FINGERPRINT_FILE, "reference_check": REFERENCE_FILE,
+                         "samples": fingerprint["reference"]["samples"], "format_version": fingerprint["format_version"]}
+                        if fingerprint is not None else {"file": None, "reason": no_fingerprint}),
         "warnings": warnings,
         "files": {name: _sha(data) for name, data in files.items()},
         "provenance": {"recipe_name": report.recipe.get("name"), "recipe_hash": report.recipe.get("hash"),
@@ -341,4 +363,5 @@ def package_run(run_dir: Path, artifact: str, platform: Platform, out: Path, gol
 
         signed_by = key_fingerprint(private_key.public_key())
     return {"path": str(out), "artifact": art.name, "platform": platform, "prefix": prefix,
-            "files": sorted(prefix + n for n in files), "sha256": _sha(out.read_bytes()), "signed_by": signed_by}
+            "files": sorted(prefix + n for n in files), "sha256": _sha(out.read_bytes()), "signed_by": signed_by,
+            "no_fingerprint": None if fingerprint is not None else no_fingerprint}

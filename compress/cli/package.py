@@ -35,6 +35,9 @@ def package_cmd(
         fail(e)
     signed = f", signed by key {info['signed_by'][:16]}..." if info.get("signed_by") else ", unsigned"
     _console().print(f"bundle {info['path']}: {len(info['files'])} files under {info['prefix']}{signed}")
+    if info.get("no_fingerprint"):
+        _console().print(f"note: no fingerprint.json (compress drift cannot check this bundle): {info['no_fingerprint']}",
+                         markup=False, soft_wrap=True)
 
 
 @app.command("verify")

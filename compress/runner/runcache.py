@@ -113,10 +113,23 @@ def _referenced_files(recipe: Any, base: Path | None, cfg: dict[str, Any]) -> li
         try:
             if p.is_file() and p.resolve() not in seen:
                 seen.add(p.resolve())
-                out.append((ref, p))
+                out.append((_file_label(p, base, ref[len(text):]), p))
         except OSError:
             continue
     return out
+
+
+def _file_label(path: Path, base: Path | None, suffix: str) -> str:
+    """A referenced file's label in a step key: its path relative to the recipe's folder (or its
+    name when it lies elsewhere), plus the ``:function`` it was named with. Never the absolute
+    path: a project copied or moved elsewhere keeps its cache (the file's contents are hashed)."""
+    rel = path.name
+    if base is not None:
+        try:
+            rel = path.resolve().relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            pass
+    return rel + suffix
 
 
 @dataclass
@@ -223,7 +236,9 @@ class RunCache:
         config = {"step": cfg, "recipe": {k: dump.get(k) for k in STEP_RECIPE_SECTIONS},
                   "onnx_export": onnx_cfg.model_dump(mode="json") if onnx_cfg is not None else None,
                   "reference": ref_hash}
-        files = {label: hash_path(p) for label, p in _referenced_files(self.recipe, self.recipe_dir, cfg)}
+        files: dict[str, str] = {}
+        for label, p in _referenced_files(self.recipe, self.recipe_dir, cfg):
+            files[label if label not in files else f"{label}#{len(files)}"] = hash_path(p)
         return StepKey(kind=kind, config=config, input_hash=input_hash, arch=self.arch, versions=self.versions(),
                        files=files, data_fingerprint=self.data_fingerprint(), seed=self.recipe.seed,
                        cpu_flags=tuple(self.cpu_flags()))

@@ -94,18 +94,18 @@ class SteppingMixin:
                 step_result = entry.run(current, cfg, ctx)
         except KeyboardInterrupt as e:
             record["status"] = "interrupted"
-            self.state.advisories.extend(getattr(e, "advisories", ()))  # what the step advised before the Ctrl-C
+            self._keep_advisories(e)
             raise
         except EdgepackError as e:
             record["status"] = "failed"
             record["error"] = str(e)
-            self.state.advisories.extend(getattr(e, "advisories", ()))  # what the step advised before it failed
+            self._keep_advisories(e)
             raise
         except Exception as e:
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
             self._log_traceback()
-            self.state.advisories.extend(getattr(e, "advisories", ()))
+            self._keep_advisories(e)
             raise StepError(name, f"{type(e).__name__}: {e}") from e
         finally:
             record["duration_s"] = round(time.perf_counter() - t0, 3)
@@ -144,6 +144,10 @@ class SteppingMixin:
             record["after"] = self.file_facts(result)
         record["output"] = result.name
         return result
+
+    def _keep_advisories(self, e: BaseException) -> None:
+        """What a step advised before it stopped (Ctrl-C, a failure): ``noting`` attaches it to the exception."""
+        self.state.advisories.extend(getattr(e, "advisories", ()))
 
     def _from_cache(self, record: dict[str, Any], hit: Any) -> StepResult:
         """A step's result from the step cache, as if the step had just returned it."""
@@ -186,11 +190,11 @@ class SteppingMixin:
                 if key is not None:
                     self.cache.store(key, self.run_dir, ctx.step_dir, result, time.perf_counter() - t0)
         except EdgepackError as e:
-            self.state.advisories.extend(getattr(e, "advisories", ()))
+            self._keep_advisories(e)
             raise
         except Exception as e:
             self._log_traceback()
-            self.state.advisories.extend(getattr(e, "advisories", ()))
+            self._keep_advisories(e)
             raise StepError(step_name, f"{type(e).__name__}: {e}") from e
         self.state.advisories.extend(result.advisories)
         for art in result.artifacts:

@@ -62,28 +62,39 @@ def make_sampler(spec: SearchSpec) -> Any:
         return optuna.samplers.RandomSampler(seed=spec.seed)
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True,
-                                      n_startup_trials=min(10, max(2, len(spec.space) + 1)))
+    import warnings
+
+    with warnings.catch_warnings():  # group= is marked experimental; it is what a conditional space needs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # group: keys sampled only in some trials (quantize.calibration under static) are modelled
+        # in the groups of trials that have them, not as missing values of one joint density
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
+                                          n_startup_trials=min(10, max(2, len(spec.space) + 1)))
 
 
 def storage_url(spec: SearchSpec, folder: Path) -> str:
     return spec.storage or f"sqlite:///{(folder / 'search.db').resolve()}"
 
 
-def open_study(spec: SearchSpec, folder: Path) -> Any:
-    """Create the study, or load it (``load_if_exists``) for a resumed or shared search."""
+def open_study(spec: SearchSpec, folder: Path, base: dict[str, Any] | None = None) -> Any:
+    """Create the study, or load it (``load_if_exists``) for a resumed or shared search.
+
+    ``base`` (the base recipe's data) decides which grid values mean something (:func:`grid_order`).
+    """
     optuna = _optuna()
     directions = list(spec.objectives.values())
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage_url(spec, folder), directions=directions,
                                 sampler=make_sampler(spec), load_if_exists=True)
     if spec.sampler == "grid" and not study.get_trials(deepcopy=False):
-        for params in grid_order(spec):
+        for params in grid_order(spec, base):
             study.enqueue_trial(params)
     return study
 
 
-def grid_order(spec: SearchSpec) -> list[dict[str, Any]]:
-    """Every combination of the space once, shuffled by the seed (a cut-short grid still spans the space).
+def grid_order(spec: SearchSpec, base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every distinct combination of the space once, shuffled by the seed (a cut-short grid still spans
+    the space). Values that mean nothing given the others are left out (``quantize.calibration`` with
+    ``quantize.method: fp16``, see :func:`compress.search.space.active`), so no two trials run the same recipe.
 
     Enqueued in the study itself (not a GridSampler, whose stop() needs Study.optimize), so a
     resumed or shared search continues the same grid.
@@ -91,12 +102,17 @@ def grid_order(spec: SearchSpec) -> list[dict[str, Any]]:
     import itertools
     import random
 
-    from compress.search.space import grid_values
+    from compress.search.space import active, grid_values
 
     keys = list(spec.space)
     combos = [dict(zip(keys, values)) for values in itertools.product(*(grid_values(spec.space[k]) for k in keys))]
     random.Random(spec.seed).shuffle(combos)
-    return combos
+    distinct: list[dict[str, Any]] = []
+    for combo in combos:
+        kept = active(combo, base)
+        if kept not in distinct:
+            distinct.append(kept)
+    return distinct
 
 
 def outcomes_of(study: Any) -> list[dict[str, Any]]:
@@ -154,14 +170,14 @@ def run_search(s: SearchSettings) -> list[dict[str, Any]]:
     """
     from compress.search.executors import make_executor
 
-    study = open_study(s.spec, s.folder)
+    study = open_study(s.spec, s.folder, s.base)
     if s.resume:
         _requeue_interrupted(study)
     done = len(outcomes_of(study))
     if s.spec.sampler == "grid":
         from compress.search.space import grid_size
 
-        s.trials = min(s.trials, grid_size(s.spec) or s.trials)  # every combination once, then stop
+        s.trials = min(s.trials, grid_size(s.spec, s.base) or s.trials)  # every combination once, then stop
     start = time.monotonic()
     executor = make_executor(s.executor, s.workers, s.address)
     asked: dict[int, Any] = {}
@@ -171,7 +187,7 @@ def run_search(s: SearchSettings) -> list[dict[str, Any]]:
             in_time = s.time_s is None or elapsed < s.time_s
             while in_time and done + len(asked) < s.trials and executor.pending() < executor.workers:
                 trial = study.ask()
-                params = suggest(trial, s.spec)
+                params = suggest(trial, s.spec, s.base)
                 job = TrialJob(number=trial.number, params=params,
                                data=trial_data(s.base, params, s.spec.target), recipe_path=str(s.recipe_path),
                                run_dir=str(s.folder / "trials" / f"{trial.number:04d}"), gate_dir=str(s.folder),

@@ -82,7 +82,7 @@ def search(source: RecipeSource, overrides: list[str], folder: Path | None = Non
         "recipe": str(settings.recipe_path), "overrides": overrides, "trials": total,
         "executor": settings.executor, "target": spec.target, "storage": spec.storage or "search.db"}, indent=2))
     say = console.print if console is not None else (lambda *a, **k: None)
-    size = grid_size(spec)
+    size = grid_size(spec, base)
     say(f"search folder: {folder}  ({total} trials on {spec.target}, executor {settings.executor}"
         + (f", {size} distinct configurations" if size is not None else "") + ")", markup=False)
     from compress.runner.run import environment

@@ -34,13 +34,89 @@ def grid_values(dom: Any) -> list[Any]:
     return [int(v) for v in values] if dom.is_int() else [round(float(v), 12) for v in values]
 
 
-def suggest(trial: Any, spec: SearchSpec) -> dict[str, Any]:
+def _step_config(base: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for step in _steps_of(base or {}):
+        if _kind(step) == kind:
+            return dict(step[kind] or {})
+    return {}
+
+
+def condition_of(key: str) -> tuple[str, tuple[Any, ...]] | None:
+    """The space key a ``kind.field`` key depends on and the values that make it apply, from the
+    step's config class (``APPLIES_WHEN``: ``quantize.calibration`` only when ``quantize.method`` is
+    ``static``), or None when the field always applies."""
+    from compress.core.step import STEPS
+
+    head, _, field = key.partition(".")
+    if head not in STEPS or not field:
+        return None
+    rule = getattr(STEPS[head].config, "APPLIES_WHEN", {}).get(field)
+    return (f"{head}.{rule[0]}", tuple(rule[1])) if rule else None
+
+
+def applies(key: str, params: dict[str, Any], base: dict[str, Any] | None = None) -> bool:
+    """Whether a space key means anything given the values chosen so far.
+
+    A ``kind.field`` key does not when another key of its kind removed the step (``distill.width:
+    null``), nor when its config class says it depends on a field whose value (chosen, else the base
+    recipe's, else the config's default) is not one that makes it apply.
+    """
+    head, _, field = key.partition(".")
+    if head not in step_kinds():
+        return True
+    if any(k != key and k.partition(".")[0] == head and _drops(v) for k, v in params.items()):
+        return False
+    rule = condition_of(key)
+    if rule is None:
+        return True
+    on, allowed = rule
+    if on in params:
+        value = params[on]
+    else:
+        from compress.core.step import STEPS
+
+        field_on = on.partition(".")[2]
+        config = _step_config(base, head)
+        value = config[field_on] if field_on in config else STEPS[head].config.model_fields[field_on].default
+    return value in allowed
+
+
+def _drops(value: Any) -> bool:
+    return value in DROP and not isinstance(value, bool)
+
+
+def _rank(key: str, values: list[Any]) -> int:
+    """Which keys are decided first: those that can remove a step, then those no condition holds, then the rest."""
+    if any(_drops(v) for v in values):
+        return 0
+    return 1 if condition_of(key) is None else 2
+
+
+def active(params: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters that mean something (see :func:`applies`), in their order."""
+    kept: dict[str, Any] = {}
+    for key in sorted(params, key=lambda k: _rank(k, [params[k]])):
+        if applies(key, kept, base):
+            kept[key] = params[key]
+    return {k: kept[k] for k in params if k in kept}
+
+
+def suggest(trial: Any, spec: SearchSpec, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sample one value per space key with an Optuna trial (categorical lists, float/int ranges).
 
-    Under ``sampler: grid`` every key is categorical over :func:`grid_values`.
+    Keys that mean nothing given the others (:func:`applies`) are not sampled, so a trial never
+    differs from another only in a value its recipe ignores: keys that can remove a step are sampled
+    first, then the keys no condition holds (those a condition depends on), then the rest. Under ``sampler: grid`` every key is categorical over :func:`grid_values`.
     """
     params: dict[str, Any] = {}
-    for key, dom in spec.space.items():
+    def rank(key: str) -> int:
+        dom = spec.space[key]
+        return _rank(key, [] if isinstance(dom, Range) else list(dom))
+
+    for key in sorted(spec.space, key=rank):
+        dom = spec.space[key]
+        if not applies(key, params, base):
+            continue
         if spec.sampler == "grid":
             params[key] = trial.suggest_categorical(key, grid_values(dom))
         elif isinstance(dom, Range):
@@ -51,7 +127,7 @@ def suggest(trial: Any, spec: SearchSpec) -> dict[str, Any]:
                 params[key] = round(value, 12) if dom.step is not None else value  # 0.3, not 0.30000000000000004
         else:
             params[key] = trial.suggest_categorical(key, list(dom))
-    return params
+    return {k: params[k] for k in spec.space if k in params}
 
 
 def _steps_of(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,14 +248,21 @@ def space_problems(source: RecipeSource, spec: SearchSpec, base: dict[str, Any])
     return problems
 
 
-def grid_size(spec: SearchSpec) -> int | None:
-    """How many distinct trials the space holds, or None when a range is continuous."""
+def grid_size(spec: SearchSpec, base: dict[str, Any] | None = None) -> int | None:
+    """How many distinct trials the space holds (combinations differing only in values that mean
+    nothing, :func:`active`, count once), or None when a range is continuous."""
+    import itertools
+
     n = 1
     for dom in spec.space.values():
         if isinstance(dom, Range) and dom.step is None and not dom.is_int():
             return None
         n *= len(grid_values(dom))
-    return n
+    if n > 100_000:  # too many to list: the product bounds it
+        return n
+    keys = list(spec.space)
+    return len({tuple(active(dict(zip(keys, values)), base).items())
+                for values in itertools.product(*(grid_values(spec.space[k]) for k in keys))})
 
 
 def describe(params: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ def phases(log: str, took: float) -> dict[str, float]:
     def first(prefix: str) -> dt.datetime:
         return next((t for t, msg in stamps if msg.startswith(prefix)), stamps[-1][0])
 
-    t0, steps, bench, end = stamps[0][0], first("[bold]step"), first("bench "), stamps[-1][0]
+    t0, steps, bench, end = stamps[0][0], first("step "), first("bench "), stamps[-1][0]
     out = {"intake": (steps - t0).total_seconds(), "steps and checks": (bench - steps).total_seconds(),
            "benchmarks": (end - bench).total_seconds()}
     out["start, report, exit"] = round(took - sum(out.values()), 1)

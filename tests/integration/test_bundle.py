@@ -64,12 +64,13 @@ def test_bundle_contents(bundle: Path) -> None:
     files = _entries(bundle)
     prefix = "assets/digits-quickstart/"
     assert set(files) == {prefix + n for n in ("model.onnx", "labels.txt", "golden.json", "MODEL_CARD.md", "manifest.json",
-                                               "digest.json")}
+                                               "digest.json", "fingerprint.json", "drift_check.py")}
     m = json.loads(files[prefix + "manifest.json"])
     assert m["format"] == "onnx" and m["inputs"][0]["shape"][1:] == [1, 8, 8] and m["inputs"][0]["dtype"] == "float32"
     assert m["postprocessing"]["labels_file"] == "labels.txt" and m["preprocessing"]["layout"] == "NCHW"
     assert m["provenance"]["recipe_hash"] and m["provenance"]["lineage"][0]["artifact"] == "onnx-fp32"
-    assert set(m["files"]) == {"model.onnx", "labels.txt", "golden.json", "MODEL_CARD.md"}
+    assert set(m["files"]) == {"model.onnx", "labels.txt", "golden.json", "MODEL_CARD.md", "fingerprint.json",
+                               "drift_check.py"}
     card = files[prefix + "MODEL_CARD.md"].decode()
     assert "Intended use" in card and "measured" in card and "accuracy" in card
     golden = json.loads(files[prefix + "golden.json"])

@@ -22,7 +22,7 @@ UNITS: dict[str, str] = {
     # bench runtime and statistics
     **dict.fromkeys(["bench.agent", "bench.runtime", "bench.latency", "bench.repeats", "bench.accuracy",
                      "bench.outputs", "bench.fidelity", "bench.parity", "bench.host", "bench.yardstick",
-                     "bench.shadow"], "runtime"),
+                     "bench.fingerprint", "bench.drift", "bench.shadow"], "runtime"),
     # targets
     "devices": "devices",
     # what comes in: the recipe schema, its data, the model
@@ -38,7 +38,8 @@ UNITS: dict[str, str] = {
     # what is made of results: reports, comparisons, the trade-off, bundles
     **dict.fromkeys(["bench.report", "bench.html", "bench.svgchart", "bench.summary", "bench.compare",
                      "bench.tradeoff", "bench.shadow_report"], "report"),
-    **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata"], "bundle"),
+    **dict.fromkeys(["export.bundle", "export.bundle_verify", "export.signing", "export.tflite_metadata",
+                     "export.bundle_drift", "export.drift_reference"], "bundle"),
     # the top: the run, and the command line
     "compress.runner": "runner", "compress.search": "search",
     "compress.cli": "cli", "compress.__main__": "cli",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -11,6 +11,13 @@ from compress.core.checks import Bool, Count, StrictModel
 
 class QuantizeConfig(StrictModel):
     """Post-training quantization of the ONNX model (or the torch model with engine: inc)."""
+
+    # Fields that mean something only for some values of another (a search samples them only then):
+    # calibration is static quantization's; dynamic, fp16 and weight-only quantization calibrate nothing.
+    APPLIES_WHEN: ClassVar[dict[str, tuple[str, tuple[Any, ...]]]] = {
+        "calibration": ("method", ("static",)),
+        "calibration_samples": ("method", ("static",)),
+    }
 
     method: Literal["static", "dynamic", "fp16", "weight_only"] = "static"
     engine: Literal["ort", "inc"] = "ort"

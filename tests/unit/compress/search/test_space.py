@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from compress.core.errors import RecipeError
 from compress.intake.recipe_io import parse_recipe_text
 from compress.intake.search_spec import Range, SearchSpec, parse_duration
-from compress.search.space import corner_params, grid_size, space_problems, suggest, trial_data
+from compress.search.space import (active, applies, condition_of, corner_params, grid_size, space_problems, suggest,
+                                   trial_data)
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -138,10 +139,12 @@ def test_suggest_picks_the_distribution_by_the_written_types() -> None:
                              "quantize.method": ["static", None]})
     t = _FakeTrial()
     params = suggest(t, spec)
-    assert t.calls[0] == ("int", "data.calibration_samples", 32, 256, 32, False)
-    assert t.calls[1][0] == "float" and t.calls[1][4] == 0.05
-    assert t.calls[2] == ("float", "distill.lr", 1e-4, 1e-2, None, True)
-    assert t.calls[3] == ("cat", "quantize.method", ("static", None))
+    calls = {c[1]: c for c in t.calls}
+    assert calls["data.calibration_samples"] == ("int", "data.calibration_samples", 32, 256, 32, False)
+    assert calls["prune.ratio"][0] == "float" and calls["prune.ratio"][4] == 0.05
+    assert calls["distill.lr"] == ("float", "distill.lr", 1e-4, 1e-2, None, True)
+    assert calls["quantize.method"] == ("cat", "quantize.method", ("static", None))
+    assert t.calls[0][1] == "quantize.method"  # a key that can remove a step is decided first
     assert params["quantize.method"] == "static"
 
 
@@ -155,3 +158,65 @@ def test_durations(text, seconds) -> None:
 def test_bad_durations(text) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+class _ChoosingTrial(_FakeTrial):
+    """Answers each categorical with a value chosen by the test."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def suggest_categorical(self, name, choices):
+        self.calls.append(("cat", name, tuple(choices)))
+        return self.answers.get(name, choices[0])
+
+
+SPACE = {"quantize.calibration": ["minmax", "entropy", "percentile"], "quantize.method": ["static", "fp16", None],
+         "distill.temperature": [2.0, 4.0], "distill.width": [0.5, None], "prune.ratio": [0.0, 0.25]}
+
+
+@pytest.mark.parametrize("answers, sampled", [
+    # calibration is sampled after the method it depends on, and only for static quantization
+    ({"quantize.method": "static"}, {"quantize.method", "quantize.calibration", "distill.temperature",
+                                     "distill.width", "prune.ratio"}),
+    ({"quantize.method": "fp16"}, {"quantize.method", "distill.temperature", "distill.width", "prune.ratio"}),
+    ({"quantize.method": None}, {"quantize.method", "distill.temperature", "distill.width", "prune.ratio"}),
+])
+def test_a_key_is_sampled_only_when_it_means_something(answers, sampled) -> None:
+    t = _ChoosingTrial(answers)
+    params = suggest(t, SearchSpec(space=SPACE))
+    assert set(params) == sampled == {c[1] for c in t.calls}
+    names = [c[1] for c in t.calls]
+    if "quantize.calibration" in names:
+        assert names.index("quantize.method") < names.index("quantize.calibration")
+    assert list(params) == [k for k in SPACE if k in params]  # reported in the space's order
+
+
+def test_a_dropped_step_takes_its_other_keys_with_it() -> None:
+    # the width key drops the step: the temperature (listed first) then means nothing
+    assert active({"distill.temperature": 4.0, "distill.width": None}) == {"distill.width": None}
+    assert active({"distill.temperature": 4.0, "distill.width": 0.5}) == {"distill.temperature": 4.0,
+                                                                          "distill.width": 0.5}
+
+
+def test_an_unsearched_controlling_field_comes_from_the_base_recipe() -> None:
+    dynamic = {"steps": [{"quantize": {"method": "dynamic"}}]}
+    assert applies("quantize.calibration", {}, dynamic) is False
+    assert applies("quantize.calibration", {}, {"steps": [{"quantize": {"method": "static"}}]}) is True
+    assert applies("quantize.calibration", {}, {"steps": []}) is True  # the config's default: static
+    assert condition_of("quantize.calibration") == ("quantize.method", ("static",))
+    assert condition_of("prune.ratio") is None and condition_of("data.calibration_samples") is None
+
+
+def test_the_grid_holds_each_distinct_recipe_once() -> None:
+    from compress.search.driver import grid_order
+
+    spec = SearchSpec(space={"quantize.method": ["static", "fp16", None],
+                             "quantize.calibration": ["minmax", "entropy"], "prune.ratio": [0.0, 0.25]},
+                      sampler="grid")
+    combos = grid_order(spec)
+    # static x 2 calibrations + fp16 + none, times 2 ratios (not 3 x 2 x 2 = 12)
+    assert len(combos) == 8 == grid_size(spec)
+    assert len({tuple(sorted(c.items(), key=str)) for c in combos}) == 8
+    assert all(("quantize.calibration" in c) == (c["quantize.method"] == "static") for c in combos)
