@@ -286,8 +286,14 @@ def test_user_code_that_exits_or_raises_base_exceptions(tmp_path: Path) -> None:
 def test_a_real_ctrl_c_stays_a_keyboard_interrupt() -> None:
     from compress.intake.usercode import call_user
 
-    with pytest.raises(KeyboardInterrupt):
-        call_user(lambda: signal.raise_signal(signal.SIGINT), what="f")
+    # Python's own Ctrl-C handler, whatever the suite was started with (a shell's background job
+    # starts with SIGINT ignored, and call_user rightly keeps an ignored Ctrl-C ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call_user(lambda: signal.raise_signal(signal.SIGINT), what="f")
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_code_that_swallows_every_interruption_ends_the_process(tmp_path: Path) -> None:
