@@ -90,7 +90,7 @@ def test_recurrent_model_with_fixed_state_and_scalar_runs_end_to_end(folder: Pat
           - quantize: {method: static}
         export: [onnx]
         gate: warn
-        bench: {targets: [local], threads: [1], warmup: 2, runs: 5}
+        bench: {targets: [local], threads: [1], warmup: 2, runs: 5, repeats: 2, max_repeats: 2}
         """)
     out = folder / "run"
     res = compress(str(recipe), "--out", str(out), "-q")
@@ -137,7 +137,8 @@ def test_token_model_with_mask_and_a_length_from_the_data(folder: Path) -> None:
         data: {source: tokens.npz, eval_fraction: 0.25}
         export: [onnx]
         gate: warn
-        bench: {targets: [local], threads: [1], warmup: 2, runs: 5}
+        bench: {targets: [local], threads: [1], warmup: 2, runs: 5, repeats: 2, max_repeats: 2}
+        tradeoff: {cloud: {batch: 1}}
         package: {artifact: onnx-fp32, golden_vectors: 2}
         """)
     out = folder / "run"
