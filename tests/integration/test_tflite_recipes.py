@@ -44,6 +44,7 @@ def check_tflite_report(report: dict[str, Any], run: Path) -> dict[str, dict[str
 def test_quickstart_exports_tflite(tmp_path: Path) -> None:
     run = tmp_path / "run"
     res = compress(str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(run), "--set", "bench.runs=20",
+                   "--set", "bench.repeats=2", "--set", "bench.max_repeats=2", "--set", "tradeoff.cloud.batch=1",
                    "--set", "export=[onnx, tflite]")
     assert res.returncode == 0, res.stderr
     report = json.loads((run / "report.json").read_text())
@@ -70,7 +71,8 @@ def test_mobilenet_exports_tflite(tmp_path: Path) -> None:
         task: {{kind: classification}}
         data: {{source: "builtin:digits", eval_fraction: 0.2, image_size: 64, calibration_samples: 128}}
         export: [onnx, tflite]
-        bench: {{targets: [local], threads: [1], warmup: 5, runs: 20}}
+        bench: {{targets: [local], threads: [1], warmup: 5, runs: 20, repeats: 2, max_repeats: 2}}
+        tradeoff: {{cloud: {{batch: 1}}}}
     """)
     run = tmp_path / "run"
     res = compress(str(recipe), "--out", str(run))
@@ -83,7 +85,8 @@ def test_mobilenet_exports_tflite(tmp_path: Path) -> None:
 
 def test_channels_last_io_through_the_runner(tiny_dir: Path) -> None:
     """NHWC inputs: the runner feeds the model its layout for parity, accuracy and timing."""
-    body = TINY_RECIPE.replace("export: [onnx]", "export: [onnx, {tflite: {channels_last_io: true}}]")
+    body = TINY_RECIPE.replace("export: [onnx]", "export: [onnx, {tflite: {channels_last_io: true}}]") \
+        .replace("runs: 5}", "runs: 5, repeats: 2, max_repeats: 2}\ntradeoff: {cloud: {batch: 1}}")
     run = tiny_dir / "run"
     res = compress(str(write_recipe(tiny_dir, body)), "--out", str(run))
     assert res.returncode == 0, res.stderr
