@@ -124,10 +124,11 @@ class SteppingMixin:
         for extra in step_result.extras:
             if extra.parent == made_as:
                 extra.parent = result.name
-            if result.format == "torch" and extra.parent == result.name and extra.step == "export:onnx":
-                # the step's own export of its result (made with the run's exporter and config,
-                # e.g. QAT measures its int8 ONNX): that model's ONNX export, not made twice
-                self.state.onnx_exports[result.name] = extra
+            if extra.step == "export:onnx" and self._exported_torch(extra.parent, result, current):
+                # the step's own export of its result or of its input (made with the run's exporter
+                # and config, e.g. QAT measures its int8 ONNX against its float input's): that
+                # model's ONNX export, not made twice
+                self.state.onnx_exports.setdefault(extra.parent, extra)
             self.add_artifact(extra)
         if result.format == "torch":
             record["after"] = self.torch_facts(result.module)
@@ -144,6 +145,11 @@ class SteppingMixin:
             record["after"] = self.file_facts(result)
         record["output"] = result.name
         return result
+
+    def _exported_torch(self, name: str | None, result: Artifact, current: Artifact) -> bool:
+        """Whether ``name`` is a torch model of this run a step's ONNX export may stand for: its result or its input."""
+        return any(a.format == "torch" and a.name == name for a in (result, current)) \
+            or name in self.state.torch_models
 
     def _keep_advisories(self, e: BaseException) -> None:
         """What a step advised before it stopped (Ctrl-C, a failure): ``noting`` attaches it to the exception."""

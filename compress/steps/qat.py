@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -218,18 +217,18 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
                    "torchao 0.18; its QDQ model is fine, but pin torchao when you depend on it", severity="info")
     ctx.log(f"  {qname}: {sum(ops.values())} quantize/dequantize ops")
     out = artifact.derive(name="qat", module=converted, precision="int8")
-    measure_onnx(out, float_module, ctx, notes)
+    measure_onnx(out, artifact, ctx, notes)
     return notes.result(out)
 
 
-def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext, notes: Notes) -> None:
+def measure_onnx(out: Artifact, float_art: Artifact, ctx: StepContext, notes: Notes) -> None:
     """Export the QAT model to ONNX and measure it in onnxruntime on this CPU.
 
     Its accuracy against the torch QAT model, its int8 kernels against the same QDQ model
-    computed in float, and its speed against the float model it was trained from (exported
-    to a scratch file). The export is offered to the runner as the QAT model's ONNX export
-    when the recipe exports ONNX (so it is made once and benchmarked); otherwise it is
-    removed after measuring.
+    computed in float, and its speed against the float model it was trained from (``float_art``,
+    the step's input, exported too). When the recipe exports ONNX, both exports are offered to
+    the runner as those models' ONNX exports (each made once, then checked and benchmarked);
+    otherwise they are removed after measuring.
     """
     import shutil
 
@@ -270,34 +269,46 @@ def measure_onnx(out: Artifact, float_module: Any, ctx: StepContext, notes: Note
                    f"in float on {fid['agreement'] if fid['agreement'] is not None else fid['cosine']:.1%} of samples"
                    ". The int8 arithmetic of this CPU loses accuracy: measure on the target CPU, or quantize with "
                    "qat target settings for it", artifact=art.name)
-    speed_against_float(art, float_module, names, batch, ctx, notes)
+    float_onnx = speed_against_float(art, float_art, names, batch, replace(export_ctx, step_dir=export_ctx.step_dir
+                                                                            / "float"), notes)
     if wanted is None:
         shutil.rmtree(export_ctx.step_dir, ignore_errors=True)
         return
-    notes.extra.append(art)  # the runner adopts it as the QAT model's ONNX export: no second export
+    # the runner adopts each as that torch model's ONNX export (the QAT model's, and the float
+    # parent's that the run exports beside it): neither is exported a second time
+    notes.extra.append(art)
+    if float_onnx is not None:
+        notes.extra.append(float_onnx)
 
 
-def speed_against_float(art: Artifact, float_module: Any, names: list[str], batch: int | None,
-                        ctx: StepContext, notes: Notes) -> None:
-    """Time the QAT ONNX against the float model's ONNX (single thread, batch 1, in-process)."""
+def speed_against_float(art: Artifact, float_art: Artifact, names: list[str], batch: int | None,
+                        ctx: StepContext, notes: Notes) -> Artifact | None:
+    """Time the QAT ONNX against the float model's ONNX (single thread, batch 1, in-process).
+
+    The float model is exported with the run's ONNX export config into ``ctx.step_dir``; that
+    export is returned (None when it failed: the runner then exports the float model itself and
+    reports any failure where it belongs).
+    """
     import shutil
-    import tempfile
 
     from compress.core.env import describe_cpu, host_cpu
+    from compress.intake.recipe import OnnxExportConfig
     from bench.host import SLOWER_RATIO, relative_speed
-    from export.onnx import export_module_to_onnx
+    from export.onnx import export_onnx
     from bench.runtime import feeds_of
 
-    scratch = Path(tempfile.mkdtemp(prefix="float-", dir=ctx.step_dir))
+    ctx.step_dir.mkdir(parents=True, exist_ok=True)
     try:
-        float_path = scratch / "float.onnx"
-        export_module_to_onnx(float_module, ctx.recipe.model.input_specs(), float_path)
-        speed = relative_speed(float_path, art.path, feeds_of(ctx.data.eval.x, names, batch, 1, step=1)[0])
+        float_onnx = export_onnx(float_art, ctx.recipe.export_config("onnx") or OnnxExportConfig(), ctx).artifact
     except Exception as e:  # noqa: BLE001  a measurement that cannot run must not fail the step
         notes.details["onnx"]["speed_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        return
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(ctx.step_dir, ignore_errors=True)
+        return None
+    try:
+        speed = relative_speed(float_onnx.path, art.path, feeds_of(ctx.data.eval.x, names, batch, 1, step=1)[0])
+    except Exception as e:  # noqa: BLE001  a measurement that cannot run must not fail the step
+        notes.details["onnx"]["speed_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        return float_onnx
     notes.details["onnx"].update(speed)
     if speed["int8_ms"] > SLOWER_RATIO * speed["fp32_ms"]:
         notes.advise("int8_slower_than_fp32",
@@ -305,3 +316,4 @@ def speed_against_float(art: Artifact, float_module: Any, names: list[str], batc
                    f"{speed['fp32_ms']:.3f} ms for the float model it was trained from (single thread, batch 1, "
                    "measured in the step): per-operator quantize/dequantize overhead outweighs the int8 arithmetic "
                    "on a model this small; keep fp32 unless size matters", artifact=art.name)
+    return float_onnx
