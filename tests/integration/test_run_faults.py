@@ -171,7 +171,7 @@ def test_second_run_into_the_same_out_is_refused(tmp_path: Path) -> None:
         name: long-bench
         model: {{onnx: {model}, input_shape: [1, 16]}}
         task: {{kind: regression}}
-        bench: {{runs: 5000, warmup: 0, repeats: 4}}
+        bench: {{runs: 5000, warmup: 0, repeats: 4, max_repeats: 4}}
     """)
     run = tmp_path / "run"
     first = _start(["-m", "compress", str(recipe), "--out", str(run), "-q"], ROOT)
