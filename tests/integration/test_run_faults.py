@@ -27,9 +27,10 @@ from tests.conftest import ROOT, TINY_RECIPE, write_recipe
 from tests.integration.test_ssh_target import _gemm_model
 
 # A tiny model pruned and fine-tuned for a few epochs, exported, timed in two interleaved
-# rounds: a run of ~15 s with a log line at each phase.
+# rounds (never more: max_repeats is repeats): a run of ~15 s with a log line at each phase.
 KILL_RECIPE = TINY_RECIPE.replace("bench: {targets: [local], threads: [1], warmup: 2, runs: 5}",
-                                  "bench: {targets: [local], threads: [1], warmup: 2, runs: 50, repeats: 2}") + \
+                                  "bench: {targets: [local], threads: [1], warmup: 2, runs: 50, repeats: 2, "
+                                  "max_repeats: 2}") + \
     "steps:\n  - prune: {method: structured, ratio: 0.25, epochs: 3}\n"
 
 
@@ -170,7 +171,7 @@ def test_second_run_into_the_same_out_is_refused(tmp_path: Path) -> None:
         name: long-bench
         model: {{onnx: {model}, input_shape: [1, 16]}}
         task: {{kind: regression}}
-        bench: {{runs: 5000, warmup: 0, repeats: 4}}
+        bench: {{runs: 5000, warmup: 0, repeats: 4, max_repeats: 4}}
     """)
     run = tmp_path / "run"
     first = _start(["-m", "compress", str(recipe), "--out", str(run), "-q"], ROOT)

@@ -160,12 +160,13 @@ def test_a_changed_run_file_is_refused(run_dir: Path, logged: Path, tmp_path: Pa
 
 
 SHADOW_RECIPE = TINY_RECIPE.replace("export: [onnx]", "steps: [{quantize: {method: static}}]\nexport: [onnx]")
+FEW_RUNS = ("--set", "bench.runs=3", "--set", "bench.repeats=1")  # one timing process: no latency is checked
 
 
 def test_the_recipe_shadow_section(tiny_dir: Path) -> None:
     """Passes at the default flip rate; an impossible confidence-shift limit degrades the int8 artifact (exit 1)."""
     recipe = write_recipe(tiny_dir, SHADOW_RECIPE + "shadow: {max_flip_rate: 0.5, worst: 5}\n")
-    res = CliRunner().invoke(app, [str(recipe), "--out", str(tiny_dir / "ok"), "--quiet", "--set", "bench.runs=3"])
+    res = CliRunner().invoke(app, [str(recipe), "--out", str(tiny_dir / "ok"), "--quiet", *FEW_RUNS])
     assert res.exit_code == 0, res.output
     report = json.loads((tiny_dir / "ok" / "report.json").read_text())
     (name,) = report["shadow"]["artifacts"]
@@ -178,14 +179,14 @@ def test_the_recipe_shadow_section(tiny_dir: Path) -> None:
     x = np.random.default_rng(1).standard_normal((40, 1, 8, 8)).astype(np.float32)
     np.savez(tiny_dir / "logged.npz", x=x, y=(x.mean(axis=(1, 2, 3)) > 0).astype(np.int64))
     logged = write_recipe(tiny_dir, SHADOW_RECIPE + "shadow: {inputs: logged.npz, max_flip_rate: 0.5}\n", "logged.yaml")
-    res = CliRunner().invoke(app, [str(logged), "--out", str(tiny_dir / "logged"), "--quiet", "--set", "bench.runs=3"])
+    res = CliRunner().invoke(app, [str(logged), "--out", str(tiny_dir / "logged"), "--quiet", *FEW_RUNS])
     assert res.exit_code == 0, res.output
     result = json.loads((tiny_dir / "logged" / "report.json").read_text())["shadow"]["artifacts"]["onnx-static"]
     assert result["inputs"]["file"] == str(tiny_dir / "logged.npz") and result["inputs"]["samples"] == 40
     assert result["outputs"][0]["labels"]["baseline_accuracy"] is not None
 
     strict = write_recipe(tiny_dir, SHADOW_RECIPE + "shadow: {max_confidence_shift: 0.0}\n", "strict.yaml")
-    res = CliRunner().invoke(app, [str(strict), "--out", str(tiny_dir / "bad"), "--quiet", "--set", "bench.runs=3"])
+    res = CliRunner().invoke(app, [str(strict), "--out", str(tiny_dir / "bad"), "--quiet", *FEW_RUNS])
     assert res.exit_code == 1, res.output
     report = json.loads((tiny_dir / "bad" / "report.json").read_text())
     art = next(a for a in report["artifacts"] if a["name"] == "onnx-static")

@@ -28,11 +28,11 @@ from tests.unit.compress.steps.fixtures import DIGITS_RECIPE, MODELS, digits_run
 SPECS = [InputSpec(shape=[1, 1, 8, 8])]
 
 
-def test_x86_qat_quantizes_and_exports_qdq(tmp_path: Path) -> None:
-    runner = digits_runner(tmp_path)
+def test_x86_qat_quantizes_and_exports_qdq(qat_onnx: dict[str, Any]) -> None:
+    """The step as a recipe runs it (``qat``: this machine's CPU decides), from the shared fixture."""
+    run = qat_onnx["host"]
+    runner, res = run["runner"], run["result"]
     teacher = runner.baseline.module
-    ctx = step_ctx(runner)
-    res = qat(runner.baseline, QatConfig(epochs=1, freeze_bn_epoch=1), ctx)
     out = res.artifact
     assert out.format == "torch" and out.precision == "int8"
     ops = res.details["quant_ops"]
@@ -48,7 +48,7 @@ def test_x86_qat_quantizes_and_exports_qdq(tmp_path: Path) -> None:
     assert count_params(out.module) == count_params(teacher)
     base_acc = runner.evaluate(teacher)["accuracy"]
     assert runner.evaluate(out.module)["accuracy"] >= base_acc - 0.02
-    dest = tmp_path / "q.onnx"
+    dest = run["tmp"] / "q.onnx"
     export_module_to_onnx(out.module, SPECS, dest)
     kinds = Counter(n.op_type for n in onnx.load(str(dest)).graph.node)
     assert kinds["QuantizeLinear"] >= 4 and kinds["DequantizeLinear"] >= 8 and kinds["Conv"] == 3
@@ -120,24 +120,34 @@ def torch_uint8() -> Any:
 
 @pytest.fixture(scope="module")
 def qat_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The digits teacher QAT-trained with each CPU's settings (1 epoch) and its ONNX export."""
-    from compress.core.env import NAMED_CPUS
+    """The digits teacher QAT-trained with each CPU's settings (1 epoch) and its ONNX export.
 
+    This machine's CPU through ``qat`` (as a recipe runs the step), the other named CPU
+    through ``qat_for``: each setting trained once, shared by the tests of this module.
+    """
+    from compress.core.env import NAMED_CPUS, detect_cpu
+
+    this_cpu = detect_cpu()
+    host = ("avx2" if this_cpu.u8s8_saturates else "vnni") if this_cpu.arch == "x86" else this_cpu.arch
     out: dict[str, Any] = {}
-    for cpu in ("avx2", "vnni"):
-        runner = digits_runner(tmp_path_factory.mktemp(cpu))
+    for cpu in (host, *(c for c in ("avx2", "vnni") if c != host)):
+        tmp = tmp_path_factory.mktemp(cpu)
+        runner = digits_runner(tmp)
         ctx = step_ctx(runner)
-        res = qat_for(runner.baseline, QatConfig(epochs=1, freeze_bn_epoch=1), ctx, NAMED_CPUS[cpu])
+        config = QatConfig(epochs=1, freeze_bn_epoch=1)
+        res = qat(runner.baseline, config, ctx) if cpu == host else qat_for(runner.baseline, config, ctx, NAMED_CPUS[cpu])
         art = res.artifact
         (onnx_art,) = [a for a in res.extras if a.step == "export:onnx" and a.parent == art.name]
         out[cpu] = {"result": res, "onnx": onnx_art, "torch_accuracy": runner.evaluate(art.module)["accuracy"],
-                    "eval": runner.data.eval, "module": art.module}
+                    "eval": runner.data.eval, "module": art.module, "runner": runner, "tmp": tmp}
+    out["host"] = out[host]
     return out
 
 
 def test_qat_onnx_is_measured_in_onnxruntime_on_this_cpu(qat_onnx: dict[str, Any]) -> None:
     """The step exports its ONNX once (the runner's export), with its accuracy as onnxruntime runs it."""
-    for cpu, run in qat_onnx.items():
+    for cpu in ("avx2", "vnni"):
+        run = qat_onnx[cpu]
         d = run["result"].details
         assert d["reduce_range"] is (cpu == "avx2")
         assert run["result"].extras == [run["onnx"]] and run["onnx"].precision == "int8"
