@@ -145,12 +145,16 @@ def qat_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_qat_onnx_is_measured_in_onnxruntime_on_this_cpu(qat_onnx: dict[str, Any]) -> None:
-    """The step exports its ONNX once (the runner's export), with its accuracy as onnxruntime runs it."""
+    """The step exports its ONNX once (the runner's export), with its accuracy as onnxruntime runs it,
+    and times it against its float input's ONNX export, also offered as the run's export of that model."""
     for cpu in ("avx2", "vnni"):
         run = qat_onnx[cpu]
         d = run["result"].details
         assert d["reduce_range"] is (cpu == "avx2")
-        assert run["result"].extras == [run["onnx"]] and run["onnx"].precision == "int8"
+        int8, fp32 = run["result"].extras
+        assert int8 is run["onnx"] and run["onnx"].precision == "int8"
+        assert (fp32.step, fp32.precision, fp32.format, fp32.parent) == ("export:onnx", "fp32", "onnx", "baseline")
+        assert fp32.path.is_file() and fp32.path.parent.name == "float"
         facts = d["onnx"]
         assert facts["torch_accuracy"] == pytest.approx(run["torch_accuracy"])
         assert facts["fp32_ms"] > 0 and facts["int8_ms"] > 0  # against the float model it was trained from
