@@ -25,7 +25,9 @@ is the run's ONNX export of the QAT model (made once).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -198,7 +200,7 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     result = fit(prepared, loss, ctx.data.train, config, seed=ctx.recipe.seed, log=ctx.log, progress=ctx.progress, desc="qat",
                  on_epoch_end=on_epoch_end, targets=plan.targets)
     set_mode(prepared, False)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _fold_only_present_convs():
         warnings.simplefilter("ignore")
         converted = convert_pt2e(prepared)
     set_mode(converted, False)
@@ -219,6 +221,50 @@ def qat_for(artifact: Artifact, config: QatConfig, ctx: StepContext, cpu: Any) -
     out = artifact.derive(name="qat", module=converted, precision="int8")
     measure_onnx(out, artifact, ctx, notes)
     return notes.result(out)
+
+
+@contextlib.contextmanager
+def _fold_only_present_convs() -> Iterator[None]:
+    """``convert_pt2e`` without the conv+BN folding passes for conv kinds the graph does not hold.
+
+    torchao's ``_fold_conv_bn_qat`` runs its pattern pass for conv1d, conv2d and both transposed
+    convs whatever the model holds, and each pass traces 24 pattern graphs with ``torch.export``:
+    about 25 s of every conversion on 2 cores, against 0.3 s of training for the quickstart. A
+    pass for a conv op absent from the graph matches nothing, so it is skipped, as long as one
+    pass still runs (each also normalises the graph's dequantize nodes). Converted models are
+    byte-identical with and without (tests/unit/compress/steps/test_qat.py). A torchao without
+    that helper is left as it is.
+    """
+    try:
+        import torch
+        import torch.nn.functional as F
+        import torchao.quantization.pt2e.qat_utils as qu
+    except ImportError:
+        yield
+        return
+    original = getattr(qu, "_fold_conv_bn_qat_helper", None)
+    if original is None:
+        yield
+        return
+    names = {F.conv1d: "conv1d", F.conv2d: "conv2d", F.conv_transpose1d: "conv_transpose1d",
+             F.conv_transpose2d: "conv_transpose2d"}
+    packets = {fn: getattr(torch.ops.aten, name) for fn, name in names.items()}
+    ops = {fn: tuple(getattr(packet, o) for o in packet.overloads()) for fn, packet in packets.items()}
+
+    def present(m: Any, targets: tuple[Any, ...]) -> bool:
+        return any(node.target in targets for node in m.graph.nodes)
+
+    def helper(m: Any, conv_fn: Any, example_inputs: Any, is_cuda: bool) -> Any:
+        targets = ops.get(conv_fn)
+        if targets is not None and not present(m, targets) and any(present(m, t) for t in ops.values()):
+            return m  # nothing of this kind to fold, and another kind's pass does the graph's clean-up
+        return original(m, conv_fn, example_inputs, is_cuda)
+
+    qu._fold_conv_bn_qat_helper = helper
+    try:
+        yield
+    finally:
+        qu._fold_conv_bn_qat_helper = original
 
 
 def measure_onnx(out: Artifact, float_art: Artifact, ctx: StepContext, notes: Notes) -> None:

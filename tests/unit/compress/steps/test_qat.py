@@ -242,3 +242,35 @@ def test_qat_model_size_counts_only_what_its_graph_reads() -> None:
     float_size = torch_size_bytes(float_model)
     assert torch_size_bytes(converted) < 0.5 * float_size  # int8 weights: about a quarter
     assert torch.allclose(converted(*example), converted(*example))  # still a working module
+
+
+def test_conv_bn_folding_skips_only_conv_kinds_the_graph_lacks() -> None:
+    """The conversion's fold pass runs for the conv kinds the graph holds; with none at all, every pass
+    runs (each also tidies dequantize nodes). Outside the context torchao's own helper is back."""
+    import types
+
+    import torch
+    import torch.nn.functional as F
+    import torchao.quantization.pt2e.qat_utils as qu
+
+    from compress.steps.qat import _fold_only_present_convs
+
+    def graph(*targets: Any) -> Any:
+        return types.SimpleNamespace(graph=types.SimpleNamespace(nodes=[types.SimpleNamespace(target=t)
+                                                                        for t in targets]))
+
+    original, calls = qu._fold_conv_bn_qat_helper, []
+    qu._fold_conv_bn_qat_helper = lambda m, fn, example, is_cuda: calls.append(fn) or m
+    try:
+        with _fold_only_present_convs():
+            for fn in (F.conv1d, F.conv2d, F.conv_transpose1d, F.conv_transpose2d):
+                qu._fold_conv_bn_qat_helper(graph(torch.ops.aten.conv2d.default, torch.ops.aten.relu.default),
+                                            fn, (), False)
+            assert calls == [F.conv2d]
+            calls.clear()
+            qu._fold_conv_bn_qat_helper(graph(torch.ops.aten.linear.default), F.conv1d, (), False)
+            assert calls == [F.conv1d]  # no conv anywhere: the pass runs as torchao wrote it
+        fake = qu._fold_conv_bn_qat_helper
+    finally:
+        qu._fold_conv_bn_qat_helper = original
+    assert fake is not original and fake.__name__ == "<lambda>"  # the context put back what it found
