@@ -12,13 +12,6 @@ from compress.cli.shapes import bench_shapes, onnx_dim_names, parse_shapes
 from compress.core.errors import EdgepackError, InputFileError
 
 
-def load_npz_data(path: Path, inputs: list[dict[str, Any]] | None = None) -> tuple[list[Any], Any]:
-    """Inputs and optional labels ``y`` of an .npz file (see :func:`compress.intake.data.load_npz_data`)."""
-    from compress.intake.data import load_npz_data as load
-
-    return load(path, inputs)
-
-
 def _random_inputs(inputs: list[dict[str, Any]], used: dict[str, list[int]], rows: int) -> list[Any]:
     """Random inputs of ``rows`` samples in the shapes used (quantized TFLite inputs: floats)."""
     from compress.intake.data import synthetic_inputs
@@ -149,6 +142,8 @@ def _bench_inputs(model: Path, fmt: str, inputs: list[dict[str, Any]] | None, da
     """The inputs to time (None: the target generates them in the model's own fixed shapes), the
     labels, and the shape of one request per input as logged (``x=1x3x224x224``)."""
     import numpy as np
+
+    from compress.intake.data import load_npz_data
 
     xs, y = load_npz_data(data, inputs) if data else (None, None)
     shown = None

@@ -87,7 +87,7 @@ class ReportingMixin:
         from bench.summary import summary_section
 
         extras: dict[str, Any] = {"summary": summary_section(report)}
-        shadow = self.shadow_section() if hasattr(self, "shadow_section") else None
+        shadow = self.shadow_section()
         if shadow is not None:
             extras["shadow"] = shadow
         if report.status in ("ok", "degraded") and self.recipe.tradeoff is not None:

@@ -35,6 +35,15 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def quickstart_bundle(tmp_path_factory: pytest.TempPathFactory, folder: str, name: str, *extra: str) -> Path:
+    """The shared quickstart run's onnx-fp32 packaged for Android into ``folder/name`` (``extra``: more options)."""
+    run = quickstart_run(tmp_path_factory)
+    out = tmp_path_factory.mktemp(folder) / name
+    res = compress("package", str(run), "--artifact", "onnx-fp32", "--platform", "android", "-o", str(out), *extra)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
 def reseal(files: dict[str, bytes], prefix: str = PREFIX, key: Any = None) -> None:
     """Recompute the manifest's checksums and digest.json after a change: what an attacker without the key can do."""
     m = json.loads(files[prefix + "manifest.json"])

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from compress.cli import app
 from export.bundle_verify import verify_bundle
 from export.signing import DIGEST_FILE, load_private_key
-from tests.integration.test_bundle import PREFIX, compress, quickstart_run, reseal
+from tests.integration.test_bundle import quickstart_bundle, PREFIX, compress, quickstart_run, reseal
 
 MODEL = PREFIX + "model.onnx"
 MANIFEST = PREFIX + "manifest.json"
@@ -38,11 +38,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = quickstart_run(tmp_path_factory)
-    out = tmp_path_factory.mktemp("sec") / "unsigned.zip"
-    res = compress("package", str(run), "--artifact", "onnx-fp32", "--platform", "android", "-o", str(out))
-    assert res.returncode == 0, res.stderr
-    return out
+    return quickstart_bundle(tmp_path_factory, "sec", "unsigned.zip")
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,12 @@ from typer.testing import CliRunner
 from compress.cli import app
 from export.bundle import verify_bundle
 from export.bundle_verify import bundle_bytes
-from tests.integration.test_bundle import PREFIX, compress, quickstart_run
+from tests.integration.test_bundle import quickstart_bundle, PREFIX, compress, quickstart_run
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = quickstart_run(tmp_path_factory)
-    out = tmp_path_factory.mktemp("drift") / "digits.zip"
-    res = compress("package", str(run), "--artifact", "onnx-fp32", "--platform", "android", "-o", str(out))
-    assert res.returncode == 0, res.stderr
-    return out
+    return quickstart_bundle(tmp_path_factory, "drift", "digits.zip")
 
 
 @pytest.fixture(scope="module")
