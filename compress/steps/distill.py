@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from compress.core.checks import Epochs, resolve_ref
-from compress.core.types import Artifact
+from compress.core.types import Advisory, Artifact
 from compress.core.step import StepContext, StepResult, register_step
 from compress.core.errors import StepError
 from compress.intake.recipe import FeaturePair, Recipe, TrainConfig
@@ -40,6 +40,8 @@ class DistillConfig(TrainConfig):
 
     student: str | None = Field(None, description="file.py:function returning the student")
     width: float | None = Field(None, gt=0, lt=1, description="derive the student by structured pruning to this width")
+    round_to: int | None = Field(None, ge=1, le=4096, description="with width: keep the student's channel counts "
+                                 "multiples of this (8 suits x86 and ARM SIMD kernels)")
     temperature: float = Field(4.0, gt=0, le=1000)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss")
     features: list[FeaturePair] = Field(default_factory=list)
@@ -55,6 +57,9 @@ class DistillConfig(TrainConfig):
     def _one_student(self) -> DistillConfig:
         if (self.student is None) == (self.width is None):
             raise ValueError("give exactly one of student (file.py:function) or width (0-1)")
+        if self.round_to is not None and self.width is None:
+            raise ValueError("round_to rounds a student derived by width; a student given as file.py:function "
+                             "keeps its own channel counts")
         return self
 
 
@@ -198,8 +203,9 @@ class FeatureMatcher:
 # --------------------------------------------------------------------------- students
 
 
-def derive_student(teacher: Any, width: float, example: list[Any]) -> Any:
-    """The teacher with its channels pruned to ``width`` (magnitude, uniform).
+def derive_student(teacher: Any, width: float, example: list[Any], round_to: int | None = None) -> Any:
+    """The teacher with its channels pruned to ``width`` (magnitude, uniform), channel counts
+    multiples of ``round_to`` when given.
 
     Every output's head layer is kept whole (:func:`compress.steps.prune.head_layers`), so each
     output keeps its shape and every head starts from the teacher's own weights.
@@ -209,7 +215,7 @@ def derive_student(teacher: Any, width: float, example: list[Any]) -> Any:
 
     student = copy.deepcopy(teacher)
     set_mode(student, False)
-    structured_prune(student, example, 1.0 - width)
+    structured_prune(student, example, 1.0 - width, round_to=round_to)
     return student
 
 
@@ -220,7 +226,7 @@ def build_student(config: DistillConfig, teacher: Any, example: list[Any], seed:
     from compress.steps.training import seed_everything
 
     if config.width is not None:
-        return derive_student(teacher, config.width, example)
+        return derive_student(teacher, config.width, example, config.round_to)
     seed_everything(seed)
     student = import_ref(config.student or "")()
     if not isinstance(student, torch.nn.Module):
@@ -302,6 +308,9 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Step
         raise StepError(ctx.step_name, str(e)) from e
     student = build_student(config, teacher, example, ctx.recipe.seed)
     set_mode(student, False)
+    advisories = _odd_width_advisories(config, teacher, student, ctx.step_name)
+    for a in advisories:
+        ctx.log(f"[{a.severity}] {a.message}")
     for p in teacher.parameters():
         p.requires_grad_(False)
     task = ctx.recipe.task.kind
@@ -335,4 +344,22 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Step
         "student_channels": sum(channel_counts(student).values()),
         "teacher_channels": sum(channel_counts(teacher).values()),
     }
-    return StepResult([artifact.derive(name="student", module=student)], details)
+    return StepResult([artifact.derive(name="student", module=student)], details, advisories)
+
+
+def _odd_width_advisories(config: DistillConfig, teacher: Any, student: Any, step: str) -> list[Advisory]:
+    """An advisory when a student derived by width (without ``round_to``) has layers whose channel
+    counts stopped being multiples of 8: onnxruntime's and XNNPACK's convolution kernels work
+    on blocks of 8 (or 16) channels and run such layers much slower."""
+    from compress.steps.pruning import channel_counts
+
+    if config.width is None or config.round_to is not None:
+        return []
+    before, after = channel_counts(teacher), channel_counts(student)
+    odd = [f"{n} ({before[n]} -> {c})" for n, c in after.items() if c % 8 and n in before and before[n] % 8 == 0]
+    if not odd:
+        return []
+    return [Advisory("student_odd_channels",
+                     f"the student derived at width {config.width} has {len(odd)} layer(s) whose channel counts are no "
+                     f"longer multiples of 8, e.g. {', '.join(odd[:3])}; SIMD kernels run such layers slower (see "
+                     "docs/compression.md): add round_to: 8 to this step", "warning", None, step)]

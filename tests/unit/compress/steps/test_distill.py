@@ -111,3 +111,47 @@ def test_runner_records_smaller_student(tmp_path: Path) -> None:
     assert record["after"]["macs"] < record["before"]["macs"] / 3
     assert record["after"]["params"] < record["before"]["params"] / 3
     assert np.isfinite(record["after"]["accuracy"]) and result.module is not None
+
+
+@pytest.mark.parametrize("width", [0.25, 0.375, 0.6])
+def test_derived_student_channels_are_multiples_of_round_to(width: float) -> None:
+    import importlib.util
+
+    from compress.steps.distill import derive_student
+
+    spec = importlib.util.spec_from_file_location("mobilenet_ref", MODELS / "mobilenet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    teacher = mod.mobilenet_v2(width=0.5)
+    example = [torch.randn(1, 1, 64, 64)]
+    plain = channel_counts(derive_student(teacher, width, example))
+    rounded = channel_counts(derive_student(teacher, width, example, round_to=8))
+    assert rounded["classifier.1"] == plain["classifier.1"] == 10  # the head is kept whole
+    inner = {k: v for k, v in rounded.items() if not k.startswith("classifier")}
+    assert all(c % 8 == 0 for c in inner.values()), {k: c for k, c in inner.items() if c % 8}
+    assert any(c % 8 for k, c in plain.items() if not k.startswith("classifier"))  # it did round something
+    assert sum(inner.values()) < sum(v for k, v in channel_counts(teacher).items() if not k.startswith("classifier"))
+
+
+def test_round_to_needs_a_derived_student() -> None:
+    with pytest.raises(ValueError, match="round_to rounds a student derived by width"):
+        DistillConfig.model_validate({"student": f"{MODELS}/digits.py:student", "round_to": 8})
+
+
+def test_an_odd_width_student_is_advised_and_a_rounded_one_is_not() -> None:
+    from types import SimpleNamespace
+
+    from compress.steps.distill import _odd_width_advisories, derive_student
+
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3),
+                                  torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(64, 10)).eval()
+    example = [torch.randn(1, 1, 12, 12)]
+    for width, round_to, advised in [(0.375, None, True), (0.375, 8, False), (0.5, None, False)]:
+        cfg = DistillConfig(width=width, round_to=round_to)
+        student = derive_student(teacher, width, example, round_to)
+        (adv,) = _odd_width_advisories(cfg, teacher, student, "01-distill") or [None]
+        assert (adv is not None) == advised, (width, round_to, channel_counts(student))
+        if advised:
+            assert adv.code == "student_odd_channels" and "round_to: 8" in adv.message and "0 (32 -> 12)" in adv.message
+    assert not _odd_width_advisories(SimpleNamespace(width=None, round_to=None), teacher, teacher, "s")
