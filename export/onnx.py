@@ -13,11 +13,14 @@ from compress.intake.recipe import OnnxExportConfig
 
 
 def quiet_exporter_logs() -> None:
-    """The exporter logs a warning per missing torchvision op; they are noise here."""
+    """The exporter logs a warning per missing torchvision op, and onnxscript's constant folding
+    one per node its reference evaluator cannot fold ("Evaluation failed", the node is kept
+    as it is); they are noise here."""
     import logging
     import warnings
 
-    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export", "torch.export"):
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export", "torch.export",
+                 "onnxscript.optimizer._constant_folding"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

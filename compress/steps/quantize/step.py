@@ -128,12 +128,14 @@ def preprocess(src: Path, dst: Path, log: Any) -> str:
 
     attempts = [("full", {}), ("onnx shapes only", {"skip_symbolic_shape": True}),
                 ("no optimisation", {"skip_symbolic_shape": True, "skip_optimization": True})]
-    for label, kwargs in attempts:
+    for i, (label, kwargs) in enumerate(attempts):
         try:
             quant_pre_process(str(src), str(dst), **kwargs)
             return label
         except Exception as e:  # noqa: BLE001  (the next, simpler attempt follows)
-            log(f"  quant_pre_process ({label}) failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            then = f"trying {attempts[i + 1][0]}" if i + 1 < len(attempts) else "quantizing the model as exported"
+            log(f"  quant_pre_process ({label}) not possible on this graph ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); {then}")
     shutil.copyfile(src, dst)
     return "skipped"
 
