@@ -349,8 +349,8 @@ def distill(artifact: Artifact, config: DistillConfig, ctx: StepContext) -> Step
 
 def _odd_width_advisories(config: DistillConfig, teacher: Any, student: Any, step: str) -> list[Advisory]:
     """An advisory when a student derived by width (without ``round_to``) has layers whose channel
-    counts stopped being multiples of 8: onnxruntime's and XNNPACK's convolution kernels work
-    on blocks of 8 (or 16) channels and run such layers much slower."""
+    counts stopped being multiples of 8: onnxruntime's x86 convolution kernels work on blocks
+    of 8 (AVX2) or 16 (AVX-512) channels and run such layers much slower."""
     from compress.steps.pruning import channel_counts
 
     if config.width is None or config.round_to is not None:
