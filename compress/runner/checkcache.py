@@ -9,10 +9,8 @@ spec naming the check, the other model's hash, the settings and the CPU, so a re
 unchanged recipe neither runs its torch models nor compares their outputs again. A result
 that does not survive JSON unchanged (a NaN) is never stored.
 
-A torch graph module (a pt2e QAT model) is hashed as its saved and reloaded copy: reading it
-back changes its state dict (the tensor constants its graph reads become buffers, and more),
-so otherwise a freshly trained model and the same model read back from the step cache in the
-next run would hash differently, and every check of it would be a miss.
+Models are hashed by :func:`compress.runner.stepkey.model_hash` (a torch graph module as its
+saved and reloaded copy).
 """
 
 from __future__ import annotations
@@ -21,85 +19,6 @@ import hashlib
 import json
 from typing import Any
 
-from compress.core.types import Artifact
-from compress.runner.stepkey import hash_path, hash_state_dict
-
-
-def _graph_constants(module: Any) -> dict[str, Any]:
-    """Plain tensor attributes (not parameters or buffers) a graph module's ``get_attr`` nodes read."""
-    graph = getattr(module, "graph", None)
-    nodes = getattr(graph, "nodes", None)
-    if nodes is None:
-        return {}
-    import torch
-
-    out = {}
-    for node in nodes:
-        target = node.target if node.op == "get_attr" else None
-        if not isinstance(target, str) or "." in target or target in module._buffers or target in module._parameters:
-            continue
-        value = module.__dict__.get(target)
-        if isinstance(value, torch.Tensor):
-            out[target] = value
-    return out
-
-
-def _state_hash(module: Any) -> str:
-    """:func:`hash_state_dict`, counting the plain tensor constants a graph reads as buffers."""
-    constants = _graph_constants(module)
-    if not constants:
-        return hash_state_dict(module)
-    view = object.__new__(type(module))
-    view.__dict__.update(module.__dict__)
-    view.__dict__["_buffers"] = {**module._buffers, **constants}
-    for name in constants:
-        view.__dict__.pop(name, None)
-    return hash_state_dict(view)
-
-
-# state hash of a graph module -> the hash of its saved and reloaded copy (computing it saves the model)
-_RELOADED: dict[str, str] = {}
-
-
-def torch_model_hash(module: Any) -> str:
-    """The hash of a torch model as the step cache's copy of it will hash.
-
-    An ordinary module: :func:`hash_state_dict`. A graph module (a pt2e QAT model) is saved
-    and read back as :func:`compress.runner.runcodec.save_module` and the cache do (once per
-    state), because reading it back changes its state dict (constants become buffers, among
-    others), so a model trained in this run and the same model from the cache in the next
-    share their evaluations. The module itself is not changed.
-    """
-    state = _state_hash(module)
-    graph = getattr(module, "graph", None)
-    if graph is None or not hasattr(graph, "nodes"):
-        return state
-    if state not in _RELOADED:
-        import tempfile
-        from pathlib import Path
-
-        import torch
-
-        from compress.runner.runcodec import save_module
-
-        try:
-            with tempfile.TemporaryDirectory(prefix="edgepack-hash-") as tmp:
-                save_module(module, Path(tmp) / "module.pt")
-                _RELOADED[state] = _state_hash(torch.load(Path(tmp) / "module.pt", weights_only=False))
-        except Exception:  # noqa: BLE001  a model that does not save is not cached by the step cache either
-            _RELOADED[state] = state
-    return _RELOADED[state]
-
-
-def model_hash(thing: Any) -> str:
-    """sha256 of a file artifact's file, or of a torch model's state (an Artifact or a module).
-
-    Raises:
-        TypeError, OSError, RuntimeError, AttributeError: It cannot be hashed (then it is not cached).
-    """
-    if isinstance(thing, Artifact) and thing.format != "torch" and thing.path is not None:
-        return hash_path(thing.path)
-    return torch_model_hash(thing.module if isinstance(thing, Artifact) else thing)
 
 
 class CheckCache:

@@ -118,7 +118,7 @@ class EvaluationMixin:
         """
         if self.cache is None or not self.cache.enabled:
             return None
-        from compress.runner.checkcache import model_hash
+        from compress.runner.stepkey import model_hash
 
         try:
             return model_hash(thing)

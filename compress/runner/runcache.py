@@ -40,7 +40,7 @@ from compress.core.types import Artifact
 from compress.runner.evalcache import EvalCache
 from compress.runner.runcodec import NotCacheable, _Codec, _Decoder, save_module
 from compress.runner.stepcache import StepCache
-from compress.runner.stepkey import StepKey, fingerprint_arrays, hash_path, hash_state_dict
+from compress.runner.stepkey import StepKey, fingerprint_arrays, hash_path, hash_state_dict, model_hash
 
 # Recipe sections a step may read (see the module docstring).
 STEP_RECIPE_SECTIONS = ("model", "task", "data", "parity", "seed")
@@ -207,13 +207,9 @@ class RunCache:
     def artifact_hash(self, art: Any) -> str:
         """sha256 of a file artifact, or of a torch module's state (per object, computed once
         for modules that do not change afterwards: callers hash right before using it)."""
-        if isinstance(art, Artifact) and art.format != "torch" and art.path is not None:
-            return hash_path(art.path)
-        from compress.runner.checkcache import torch_model_hash
-
         # a pt2e graph module hashes as its cached copy will (reloading turns constants into
         # buffers): a step after QAT hits on the first rerun, not only from the second
-        return torch_model_hash(art.module if isinstance(art, Artifact) else art)
+        return model_hash(art)
 
     def _reference_hash(self, reference: Any) -> str:
         """The teacher's hash, computed once (every step's key names it; the teacher is never trained)."""

@@ -11,7 +11,8 @@ import torch
 
 from bench.parity import compare_outputs
 from compress.core.report_schema import Parity
-from compress.runner.checkcache import CheckCache, model_hash, torch_model_hash
+from compress.runner.checkcache import CheckCache
+from compress.runner.stepkey import model_hash, torch_model_hash
 from compress.runner.runcodec import save_module
 from compress.runner.evalcache import EvalCache
 from compress.runner.stepkey import hash_state_dict
