@@ -539,6 +539,15 @@ def _tradeoff_section(r: Report) -> str:
     return f'<section id="tradeoff"><h2>Cloud or device</h2>{body}</section>'
 
 
+def _shadow_section(r: Report) -> str:
+    """The recipe's shadow tests (``shadow:``): each artifact against its baseline on logged inputs."""
+    sh = r.shadow
+    if not sh or not sh.get("markdown"):
+        return ""
+    md = "\n".join(line for line in sh["markdown"].splitlines() if line.strip() != "## Shadow tests")
+    return f'<section id="shadow"><h2>Shadow tests</h2>{markdown_to_html(md)}</section>'
+
+
 def _summary_section(r: Report) -> str:
     """The answer first: per target the artifact to ship, and every slowdown in words."""
     s = r.summary
@@ -578,6 +587,7 @@ def render_html(report: Report, run_dir: Path | None = None) -> str:
         _latency_section(r, plotter),
         _metrics_section(r),
         _lineage_section(r),
+        _shadow_section(r),
         _advisories_section(r),
         _tradeoff_section(r),
         _env_section(r),

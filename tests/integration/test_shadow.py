@@ -175,6 +175,8 @@ def test_the_recipe_shadow_section(tiny_dir: Path) -> None:
     assert result["inputs"]["file"] == "the recipe's eval split" and result["inputs"]["samples"] == 30
     assert (tiny_dir / "ok" / result["worst"]["file"]).is_file()
     assert "## Shadow tests" in (tiny_dir / "ok" / "report.md").read_text()
+    html = (tiny_dir / "ok" / "report.html").read_text().split('<section id="shadow">')[1].split("</section>")[0]
+    assert "onnx-static" in html and "onnx-fp32" in html
 
     x = np.random.default_rng(1).standard_normal((40, 1, 8, 8)).astype(np.float32)
     np.savez(tiny_dir / "logged.npz", x=x, y=(x.mean(axis=(1, 2, 3)) > 0).astype(np.int64))

@@ -98,6 +98,8 @@ def rich_report() -> Report:
         advisories=[AdvisoryReport(code="noisy_host", message="load was <high>", artifact="onnx-int8")],
         tradeoff={"markdown": "## Cloud vs device\n\n| artifact | verdict |\n|---|---|\n| onnx-int8 | **device** wins |\n\n"
                               "Assumptions:\n\n- wifi RTT 20 ms"},
+        shadow={"artifacts": {"onnx-int8": {}}, "markdown": "## Shadow tests\n\n### onnx-int8 vs onnx-fp32 <PASS>\n\n"
+                "| output | agreement | flips |\n|---|---|---|\n| y | 0.9950 | 2 of 400 |"},
     )
 
 
@@ -106,7 +108,8 @@ def test_sections_plots_and_no_network() -> None:
     p = _Collector()
     p.feed(page)
     assert not p.unbalanced and not p.stack, (p.unbalanced, p.stack)
-    assert {"overview", "artifacts", "latency", "metrics", "lineage", "advisories", "tradeoff", "environment"} <= p.ids
+    assert {"overview", "artifacts", "latency", "metrics", "lineage", "shadow", "advisories", "tradeoff",
+            "environment"} <= p.ids
     assert {"plot-scatter", "plot-size", "plot-distribution"} <= p.ids
     assert p.tags.count("svg") == 3 and "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
     assert not p.urls, p.urls
@@ -122,6 +125,9 @@ def test_content_is_escaped_and_complete() -> None:
     assert "noisy" in page and "load average 5.00" in page
     assert "baseline → onnx-fp32 <span class='muted'>(export:onnx)</span> → onnx-int8" in page
     assert "<strong>device</strong> wins" in page and "<td>onnx-int8</td>" in page
+    shadow = page.split('<section id="shadow">')[1].split("</section>")[0]
+    assert shadow.count("Shadow tests") == 1 and "onnx-int8 vs onnx-fp32 &lt;PASS&gt;" in shadow
+    assert "<td>2 of 400</td>" in shadow
     assert "confusion matrix: onnx-fp32" in page and "macro_f1" in page
     assert "avx512_vnni" in page and "onnxruntime 1.32.0" in page
     # Every artifact and timing setting is in the distribution plot's labels.
