@@ -16,9 +16,10 @@ Epochs are the recipe's own (distill 8, prune fine-tuning 4, QAT 2; the whole be
 takes about an hour on 2 idle cores). ``$EDGEPACK_SEARCH_EPOCHS`` (``8,4,2``) cuts them for a
 quick look, the same for both sides; ``$EDGEPACK_SEARCH_TRIALS`` (20) and
 ``$EDGEPACK_SEARCH_TIME`` (3h, the search's time budget) bound the search;
-``$EDGEPACK_SEARCH_HAND`` names a finished run folder of the hand-written recipe to time
-instead of running it again (its artifact is rebuilt, not re-measured: the timing is always
-the side-by-side one below). With cut epochs the hand-written run is allowed to be degraded
+``$EDGEPACK_SEARCH_HAND`` names a finished run folder of the hand-written recipe, and
+``$EDGEPACK_SEARCH_FOLDER`` a finished search folder, to time instead of running them again
+(their artifacts are not rebuilt, and their recorded latencies are not used: the timing is
+always the side-by-side one below). With cut epochs the hand-written run is allowed to be degraded
 (``gate: warn``): its artifact is timed all the same, and its accuracy printed.
 
 Run: ``python -m pytest tests/benchmarks/test_search_speed.py --benchmark-only -s``
@@ -70,24 +71,27 @@ def _search_vs_handwritten(tmp: Path) -> dict[str, Any]:
     hand_report = json.loads((hand / "report.json").read_text())
     hand_art = next(a for a in hand_report["artifacts"] if a["name"] == "onnx-int8")
     hand_fp32 = next(a for a in hand_report["artifacts"] if a["name"] == "onnx-fp32")
-    folder = tmp / "search"
-    _compress("search", str(RECIPE), "--out", str(folder), *SHORT,
-              "--set", "steps=[{distill: {width: 0.5, round_to: 8, epochs: %d, lr: 2.0e-3}}, {prune: {method: structured, "
-                       "ratio: 0.2, round_to: 8, epochs: %d, lr: 1.0e-3, distill_from_unpruned: true}}]"
-              % (EPOCHS_DISTILL, EPOCHS_PRUNE),
-              "--set", "search=" + SEARCH % (SEARCH_TRIALS, SEARCH_TIME), env=env)
+    folder = Path(os.environ["EDGEPACK_SEARCH_FOLDER"]) if os.environ.get("EDGEPACK_SEARCH_FOLDER") else tmp / "search"
+    if not (folder / "trials.json").is_file():
+        _compress("search", str(RECIPE), "--out", str(folder), *SHORT,
+                  "--set", "steps=[{distill: {width: 0.5, round_to: 8, epochs: %d, lr: 2.0e-3}}, {prune: {method: structured, "
+                           "ratio: 0.2, round_to: 8, epochs: %d, lr: 1.0e-3, distill_from_unpruned: true}}]"
+                  % (EPOCHS_DISTILL, EPOCHS_PRUNE),
+                  "--set", "search=" + SEARCH % (SEARCH_TRIALS, SEARCH_TIME), env=env)
     table = json.loads((folder / "trials.json").read_text())
     summary, trials = table["summary"], table["trials"]
     assert summary["best"] is not None, summary.get("closest_miss_text")
     top = next(o for o in trials if o["number"] == summary["best"])
-    top_path = next(a["path"] for a in json.loads((Path(top["run_dir"]) / "report.json").read_text())["artifacts"]
+    top_dir = Path(top["run_dir"])
+    top_path = next(a["path"] for a in json.loads((top_dir / "report.json").read_text())["artifacts"]
                     if a["name"] == top["artifact"])
     from compress.intake.data import load_dataset
     from compress.intake.recipe import DataSpec
 
     x = load_dataset(DataSpec(source="builtin:digits", eval_fraction=0.2, seed=0, image_size=64)).eval.x[0][:1]
-    results = interleaved({"handwritten": Path(hand_art["path"]), "hand-fp32": Path(hand_fp32["path"]),
-                           "searched": Path(top_path)}, [x], REPEATS, RUNS)
+    # a report's artifact paths are relative to its run folder
+    results = interleaved({"handwritten": hand / hand_art["path"], "hand-fp32": hand / hand_fp32["path"],
+                           "searched": top_dir / top_path}, [x], REPEATS, RUNS)
     ratio, lo, hi = speedup(results, "searched", "handwritten")
     return {"results": results, "ratio": ratio, "ci": [lo, hi], "top": top, "hand": hand_art, "hand_fp32": hand_fp32,
             "ratio_fp32": speedup(results, "searched", "hand-fp32"),
