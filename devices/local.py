@@ -1,12 +1,23 @@
-"""This machine: each artifact timed by the agent in a fresh process."""
+"""This machine: each artifact timed by the agent in a fresh process.
+
+The fresh processes are forked from one agent fork server per edgepack process
+(:class:`AgentServer`, ``bench/agent.py --serve``) on Linux, which saves the interpreter's
+start and numpy's import for each of them; ``EDGEPACK_AGENT_FORK=0``, another OS, or a server
+that does not start runs ``python bench/agent.py SPEC`` per benchmark instead.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +102,117 @@ def read_outputs(path: Path, target: str = "local") -> list[np.ndarray]:
     return load_outputs(path, target)
 
 
+class ServerGone(OSError):
+    """The fork server could not start, or died: the caller runs the agent by exec instead."""
+
+
+class AgentServer:
+    """The agent's fork server for this process: started on first use, one request at a time.
+
+    Its process group is its own, so a benchmark past its timeout is killed with the server
+    (a new one starts on the next request). A process that inherited the object (a fork)
+    starts its own server and leaves its parent's alone.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def enabled() -> bool:
+        return (sys.platform.startswith("linux") and hasattr(os, "fork")
+                and os.environ.get("EDGEPACK_AGENT_FORK", "1") != "0")
+
+    @staticmethod
+    def _read_line(proc: subprocess.Popen, timeout_s: float) -> str | None:
+        """The server's next line, '' at end of output, None past the timeout."""
+        assert proc.stdout is not None
+        fd, buf, end = proc.stdout.fileno(), b"", time.monotonic() + timeout_s
+        while not buf.endswith(b"\n"):
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return ""
+            buf += chunk
+        return buf.decode("utf-8", "replace").strip()
+
+    def _start(self) -> subprocess.Popen:
+        # one BLAS thread: the server must have no other thread when it forks
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            proc = subprocess.Popen([sys.executable, str(AGENT), "--serve"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        except OSError as e:
+            raise ServerGone(str(e)) from e
+        if self._read_line(proc, 60.0) != "EDGEPACK-READY":
+            self._kill(proc)
+            raise ServerGone("the agent's fork server did not start")
+        return proc
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and the child it is waiting for
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+    def run(self, spec_path: Path, out_path: Path, timeout_s: float) -> int:
+        """Run one spec in a forked child; its exit code (its output is in ``out_path``).
+
+        TimeoutError past ``timeout_s`` (child and server killed); ServerGone when the server
+        cannot start or dies.
+        """
+        with self._lock:
+            if self._owner != os.getpid():
+                self._proc, self._owner = None, os.getpid()
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+            proc = self._proc
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write((json.dumps({"spec": str(spec_path), "out": str(out_path)}) + "\n").encode())
+                proc.stdin.flush()
+            except OSError as e:
+                self._kill(proc)
+                self._proc = None
+                raise ServerGone(str(e)) from e
+            try:
+                line = self._read_line(proc, timeout_s)
+            except BaseException:  # Ctrl-C while a child runs: the child and server go with it
+                self._kill(proc)
+                self._proc = None
+                raise
+            if line is None:
+                self._kill(proc)
+                self._proc = None
+                raise TimeoutError
+            if not line.startswith("EDGEPACK-DONE "):
+                self._kill(proc)
+                self._proc = None
+                raise ServerGone(f"the agent's fork server answered {line[:80]!r}")
+            return int(line.split()[1])
+
+    def close(self) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None or self._owner != os.getpid():
+            return
+        try:
+            assert proc.stdin is not None
+            proc.stdin.close()  # end of input: the server exits
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self._kill(proc)
+
+
+SERVER = AgentServer()
+atexit.register(SERVER.close)
+
+
 class LocalTarget:
     """The machine edgepack runs on; latencies are measured."""
 
@@ -110,6 +232,17 @@ class LocalTarget:
         with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
             spec_path = Path(tmp) / "spec.json"
             spec_path.write_text(json.dumps(spec_dict))
+            if AgentServer.enabled():
+                out_path = Path(tmp) / "agent.out"
+                try:
+                    SERVER.run(spec_path, out_path, self.timeout_s)
+                except TimeoutError as e:
+                    raise TargetError(self.name, f"benchmark did not finish within {self.timeout_s:.0f} s") from e
+                except ServerGone:
+                    pass  # run it by exec below
+                else:
+                    text = out_path.read_text(encoding="utf-8", errors="replace") if out_path.is_file() else ""
+                    return parse_agent_output(text, self.name)
             env = dict(os.environ, OMP_NUM_THREADS=str(spec_dict.get("threads", 1)))
             try:
                 proc = subprocess.run([sys.executable, str(AGENT), str(spec_path)], capture_output=True, text=True,
