@@ -714,7 +714,7 @@ def serve() -> int:
 
     Started once with ``--serve`` (numpy imported, no runtime and no model: the runtime is
     imported in the child, before its memory baseline, as in a process of its own), it
-    prints ``EDGEPACK-READY``, then reads one JSON request per line (``spec``: a spec file,
+    prints ``EDGEPACK-READY <resident library pages>``, then reads one JSON request per line (``spec``: a spec file,
     ``out``: the file for the child's output), forks a child that runs :func:`main` on the
     spec with its output in ``out``, waits for it and prints ``EDGEPACK-DONE <exit code>``
     (negative: killed by that signal). Each benchmark is still a new process with its own
@@ -728,7 +728,9 @@ def serve() -> int:
     import ctypes  # noqa: F401 - imported before the resident pages are listed, as the child uses it
 
     resident = resident_file_pages()
-    sys.stdout.write("EDGEPACK-READY\n")
+    # without the resident pages (pagemap unreadable) the children's memory figures would be off:
+    # the caller then runs the agent by exec instead
+    sys.stdout.write(f"EDGEPACK-READY {sum(n for _, n in resident)}\n")
     sys.stdout.flush()
     for line in sys.stdin:
         if not line.strip():

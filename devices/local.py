@@ -114,7 +114,8 @@ class AgentServer:
     starts its own server and leaves its parent's alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
+        self.command = command or [sys.executable, str(AGENT), "--serve"]
         self._proc: subprocess.Popen | None = None
         self._owner = os.getpid()
         self._lock = threading.Lock()
@@ -143,13 +144,16 @@ class AgentServer:
         # one BLAS thread: the server must have no other thread when it forks
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
-            proc = subprocess.Popen([sys.executable, str(AGENT), "--serve"], stdin=subprocess.PIPE,
+            proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         except OSError as e:
             raise ServerGone(str(e)) from e
-        if self._read_line(proc, 60.0) != "EDGEPACK-READY":
+        ready = (self._read_line(proc, 60.0) or "").split()
+        if len(ready) != 2 or ready[0] != "EDGEPACK-READY" or not ready[1].isdigit() or int(ready[1]) == 0:
+            # no resident pages listed (pagemap unreadable): a child's memory figure would count
+            # library pages as the model's, so the agent runs by exec instead
             self._kill(proc)
-            raise ServerGone("the agent's fork server did not start")
+            raise ServerGone("the agent's fork server did not start, or cannot list its resident pages")
         return proc
 
     @staticmethod

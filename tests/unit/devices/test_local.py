@@ -122,8 +122,25 @@ def test_the_server_refuses_a_bad_request_and_carries_on(request_line: str, answ
     good = json.dumps({"spec": str(spec), "out": str(tmp_path / "out.txt")}) + "\n"
     proc = subprocess.run([sys.executable, str(AGENT), "--serve"], input=request_line + good, capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
-    assert proc.stdout.splitlines() == ["EDGEPACK-READY", answer, "EDGEPACK-DONE 0"]
+    ready, *rest = proc.stdout.splitlines()
+    assert ready.startswith("EDGEPACK-READY ") and int(ready.split()[1]) > 0
+    assert rest == [answer, "EDGEPACK-DONE 0"]
     assert "EDGEPACK-RESULT " in (tmp_path / "out.txt").read_text()
+
+
+@pytest.mark.parametrize("ready", ["EDGEPACK-READY 0", "EDGEPACK-READY", "something else"])
+def test_a_server_that_cannot_list_its_pages_is_not_used(ready: str, model: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc/self/pagemap cannot be read, the forked children's memory would be off: exec instead."""
+    monkeypatch.setenv("EDGEPACK_AGENT_FORK", "1")
+    fake = AgentServer([sys.executable, "-c", f"print({ready!r}, flush=True); import sys; sys.stdin.read()"])
+    monkeypatch.setattr(local, "SERVER", fake)
+    try:
+        res = LocalTarget().benchmark(model, SPEC)
+        assert res.error is None and len(res.times_ms) == SPEC.runs  # timed by an exec'd agent
+        assert fake._proc is None
+    finally:
+        fake.close()
 
 
 def test_off_switch_runs_every_benchmark_by_exec(server: AgentServer, model: Path,
