@@ -119,6 +119,7 @@ class AgentServer:
         self._proc: subprocess.Popen | None = None
         self._owner = os.getpid()
         self._lock = threading.Lock()
+        self._unavailable = False  # a server that would not start is not tried again in this process
 
     @staticmethod
     def enabled() -> bool:
@@ -164,39 +165,46 @@ class AgentServer:
             pass
         proc.wait()
 
+    def _drop(self) -> None:
+        """Kill the running server (and its child); the next request starts a new one."""
+        if self._proc is not None:
+            self._kill(self._proc)
+            self._proc = None
+
     def run(self, spec_path: Path, out_path: Path, timeout_s: float) -> int:
         """Run one spec in a forked child; its exit code (its output is in ``out_path``).
 
         TimeoutError past ``timeout_s`` (child and server killed); ServerGone when the server
-        cannot start or dies.
+        cannot start (then not again in this process) or dies.
         """
         with self._lock:
             if self._owner != os.getpid():
-                self._proc, self._owner = None, os.getpid()
+                self._proc, self._owner, self._unavailable = None, os.getpid(), False
+            if self._unavailable:
+                raise ServerGone("the agent's fork server did not start in this process")
             if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
+                try:
+                    self._proc = self._start()
+                except ServerGone:
+                    self._unavailable = True
+                    raise
             proc = self._proc
             assert proc.stdin is not None
             try:
                 proc.stdin.write((json.dumps({"spec": str(spec_path), "out": str(out_path)}) + "\n").encode())
                 proc.stdin.flush()
-            except OSError as e:
-                self._kill(proc)
-                self._proc = None
-                raise ServerGone(str(e)) from e
-            try:
                 line = self._read_line(proc, timeout_s)
+            except OSError as e:
+                self._drop()
+                raise ServerGone(str(e)) from e
             except BaseException:  # Ctrl-C while a child runs: the child and server go with it
-                self._kill(proc)
-                self._proc = None
+                self._drop()
                 raise
             if line is None:
-                self._kill(proc)
-                self._proc = None
+                self._drop()
                 raise TimeoutError
             if not line.startswith("EDGEPACK-DONE "):
-                self._kill(proc)
-                self._proc = None
+                self._drop()
                 raise ServerGone(f"the agent's fork server answered {line[:80]!r}")
             return int(line.split()[1])
 

@@ -139,6 +139,8 @@ def test_a_server_that_cannot_list_its_pages_is_not_used(ready: str, model: Path
         res = LocalTarget().benchmark(model, SPEC)
         assert res.error is None and len(res.times_ms) == SPEC.runs  # timed by an exec'd agent
         assert fake._proc is None
+        with pytest.raises(local.ServerGone, match="did not start in this process"):  # not tried again
+            fake.run(Path("spec.json"), Path("out.txt"), 1.0)
     finally:
         fake.close()
 
