@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from compress.core.fileio import sha256_file
 
@@ -30,6 +30,11 @@ class Artifact:
         config_hash: Hash of the config of that step.
         precision: fp32, fp16, int8 or mixed.
         metadata: Layout, quantization parameters and other facts the bundle needs.
+        load_module: Loads ``module`` on first use, when the model is known but not yet in
+            memory (the baseline or a step's model answered from the step cache: a run whose
+            steps are all cached never imports torch). Called at most once.
+        content_hash: The model's hash (:func:`compress.runner.stepkey.model_hash`) while
+            ``module`` is not loaded; cleared when it is (from then on the module is hashed).
     """
 
     name: str
@@ -41,6 +46,13 @@ class Artifact:
     config_hash: str | None = None
     precision: str = "fp32"
     metadata: dict[str, Any] = field(default_factory=dict)
+    load_module: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    content_hash: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def holds_module(self) -> bool:
+        """Whether the artifact has a torch module, loaded or not (never loads it)."""
+        return self.__dict__.get("_module") is not None or self.load_module is not None
 
     @property
     def size_bytes(self) -> int | None:
@@ -67,6 +79,28 @@ class Artifact:
         }
         base.update(changes)
         return Artifact(**base)
+
+
+def _get_module(self: Artifact) -> Any:
+    module = self.__dict__.get("_module")
+    if module is None and self.load_module is not None:
+        load, self.load_module = self.load_module, None
+        module = load()
+        self.__dict__["_module"] = module
+        self.content_hash = None  # the module may change from now on: it is hashed itself
+    return module
+
+
+def _set_module(self: Artifact, module: Any) -> None:
+    self.__dict__["_module"] = module
+    if module is not None:
+        self.load_module = None
+        self.content_hash = None
+
+
+# ``module`` is a dataclass field (an __init__ argument, in fields()) read through a property,
+# so that a known model is loaded only when something uses it.
+Artifact.module = property(_get_module, _set_module)  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class EvaluationMixin:
         if not any(a is art for a in self.state.artifacts) and not (self._steps_done and art.format == "torch"):
             return None
         if art.format == "torch":
-            return f"torch:{art.name}:{id(art.module)}"
+            return f"torch:{art.name}:{id(art)}"  # not id(art.module): that would load a model the cache answered
         if art.path is None or not art.path.is_file():
             return None
         st = art.path.stat()
@@ -39,6 +39,9 @@ class EvaluationMixin:
     def outputs_of(self, thing: Any) -> list[np.ndarray]:
         """Outputs on the eval split of a torch module or a file artifact (computed once per artifact)."""
         if isinstance(thing, Artifact):
+            known = self.state.baseline_outputs
+            if known is not None and known[0] is thing:
+                return known[1]
             key = self._outputs_key(thing)
             if key is not None and key in self.state.outputs:
                 return self.state.outputs[key]
@@ -136,16 +139,31 @@ class EvaluationMixin:
             self._checks = CheckCache(self.cache)
         return self._checks
 
-    def torch_facts(self, module: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
-        from compress.intake.models import count_macs, count_params, torch_size_bytes
+    def torch_facts(self, model: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
+        """Params, MACs, size and accuracy of a torch model (an Artifact or a module).
 
+        Like evaluations, the counts are cached by the model's hash: a model the step cache
+        answered is not loaded for them.
+        """
         specs = self.recipe.model.input_specs() or []
-        facts: dict[str, Any] = {"params": count_params(module), "macs": count_macs(module, specs)}
-        try:
-            facts["size_bytes"] = torch_size_bytes(module)
-        except Exception:
-            facts["size_bytes"] = None
-        facts["accuracy"] = self.evaluate(module, outputs).get("accuracy")
+        key = None
+        if self.cache is not None and self.cache.enabled:
+            h = self.model_hash(model)
+            key = (h, f"counts|inputs={specs}") if h is not None else None
+        counts = self.cache.eval_get(*key) if key is not None else None
+        if counts is None:
+            from compress.intake.models import count_macs, count_params, torch_size_bytes
+
+            module = model.module if isinstance(model, Artifact) else model
+            counts = {"params": count_params(module), "macs": count_macs(module, specs)}
+            try:
+                counts["size_bytes"] = torch_size_bytes(module)
+            except Exception:
+                counts["size_bytes"] = None
+            if key is not None:
+                self.cache.eval_put(*key, counts)
+        facts: dict[str, Any] = {k: counts.get(k) for k in ("params", "macs", "size_bytes")}
+        facts["accuracy"] = self.evaluate(model, outputs).get("accuracy")
         return facts
 
     def file_facts(self, art: Artifact) -> dict[str, Any]:

@@ -164,7 +164,7 @@ class GatingMixin:
             return
         g = self.gatekeeper.gate(result.name, "fp32", lambda: self.outputs_of(result.module), None,
                                  tolerance=self.recipe.fidelity.artifacts.get(result.name) or self.recipe.fidelity.compressed,
-                                 ids=(self.model_hash(result.module), None))
+                                 ids=(self.model_hash(result), None))
         record["fidelity"] = g["vs_baseline"].model_dump(mode="json")
         record["gate"] = g["gate"].model_dump(mode="json")
         if not g["gate"].passed:

@@ -25,6 +25,7 @@ from compress.core.errors import EdgepackError, StepError, TargetsFailed
 from compress.intake.recipe import Recipe, step_kind
 from compress.intake.recipe_io import RecipeSource
 from compress.runner.evaluation import EvaluationMixin
+from compress.runner.intake import IntakeMixin
 from compress.runner.stepping import SteppingMixin
 from compress.runner.parity import ParityMixin
 from compress.runner.gates import GatingMixin
@@ -56,7 +57,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMixin, BenchmarkingMixin, ShadowMixin,
+class Runner(LineageMixin, IntakeMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMixin, BenchmarkingMixin, ShadowMixin,
              ReportingMixin):
     """Runs one recipe into one run folder."""
 
@@ -173,8 +174,6 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
 
     def _work(self, removed: list[Path]) -> Any:
         """The run itself, once its folder, log and environment are set up."""
-        from compress.intake.models import load_model
-
         if removed:
             self.log(f"removed {len(removed)} file(s) an interrupted run left: "
                      + ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5]))
@@ -194,21 +193,12 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
                               self.target_arch(), enabled=self.use_cache, log=self.log)
         if not self.use_cache:
             self.log("step cache off (--no-cache): every step runs")
-        baseline = load_model(self.recipe.model)
-        try:
-            self.preflight(baseline)
-        except (KeyboardInterrupt, Exception):
-            raise
-        except BaseException as e:  # the model's forward exited (SystemExit & co.) on the intake check
-            from compress.core.errors import UserCodeError
-
-            raise UserCodeError(f"the model's code raised {type(e).__name__} ({e}) on the intake check: "
-                                "user code must return or raise an exception, not exit") from None
+        baseline, baseline_outputs = self.load_baseline()
         self.check_targets()
         self._seed()
         status, error = "ok", None
         try:
-            self._pipeline(baseline)
+            self._pipeline(baseline, baseline_outputs)
         except KeyboardInterrupt as e:
             self._fail(e, "interrupted")
             raise
@@ -258,38 +248,44 @@ class Runner(LineageMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMi
         if errors:
             raise TargetsFailed([str(e) for e in errors])
 
-    def _seed(self, step: int = 0) -> None:
+    def _seed(self, step: int = 0, torch_too: bool = False) -> None:
         """Seed every generator: with the recipe's seed, and before each step with the seed plus
         the step's number, so a step draws the same numbers whether the steps before it ran or
-        came from the cache."""
+        came from the cache. torch is seeded when it is loaded already or ``torch_too`` (a step
+        about to run): a run whose models all come from the cache does not import it."""
         import random
+        import sys
 
         seed = self.recipe.seed + step
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        if self.recipe.model.source_kind != "onnx":
+        if self.recipe.model.source_kind != "onnx" and (torch_too or "torch" in sys.modules):
             import torch
 
             torch.manual_seed(seed)
 
-    def _pipeline(self, baseline: Artifact) -> None:
-        # Baseline: the reference outputs every later artifact is compared with.
+    def _pipeline(self, baseline: Artifact, baseline_outputs: list[np.ndarray] | None = None) -> None:
+        # Baseline: the reference outputs every later artifact is compared with (known already
+        # when the intake came from the cache).
         if baseline.format != "torch":
             self.add_artifact(baseline)  # registered first: its outputs are computed once
-        baseline_outputs = self.outputs_of(baseline)
+        if baseline_outputs is None:
+            baseline_outputs = self.outputs_of(baseline)
+            self.store_intake(baseline, baseline_outputs)
+        self.state.baseline_outputs = (baseline, baseline_outputs)
         self.state.reference_outputs = baseline_outputs[0]
         if baseline.format == "torch":
             self.state.torch_models[baseline.name] = baseline
         self.start_gates(baseline, baseline_outputs)
         if baseline.format == "torch":
-            facts = self.torch_facts(baseline.module, self.state.reference_outputs)
+            facts = self.torch_facts(baseline, self.state.reference_outputs)
         else:
             facts = {"size_bytes": baseline.size_bytes, "accuracy": self.evaluate(baseline).get("accuracy")}
         self.state.baseline = facts
         self.state.facts[baseline.name] = dict(facts)
         self.log(f"baseline accuracy {facts.get('accuracy')}")
         current = baseline
-        reference = baseline.module
+        reference = baseline if baseline.format == "torch" else None  # the teacher of every step
         last_torch = baseline  # the newest torch model: what exports convert and parity compares with
         for i, step in enumerate(self.recipe.steps):
             current = self.run_step(i, step, current, reference)

@@ -35,17 +35,19 @@ from typing import Any, Callable
 
 import numpy as np
 
+from compress.core.errors import EdgepackError
 from compress.core.step import StepResult
 from compress.core.types import Artifact
 from compress.runner.evalcache import EvalCache
 from compress.runner.runcodec import NotCacheable, _Codec, _Decoder, save_module
 from compress.runner.stepcache import StepCache
-from compress.runner.stepkey import StepKey, fingerprint_arrays, hash_path, hash_state_dict, model_hash
+from compress.runner.stepkey import StepKey, fingerprint_arrays, hash_path, model_hash
 
 # Recipe sections a step may read (see the module docstring).
 STEP_RECIPE_SECTIONS = ("model", "task", "data", "parity", "seed")
 _PACKAGES = ("compress", "export", "bench", "devices")
 _MODULE_FILE = "module.pt"
+_OUTPUTS_FILE = "outputs.npz"
 
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout or site-packages holding compress/, export/, ...
@@ -79,7 +81,7 @@ def _referenced_files(recipe: Any, base: Path | None, cfg: dict[str, Any]) -> li
     """(label, path) of every existing file the recipe's model/data sections or the step config name."""
     refs: list[str] = []
     model = recipe.model
-    for attr in ("factory", "weights", "path", "onnx"):
+    for attr in ("factory", "weights", "exported", "pickle", "path", "onnx"):
         v = getattr(model, attr, None)
         if isinstance(v, (str, Path)):
             refs.append(str(v))
@@ -130,6 +132,28 @@ def _file_label(path: Path, base: Path | None, suffix: str) -> str:
         except ValueError:
             pass
     return rel + suffix
+
+
+def _module_loader(path: Path, digest: str) -> Callable[[], Any]:
+    """Loads a cached step's torch module on first use (once; every artifact that held it shares it).
+
+    The module stays in the cache entry until then: a run whose later steps are cached too never
+    loads it, nor imports torch.
+    """
+    loaded: list[Any] = []
+
+    def load() -> Any:
+        if not loaded:
+            import torch
+
+            try:
+                loaded.append(torch.load(path, weights_only=False))
+            except FileNotFoundError as e:
+                raise EdgepackError(f"the cached model of step-cache entry {digest[:12]} was removed during the "
+                                    f"run ({path}): run again, or with --no-cache") from e
+        return loaded[0]
+
+    return load
 
 
 @dataclass
@@ -211,19 +235,24 @@ class RunCache:
         # buffers): a step after QAT hits on the first rerun, not only from the second
         return model_hash(art)
 
-    def _reference_hash(self, reference: Any) -> str:
+    def _reference_hash(self, reference: Artifact) -> str:
         """The teacher's hash, computed once (every step's key names it; the teacher is never trained)."""
         if self._reference is None or self._reference[0] is not reference:
-            self._reference = (reference, hash_state_dict(reference))
+            self._reference = (reference, model_hash(reference))
         return self._reference[1]
 
-    def key(self, kind: str, cfg: dict[str, Any], current: Artifact, reference: Any) -> StepKey | None:
-        """The key of a step or export, or None when the input cannot be hashed (then it runs uncached)."""
+    def key(self, kind: str, cfg: dict[str, Any], current: Artifact, reference: Artifact | None) -> StepKey | None:
+        """The key of a step or export, or None when the input cannot be hashed (then it runs uncached).
+
+        ``reference`` is the run's teacher (the baseline torch model), named in the key of every
+        step after the first; neither model is loaded when its hash is known.
+        """
         if not self.enabled:
             return None
         try:
             input_hash = self.artifact_hash(current)
-            ref_hash = self._reference_hash(reference) if reference is not None and reference is not current.module else None
+            ref_hash = (self._reference_hash(reference)
+                        if reference is not None and reference.holds_module and reference is not current else None)
         except (TypeError, OSError, RuntimeError) as e:
             self.log(f"  not cached: the input cannot be hashed ({e})")
             return None
@@ -239,6 +268,47 @@ class RunCache:
                        files=files, data_fingerprint=self.data_fingerprint(), seed=self.recipe.seed,
                        cpu_flags=tuple(self.cpu_flags()))
 
+    # ------------------------------------------------------------------ intake
+
+    def intake_key(self) -> StepKey | None:
+        """The key of the run's intake (see :mod:`compress.runner.intake`), or None when disabled."""
+        if not self.enabled:
+            return None
+        files: dict[str, str] = {}
+        try:
+            for label, p in _referenced_files(self.recipe, self.recipe_dir, {}):
+                files[label if label not in files else f"{label}#{len(files)}"] = hash_path(p)
+        except OSError as e:
+            self.log(f"  intake not cached: {e}")
+            return None
+        return StepKey(kind="intake", config={"recipe": self.recipe.model_dump(mode="json")}, input_hash="",
+                       arch=self.arch, versions=self.versions(), files=files, data_fingerprint=self.data_fingerprint(),
+                       seed=self.recipe.seed, cpu_flags=tuple(self.cpu_flags()))
+
+    def intake_lookup(self, key: StepKey) -> tuple[str, list[np.ndarray], str] | None:
+        """(model hash, its outputs on the eval split, entry digest) of a cached intake, or None."""
+        from compress.runner.intake import load_outputs
+
+        hit = self.steps.lookup(key)
+        if hit is None:
+            return None
+        try:
+            return str(hit.payload["model_hash"]), load_outputs(hit.files[_OUTPUTS_FILE].path), key.digest
+        except Exception as e:  # noqa: BLE001  an entry that does not load is a miss
+            self.log(f"  intake entry {key.digest[:12]} does not load ({type(e).__name__}: {e}): loading the model")
+            return None
+
+    def intake_store(self, key: StepKey, model_hash_: str, outputs: list[np.ndarray]) -> None:
+        from compress.runner.intake import save_outputs
+
+        with tempfile.TemporaryDirectory(prefix="edgepack-cache-") as tmp:
+            path = Path(tmp) / _OUTPUTS_FILE
+            if not save_outputs(outputs, path):
+                self.log("  intake not cached: the model's outputs are not plain arrays")
+                return
+            if not self.steps.store(key, {_OUTPUTS_FILE: path}, {"model_hash": model_hash_}):
+                self.log(f"  intake not cached: {self.steps.last_store_error}")
+
     # ------------------------------------------------------------------ steps
 
     def lookup(self, key: StepKey | None, run_dir: Path, step_dir: Path) -> CachedStep | None:
@@ -249,15 +319,13 @@ class RunCache:
         if hit is None:
             return None
         try:
-            module = None
+            load = None
             if _MODULE_FILE in hit.files:
-                import torch
-
-                module = torch.load(hit.files[_MODULE_FILE].path, weights_only=False)
+                load = _module_loader(hit.files[_MODULE_FILE].path, key.digest)
             for prefix, dest in (("step/", step_dir), ("run/", run_dir)):  # the step's folder, the run's
                 replace(hit, files={n[len(prefix):]: f for n, f in hit.files.items() if n.startswith(prefix)}
                         ).materialise(dest)
-            dec = _Decoder(run_dir, step_dir, module)
+            dec = _Decoder(run_dir, step_dir, load, hit.payload.get("module_hash") if load is not None else None)
             p = hit.payload
             result = StepResult(artifacts=dec.decode(p["artifacts"]), details=dec.decode(p["details"]),
                                 advisories=dec.decode(p["advisories"]))
@@ -286,7 +354,7 @@ class RunCache:
                     codec.files.setdefault(f"step/{p.relative_to(step_dir).as_posix()}", p)
         with tempfile.TemporaryDirectory(prefix="edgepack-cache-") as tmp:
             files = dict(codec.files)
-            holder = next((a for a in result.artifacts if a.module is not None), None)
+            holder = next((a for a in result.artifacts if a.holds_module), None)
             if holder is not None:
                 mpath = Path(tmp) / _MODULE_FILE
                 try:
@@ -295,6 +363,11 @@ class RunCache:
                     self.log(f"  not cached: the {holder.name} model does not pickle ({type(e).__name__}: {e})")
                     return False
                 files[_MODULE_FILE] = mpath
+                try:
+                    # the next step's key names it: a rerun need not load the model to hash it
+                    payload["module_hash"] = model_hash(holder)
+                except (TypeError, OSError, RuntimeError, AttributeError):
+                    pass
             ok = self.steps.store(key, files, payload)
         if not ok:
             self.log(f"  not cached: {self.steps.last_store_error}")

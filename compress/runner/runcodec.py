@@ -67,7 +67,7 @@ def save_module(module: Any, path: Path) -> None:
             guards = m._modules.get("_guards_fn")
             if guards is not None:
                 swapped.append((m, "_guards_fn", guards))
-                m._modules["_guards_fn"] = NoGuards()
+                m._modules["_guards_fn"] = _guards_class()()
         torch.save(module, path, pickle_module=cloudpickle)
     finally:
         for m, attr, v in removed:
@@ -76,10 +76,23 @@ def save_module(module: Any, path: Path) -> None:
             m._modules[name] = v
 
 
-try:
-    NoGuards = _no_guards()
-except ImportError:  # no torch: nothing to cache a module of
-    NoGuards = None  # type: ignore[assignment,misc]
+def _guards_class() -> Any:
+    """The ``NoGuards`` class, made once (imports torch)."""
+    cls = globals().get("NoGuards")
+    if cls is None:
+        cls = globals()["NoGuards"] = _no_guards()
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """``NoGuards`` is made on first use (a pickled cached model names it): importing this module
+    does not import torch, so a run whose steps are all cached never does."""
+    if name == "NoGuards":
+        try:
+            return _guards_class()
+        except ImportError:  # no torch: nothing to cache a module of
+            return None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class NotCacheable(Exception):
@@ -122,7 +135,7 @@ class _Codec:
             return {"__artifact__": {"id": self.seen[id(obj)],
                 "name": obj.name, "format": obj.format, "path": self.encode(obj.path), "parent": obj.parent,
                 "step": obj.step, "config_hash": obj.config_hash, "precision": obj.precision,
-                "metadata": self.encode(obj.metadata), "module": obj.module is not None}}
+                "metadata": self.encode(obj.metadata), "module": obj.holds_module}}
         if isinstance(obj, BaseModel):
             cls = type(obj)
             return {"__model__": f"{cls.__module__}:{cls.__qualname__}", "data": obj.model_dump(mode="json")}
@@ -145,9 +158,18 @@ class _Codec:
 
 @dataclass
 class _Decoder:
+    """Step results back from JSON, paths in the new run folder.
+
+    Args:
+        load_module: Loads the step's torch module (once, on first use; shared by every artifact
+            that held it); None when the entry has none.
+        module_hash: That module's hash (:func:`compress.runner.stepkey.model_hash`), when stored.
+    """
+
     run_dir: Path
     step_dir: Path
-    module: Any = None
+    load_module: Any = None
+    module_hash: str | None = None
     made: dict[int, Artifact] = field(default_factory=dict)
 
     def decode(self, obj: Any) -> Any:
@@ -166,9 +188,11 @@ class _Decoder:
             return self.made[obj["__artifact_ref__"]]
         if "__artifact__" in obj:
             a = obj["__artifact__"]
-            art = Artifact(name=a["name"], format=a["format"], path=self.decode(a["path"]),
-                           module=self.module if a["module"] else None, parent=a["parent"], step=a["step"],
-                           config_hash=a["config_hash"], precision=a["precision"])
+            lazy = a["module"] and self.load_module is not None
+            art = Artifact(name=a["name"], format=a["format"], path=self.decode(a["path"]), parent=a["parent"],
+                           step=a["step"], config_hash=a["config_hash"], precision=a["precision"],
+                           load_module=self.load_module if lazy else None,
+                           content_hash=self.module_hash if lazy else None)
             self.made[a["id"]] = art
             art.metadata = self.decode(a["metadata"])
             return art

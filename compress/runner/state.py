@@ -16,6 +16,8 @@ class RunState:
     advisories: list[Advisory] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     reference_outputs: np.ndarray | None = None
+    # the baseline artifact and its outputs on the eval split (the baseline is never changed)
+    baseline_outputs: tuple[Artifact, list[np.ndarray]] | None = None
     outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     # params / MACs / size / accuracy by artifact name: torch models (which the report does not

@@ -195,6 +195,8 @@ def model_hash(thing: Any) -> str:
     """
     if isinstance(thing, Artifact) and thing.format != "torch" and thing.path is not None:
         return hash_path(thing.path)
+    if isinstance(thing, Artifact) and thing.content_hash is not None:
+        return thing.content_hash  # a model known by its hash and not loaded (it cannot have changed)
     return torch_model_hash(thing.module if isinstance(thing, Artifact) else thing)
 
 

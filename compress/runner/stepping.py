@@ -19,19 +19,23 @@ from devices.targets import is_arm_target
 class SteppingMixin:
     """Runner methods: steps and exports, their folders and contexts, the step cache, format boundaries."""
 
-    def _context(self, step_dir: Path, step_name: str, reference: Any) -> StepContext:
+    def _step_folder(self, step_dir: Path) -> Path:
+        """A step's or export's folder, made clean for it."""
         if step_dir.is_dir() and step_dir not in self._dirs_used:
             # what a killed or earlier run left in this step's folder (a resumed run, a rerun
             # into the same folder): the step starts clean, and the cache stores only its files
             shutil.rmtree(step_dir)
         self._dirs_used.add(step_dir)
         step_dir.mkdir(parents=True, exist_ok=True)
-        ctx = StepContext(
+        return step_dir
+
+    def _context(self, step_dir: Path, step_name: str, reference: Artifact | None) -> StepContext:
+        """The context of a step that runs (not of one the cache answers: its models stay unloaded)."""
+        return StepContext(
             recipe=self.recipe, run_dir=self.run_dir, step_dir=step_dir, step_name=step_name, data=self.data,
-            reference=reference, log=self.log, evaluate=self.evaluate, target_arch=self.target_arch(),
-            onnx_of=self.ensure_onnx, progress=self.progress,
+            reference=reference.module if reference is not None else None, log=self.log, evaluate=self.evaluate,
+            target_arch=self.target_arch(), onnx_of=self.ensure_onnx, progress=self.progress,
         )
-        return ctx
 
     def at_boundary(self, entry: Any, cfg: Any, current: Artifact, name: str) -> Artifact:
         """The input a step is given: converted (torch -> ONNX, once per model, parity-checked
@@ -66,7 +70,9 @@ class SteppingMixin:
         if problems:
             raise self.source.error(problems)
 
-    def run_step(self, index: int, step: Any, current: Artifact, reference: Any) -> Artifact:
+    def run_step(self, index: int, step: Any, current: Artifact, reference: Artifact | None) -> Artifact:
+        """Run (or answer from the step cache) one step of the recipe; return the model the
+        pipeline continues with. ``reference`` is the teacher: the baseline torch model."""
         kind = step_kind(step)
         cfg = step_config(step)
         entry = STEPS[kind]
@@ -79,19 +85,19 @@ class SteppingMixin:
         record["input"] = current.name
         if current.format == "torch":
             # the previous step's "after" (the module has not changed since)
-            record["before"] = dict(self.state.facts.get(current.name) or self.torch_facts(current.module))
+            record["before"] = dict(self.state.facts.get(current.name) or self.torch_facts(current))
         else:
             record["before"] = self.file_facts(current)
-        ctx = self._context(self.run_dir / "steps" / name, name, reference)
+        step_dir = self._step_folder(self.run_dir / "steps" / name)
         key = self.cache.key(kind, record["config"], current, reference) if self.cache is not None else None
-        hit = self.cache.lookup(key, self.run_dir, ctx.step_dir) if key is not None else None
+        hit = self.cache.lookup(key, self.run_dir, step_dir) if key is not None else None
         t0 = time.perf_counter()
         try:
             if hit is not None:
                 step_result = self._from_cache(record, hit)
             else:
-                self._seed(index + 1)
-                step_result = entry.run(current, cfg, ctx)
+                self._seed(index + 1, torch_too=True)
+                step_result = entry.run(current, cfg, self._context(step_dir, name, reference))
         except KeyboardInterrupt as e:
             record["status"] = "interrupted"
             self._keep_advisories(e)
@@ -113,7 +119,7 @@ class SteppingMixin:
         result.step = result.step or name
         result.config_hash = result.config_hash or config_hash(cfg)
         if hit is None and key is not None:
-            if self.cache.store(key, self.run_dir, ctx.step_dir, step_result, record["duration_s"]):
+            if self.cache.store(key, self.run_dir, step_dir, step_result, record["duration_s"]):
                 record["cache_key"] = key.digest[:16]
                 self.log(f"  stored in the step cache, entry {key.digest[:12]}")
         self.state.advisories.extend(step_result.advisories)
@@ -131,7 +137,7 @@ class SteppingMixin:
                 self.state.onnx_exports.setdefault(extra.parent, extra)
             self.add_artifact(extra)
         if result.format == "torch":
-            record["after"] = self.torch_facts(result.module)
+            record["after"] = self.torch_facts(result)
             self.state.facts[result.name] = dict(record["after"])
             self.state.torch_models[result.name] = result
             self.gate_torch_step(record, result)
@@ -179,11 +185,11 @@ class SteppingMixin:
     def run_export(self, kind: str, cfg: Any, source: Artifact) -> list[Artifact]:
         """Run one export; check each result's parity against the torch model."""
         step_name = f"export:{kind}"
-        ctx = self._context(self.run_dir / "exports" / f"{kind}-{source.precision}", step_name, source.module)
+        step_dir = self._step_folder(self.run_dir / "exports" / f"{kind}-{source.precision}")
         self.log(f"export {kind} ({source.precision})", style="bold")
         key = (self.cache.key(step_name, cfg.model_dump(mode="json"), source, None)
                if self.cache is not None and source.format == "torch" else None)
-        hit = self.cache.lookup(key, self.run_dir, ctx.step_dir) if key is not None else None
+        hit = self.cache.lookup(key, self.run_dir, step_dir) if key is not None else None
         t0 = time.perf_counter()
         try:
             if hit is not None:
@@ -192,9 +198,10 @@ class SteppingMixin:
                 self.state.cached.update(a.name for a in result.artifacts)
             else:
                 with self.progress(f"export {kind} ({source.precision})"):
-                    result = load(EXPORTS[kind])(source, cfg, ctx)
+                    # the model exported is the context's reference (what the export compares with)
+                    result = load(EXPORTS[kind])(source, cfg, self._context(step_dir, step_name, source))
                 if key is not None:
-                    self.cache.store(key, self.run_dir, ctx.step_dir, result, time.perf_counter() - t0)
+                    self.cache.store(key, self.run_dir, step_dir, result, time.perf_counter() - t0)
         except EdgepackError as e:
             self._keep_advisories(e)
             raise
