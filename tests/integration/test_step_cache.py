@@ -53,9 +53,23 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"tmp": tmp, "cache": cache, "report": _run(cache, tmp / "first")}
 
 
+# runs compress and writes whether torch was imported by the time it exited (to the file in argv[1])
+PROBE = ("import atexit, runpy, sys; out = sys.argv.pop(1); "
+         "atexit.register(lambda: open(out, 'w').write(str('torch' in sys.modules))); "
+         "sys.argv[0] = 'compress'; runpy.run_module('compress', run_name='__main__')")
+
+
 def test_rerun_trains_nothing_and_makes_the_same_files(first: dict[str, Any]) -> None:
     assert _cached(first["report"]) == {"distill": False, "prune": False, "qat": False}
-    again = _run(first["cache"], first["tmp"] / "again")
+    probe = first["tmp"] / "torch-imported.txt"
+    res = subprocess.run([sys.executable, "-c", PROBE, str(probe), str(RECIPE), "--out", str(first["tmp"] / "again"),
+                          *FAST], capture_output=True, text=True, cwd=ROOT, env=_env(first["cache"]), timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    again = json.loads((first["tmp"] / "again" / "report.json").read_text())
+    # neither the model nor any step's model was loaded: the intake and the steps all came from the cache
+    assert probe.read_text() == "False"
+    assert "intake: model, data and recipe unchanged" in (first["tmp"] / "again" / "log.txt").read_text()
+    assert [s["before"] for s in again["steps"]] == [s["before"] for s in first["report"]["steps"]]
     assert _cached(again) == {"distill": True, "prune": True, "qat": True}
     assert all(a["cached"] for a in again["artifacts"]), [(a["name"], a["cached"]) for a in again["artifacts"]]
     assert _hashes(again) == _hashes(first["report"])
@@ -137,3 +151,38 @@ def test_cache_commands(first: dict[str, Any]) -> None:
     assert bad.returncode == 2 and "--older-than" in bad.stderr and "Traceback" not in bad.stderr
     kept = cli("prune", "--older-than", "30d")
     assert kept.returncode == 0 and "removed 0 entries" in kept.stdout
+
+
+def test_new_weights_are_a_new_baseline(tmp_path: Path) -> None:
+    """The cached intake stands for the model files it hashed: new weights in the same file are
+    loaded and measured again, never answered with the old model's outputs."""
+    import shutil
+
+    import torch
+
+    (tmp_path / "models").mkdir()
+    for name in ("digits.py", "digits_teacher.pt"):
+        shutil.copy(ROOT / "recipes" / "models" / name, tmp_path / "models" / name)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text().split("steps:")[0] + "export: [onnx]\n"
+                      "bench: {targets: [local], threads: [1], warmup: 2, runs: 20, repeats: 1}\n")
+    cache = tmp_path / "cache"
+
+    def run(out: str) -> tuple[dict[str, Any], str]:
+        res = subprocess.run([sys.executable, "-m", "compress", str(recipe), "--out", str(tmp_path / out)],
+                             capture_output=True, text=True, cwd=ROOT, env=_env(cache), timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        return json.loads((tmp_path / out / "report.json").read_text()), (tmp_path / out / "log.txt").read_text()
+
+    first_report, first_log = run("a")
+    again, log = run("b")
+    assert "intake: model" not in first_log and "intake: model" in log
+    assert _hashes(again) == _hashes(first_report)
+    state = torch.load(tmp_path / "models" / "digits_teacher.pt", weights_only=True)
+    name = next(k for k, v in state.items() if v.dtype.is_floating_point and v.dim() > 1)
+    state[name] = torch.zeros_like(state[name])  # a different model in the same file
+    torch.save(state, tmp_path / "models" / "digits_teacher.pt")
+    changed, log = run("c")
+    assert "intake: model" not in log
+    assert _hashes(changed) != _hashes(first_report)
+    assert changed["baseline"]["accuracy"] != first_report["baseline"]["accuracy"]
