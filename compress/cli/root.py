@@ -13,7 +13,7 @@ typer's rich help alone costs several times Python's own start-up.
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -247,7 +247,42 @@ def main() -> None:
         # one program name however it was started (``python -m compress`` too): completion's
         # ``_COMPRESS_COMPLETE`` variable and the usage line follow it
         app(prog_name=PROG)
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
     except EdgepackError as e:  # errors raised outside a command's own handling
         _console(stderr=True).print(f"error: {e.user_message()}")
-        sys.exit(e.exit_code)
+        code = e.exit_code
+    exit_now(code)
+
+
+def exit_now(code: Any) -> None:
+    """End the process once the command is done, without the interpreter's teardown.
+
+    Python's own exit frees every module and object one by one: 0.5-1 s with torch, onnx and
+    onnxscript loaded (measured on a 2-core EPYC), paid by every command. What the exit must
+    still do is done first: threads that are not daemons are waited for, exit handlers run
+    (the local benchmark server is closed, logs are shut down) and both output streams are
+    flushed; then the process ends with ``code``. ``EDGEPACK_FAST_EXIT=0`` exits the usual way.
+    """
+    import os
+
+    if os.environ.get("EDGEPACK_FAST_EXIT", "1") == "0":
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")  # what sys.exit does with a message
+        code = 1
+    import atexit
+    import threading
+
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``compress ... | head``): nothing more to write
+            pass
+    os._exit(code or 0)
 

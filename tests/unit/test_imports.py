@@ -25,9 +25,11 @@ def _modules_after(code: str) -> set[str]:
 
 def _modules_of_command(*args: str) -> tuple[str, set[str]]:
     """What ``compress ARGS`` printed and the modules loaded when it exited (run as the console script runs it)."""
-    code = ("import sys\nsys.argv = ['compress', *sys.argv[1:]]\nfrom compress.cli import main\ntry:\n    main()\n"
-            "except SystemExit:\n    pass\nprint('MODULES', ' '.join(sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=True)
+    # printed by an exit handler: the command ends the process itself once its exit handlers ran
+    code = ("import atexit, sys\natexit.register(lambda: print('MODULES', ' '.join(sys.modules)))\n"
+            "sys.argv = ['compress', *sys.argv[1:]]\nfrom compress.cli import main\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    assert "MODULES " in out.stdout and "Traceback" not in out.stderr, out.stderr[-2000:]
     text, _, mods = out.stdout.rpartition("MODULES ")
     return text, set(mods.split())
 
