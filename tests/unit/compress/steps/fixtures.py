@@ -54,4 +54,4 @@ def digits_runner(tmp_path: Path, steps: str = "[]", task: str = "classification
 
 def step_ctx(runner: Any, name: str = "01-step") -> Any:
     """The StepContext the runner would give a step."""
-    return runner._context(runner.run_dir / "steps" / name, name, runner.baseline.module)
+    return runner._context(runner._step_folder(runner.run_dir / "steps" / name), name, runner.baseline)

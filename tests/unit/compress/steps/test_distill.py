@@ -106,7 +106,7 @@ def test_unknown_feature_layer_is_a_recipe_error(tmp_path: Path) -> None:
 def test_runner_records_smaller_student(tmp_path: Path) -> None:
     runner = digits_runner(tmp_path, steps="[{distill: {width: 0.5, epochs: 1}}]")
     step = runner.recipe.steps[0]
-    result = runner.run_step(0, step, runner.baseline, runner.baseline.module)
+    result = runner.run_step(0, step, runner.baseline, runner.baseline)
     record = runner.state.steps[0]
     assert record["after"]["macs"] < record["before"]["macs"] / 3
     assert record["after"]["params"] < record["before"]["params"] / 3

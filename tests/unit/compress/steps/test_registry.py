@@ -124,7 +124,7 @@ def test_a_registered_kind_is_in_the_schema_and_gone_when_unregistered(toy_kinds
 
 def test_the_runner_runs_a_registered_kind(toy_kinds: None, tmp_path: Path) -> None:
     runner = digits_runner(tmp_path, steps="[{toy: {factor: 3}}]")
-    out = runner.run_step(0, runner.recipe.steps[0], runner.baseline, runner.baseline.module)
+    out = runner.run_step(0, runner.recipe.steps[0], runner.baseline, runner.baseline)
     record = runner.state.steps[0]
     assert out is runner.baseline and record["kind"] == "toy" and record["name"] == "01-toy"
     assert record["details"] == {"factor": 3.0} and record["config"] == {"factor": 3.0, "fail": False}
@@ -150,7 +150,7 @@ def test_advisories_given_before_a_step_fails_reach_the_report(toy_kinds: None, 
 def test_advisories_given_before_a_bug_are_kept_with_the_step_error(toy_kinds: None, tmp_path: Path) -> None:
     runner = digits_runner(tmp_path, steps="[{toy_crash: {factor: 1}}]")
     with pytest.raises(StepError, match="RuntimeError: a bug in the step"):
-        runner.run_step(0, runner.recipe.steps[0], runner.baseline, runner.baseline.module)
+        runner.run_step(0, runner.recipe.steps[0], runner.baseline, runner.baseline)
     assert [a.code for a in runner.state.advisories] == ["crash_advice"]
 
 
