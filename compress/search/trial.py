@@ -49,10 +49,10 @@ class TrialRunner(Runner):
         self.do_benchmark = benchmark
         self._shared: Any = None
 
-    def _pipeline(self, baseline: Any) -> None:
+    def _pipeline(self, baseline: Any, baseline_outputs: Any = None) -> None:
         self._shared = self.gate.shared() if self.gate is not None else None
         try:
-            super()._pipeline(baseline)
+            super()._pipeline(baseline, baseline_outputs)
         finally:
             if self._shared is not None:
                 self._shared.release()
