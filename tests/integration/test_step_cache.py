@@ -80,6 +80,28 @@ def test_rerun_trains_nothing_and_makes_the_same_files(first: dict[str, Any]) ->
     assert all(t["latency_ms"]["p50"] > 0 and t["how"] == "measured" for a in again["artifacts"] for t in a["targets"])
 
 
+def test_a_step_missing_from_the_cache_loads_the_models_it_needs(first: dict[str, Any]) -> None:
+    """Intake, distill and prune from the cache, the QAT entry gone (evicted): QAT runs on the
+    cached prune model and the baseline as teacher, both loaded only then (the baseline checked
+    against its entry's hash), and makes the same files as the first run."""
+    import shutil
+
+    cache = first["tmp"] / "cache-no-qat"
+    shutil.copytree(first["cache"], cache)
+    ls = subprocess.run([sys.executable, "-m", "compress", "cache", "ls", "--json"], capture_output=True, text=True,
+                        cwd=ROOT, env=_env(cache), timeout=120)
+    entries = [json.loads(line) for line in ls.stdout.splitlines()]
+    assert "intake" in {e["kind"] for e in entries}
+    for e in entries:
+        if e["kind"] == "qat":
+            shutil.rmtree(e["path"])
+    report = _run(cache, first["tmp"] / "no-qat")
+    assert _cached(report) == {"distill": True, "prune": True, "qat": False}
+    assert "intake: model, data and recipe unchanged" in (first["tmp"] / "no-qat" / "log.txt").read_text()
+    assert _hashes(report) == _hashes(first["report"])
+    assert [s["after"] for s in report["steps"]] == [s["after"] for s in first["report"]["steps"]]
+
+
 def test_changing_the_benchmark_retrains_nothing(first: dict[str, Any]) -> None:
     report = _run(first["cache"], first["tmp"] / "bench", "--set", "bench.runs=30")
     assert _cached(report) == {"distill": True, "prune": True, "qat": True}
