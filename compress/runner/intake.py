@@ -15,7 +15,9 @@ loaded only when something needs it (a step that runs, an export that is not cac
 its hash is checked against the entry's, so a model that came out differently (code the
 recipe does not point at changed) stops the run instead of being compared with stale outputs.
 
-Only models that are a function of the files the key hashes are cached: a ``.py`` factory
+A factory is called after the run seeded torch with the recipe's seed, so one that draws its
+weights makes the same model every run (and another with another seed). Only models that are
+a function of the files the key hashes are cached: a ``.py`` factory
 with a weights file, or a ``torch.export`` file. A factory without weights (its weights
 drawn at random), one from an installed package or a pickle (their code is not in a file the
 recipe names, so not hashed) always loads.
@@ -67,6 +69,8 @@ class IntakeMixin:
             art = Artifact(name="baseline", format="torch", step="input", metadata={"source": spec.source_kind},
                            load_module=lambda: _load_checked(spec, model_hash), content_hash=model_hash)
             return art, outputs
+        # a factory that draws its weights draws them from the recipe's seed: the same model every run
+        self._seed(torch_too=spec.source_kind == "factory")
         baseline = load_model(spec)
         try:
             self.preflight(baseline)

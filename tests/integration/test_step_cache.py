@@ -208,3 +208,26 @@ def test_new_weights_are_a_new_baseline(tmp_path: Path) -> None:
     assert "intake: model" not in log
     assert _hashes(changed) != _hashes(first_report)
     assert changed["baseline"]["accuracy"] != first_report["baseline"]["accuracy"]
+
+
+def test_a_factory_without_weights_makes_the_same_model_every_run(tmp_path: Path) -> None:
+    """A factory that draws its weights draws them from the recipe's seed: two runs (no cache)
+    start from the same model; another seed makes another model."""
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(ROOT / "recipes" / "models" / "digits.py", tmp_path / "models" / "digits.py")
+    body = RECIPE.read_text().split("steps:")[0].replace("  weights: models/digits_teacher.pt\n", "")
+    assert "weights" not in body
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(body + "export: []\nbench: {targets: ['estimate:rpi4']}\n")
+
+    def run(out: str, *extra: str) -> dict[str, Any]:
+        res = subprocess.run([sys.executable, "-m", "compress", str(recipe), "--out", str(tmp_path / out),
+                              "--no-cache", *extra], capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        return json.loads((tmp_path / out / "report.json").read_text())
+
+    a, b, other = run("a"), run("b"), run("c", "--set", "seed=1")
+    # the baseline's facts (its accuracy on the eval split) tell the models apart
+    assert a["baseline"] == b["baseline"] and other["baseline"] != a["baseline"]
