@@ -77,7 +77,7 @@ class EvaluationMixin:
             return to_model_layout(art.metadata, self.eval_split.x)
         return self.eval_split.x
 
-    def evaluate(self, thing: Any, outputs: np.ndarray | None = None) -> dict[str, Any]:
+    def evaluate(self, thing: Any, outputs: np.ndarray | None = None, known_hash: str | None = None) -> dict[str, Any]:
         """Task metrics of a module or artifact on the eval split (``outputs``: its primary output, if known)."""
         from bench.accuracy import task_metrics
 
@@ -87,7 +87,7 @@ class EvaluationMixin:
         probabilities = bool(primary and primary.probabilities)
         # Cached per (model hash, eval data): the metrics of a model the cache answered need
         # not be computed again (the outputs the gates compare are computed where needed).
-        key = self._eval_key(thing, ncls, probabilities) if outputs is None else None
+        key = self._eval_key(thing, ncls, probabilities, known_hash) if outputs is None else None
         if key is not None and (hit := self.cache.eval_get(*key)) is not None:
             return hit
         out = self.outputs_of(thing)[0] if outputs is None else outputs
@@ -97,13 +97,14 @@ class EvaluationMixin:
             self.cache.eval_put(*key, metrics)
         return metrics
 
-    def _eval_key(self, thing: Any, ncls: int | None, probabilities: bool) -> tuple[str, str] | None:
+    def _eval_key(self, thing: Any, ncls: int | None, probabilities: bool,
+                  known_hash: str | None = None) -> tuple[str, str] | None:
         """(model hash, metric spec) of an evaluation the cache may answer, or None."""
         if self.cache is None or not self.cache.enabled or self.state.reference_outputs is None:
             return None
         import hashlib
 
-        model_hash = self.model_hash(thing)
+        model_hash = known_hash or self.model_hash(thing)
         if model_hash is None:
             return None
         ref = np.ascontiguousarray(self.state.reference_outputs)
@@ -146,10 +147,8 @@ class EvaluationMixin:
         answered is not loaded for them.
         """
         specs = self.recipe.model.input_specs() or []
-        key = None
-        if self.cache is not None and self.cache.enabled:
-            h = self.model_hash(model)
-            key = (h, f"counts|inputs={specs}") if h is not None else None
+        h = self.model_hash(model)  # hashed once: the counts' key and the evaluation's
+        key = (h, f"counts|inputs={specs}") if h is not None else None
         counts = self.cache.eval_get(*key) if key is not None else None
         if counts is None:
             from compress.intake.models import count_macs, count_params, torch_size_bytes
@@ -163,7 +162,7 @@ class EvaluationMixin:
             if key is not None:
                 self.cache.eval_put(*key, counts)
         facts: dict[str, Any] = {k: counts.get(k) for k in ("params", "macs", "size_bytes")}
-        facts["accuracy"] = self.evaluate(model, outputs).get("accuracy")
+        facts["accuracy"] = self.evaluate(model, outputs, known_hash=h).get("accuracy")
         return facts
 
     def file_facts(self, art: Artifact) -> dict[str, Any]:

@@ -57,8 +57,8 @@ def environment() -> dict[str, Any]:
     return env
 
 
-class Runner(LineageMixin, IntakeMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMixin, BenchmarkingMixin, ShadowMixin,
-             ReportingMixin):
+class Runner(LineageMixin, IntakeMixin, EvaluationMixin, SteppingMixin, ParityMixin, GatingMixin, BenchmarkingMixin,
+             ShadowMixin, ReportingMixin):
     """Runs one recipe into one run folder."""
 
     def __init__(self, source: RecipeSource, out: Path | None = None, console: Any = None,

@@ -261,23 +261,25 @@ class RunCache:
         config = {"step": cfg, "recipe": {k: dump.get(k) for k in STEP_RECIPE_SECTIONS},
                   "onnx_export": onnx_cfg.model_dump(mode="json") if onnx_cfg is not None else None,
                   "reference": ref_hash}
-        files: dict[str, str] = {}
-        for label, p in _referenced_files(self.recipe, self.recipe_dir, cfg):
-            files[label if label not in files else f"{label}#{len(files)}"] = hash_path(p)
         return StepKey(kind=kind, config=config, input_hash=input_hash, arch=self.arch, versions=self.versions(),
-                       files=files, data_fingerprint=self.data_fingerprint(), seed=self.recipe.seed,
+                       files=self._file_hashes(cfg), data_fingerprint=self.data_fingerprint(), seed=self.recipe.seed,
                        cpu_flags=tuple(self.cpu_flags()))
 
     # ------------------------------------------------------------------ intake
+
+    def _file_hashes(self, cfg: dict[str, Any]) -> dict[str, str]:
+        """label -> :func:`hash_path` of every file the recipe's model/data sections or ``cfg`` name."""
+        files: dict[str, str] = {}
+        for label, p in _referenced_files(self.recipe, self.recipe_dir, cfg):
+            files[label if label not in files else f"{label}#{len(files)}"] = hash_path(p)
+        return files
 
     def intake_key(self) -> StepKey | None:
         """The key of the run's intake (see :mod:`compress.runner.intake`), or None when disabled."""
         if not self.enabled:
             return None
-        files: dict[str, str] = {}
         try:
-            for label, p in _referenced_files(self.recipe, self.recipe_dir, {}):
-                files[label if label not in files else f"{label}#{len(files)}"] = hash_path(p)
+            files = self._file_hashes({})
         except OSError as e:
             self.log(f"  intake not cached: {e}")
             return None
